@@ -1,0 +1,136 @@
+"""Attention of new query rows over a cached context, without copying the cache.
+
+A context's keys live in one or more chunks (blocks shared between forks, see kv.py).
+Instead of concatenating them with the new keys (the reference allocates a merged
+buffer per layer per call and scatters the whole past into it), each chunk is attended
+separately and the partial results are merged with their log-sum-exp — the split
+softmax of flash-decoding. Cached chunks are fully visible to every query row; the new
+rows see each other causally (text) or fully (an image block), which is exactly the
+bottom-right-aligned mask of flash-attn over a cache.
+
+Layouts: q [H, Lq, D]; cached k/v chunks [Hkv, Lk, D] (views into the KV blocks);
+new k/v [Hkv, Lq, D]. Query head h uses KV head h // (H // Hkv).
+
+Backends, chosen per device:
+- "flash": flash-attn on CUDA (optional import);
+- "sdpa": torch's CPU flash kernel (the one scaled_dot_product_attention dispatches
+  to on CPU), called through the op that also returns the log-sum-exp;
+- "math": explicit softmax in float32, on any device; the reference for tests.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+Partial = tuple[Tensor, Tensor]  # (out [H, Lq, D], lse [H, Lq] float32)
+
+try:  # optional: CUDA only, never required
+    from flash_attn import flash_attn_func as _flash_attn_func
+except ImportError:  # pragma: no cover - depends on the machine
+    _flash_attn_func = None
+
+BACKENDS = ("flash", "sdpa", "math")
+
+
+def default_backend(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda" and _flash_attn_func is not None:
+        return "flash"
+    if device.type == "cpu" and hasattr(
+        torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"
+    ):
+        return "sdpa"
+    return "math"
+
+
+def check_backend(name: str, device: torch.device | str) -> str:
+    """Validate a backend name for a device; raise ValueError naming the choices."""
+    if name not in BACKENDS:
+        raise ValueError(f"attention backend {name!r} is unknown; expected one of {BACKENDS}")
+    if name == "flash" and (_flash_attn_func is None or torch.device(device).type != "cuda"):
+        raise ValueError("attention backend 'flash' needs CUDA and the flash-attn package")
+    if name == "sdpa" and torch.device(device).type != "cpu":
+        raise ValueError(
+            "attention backend 'sdpa' is the CPU kernel; use 'flash' or 'math' on "
+            f"{torch.device(device).type}"
+        )
+    return name
+
+
+def attend(
+    q: Tensor, cached: list[tuple[Tensor, Tensor]], k: Tensor, v: Tensor, causal: bool, backend: str
+) -> Tensor:
+    """Attention of q over the cached chunks (fully visible) and the new k/v.
+
+    Args:
+        q: [H, Lq, D] queries (after QK-norm and RoPE).
+        cached: list of (k, v) chunks, each [Hkv, Lk, D].
+        k, v: [Hkv, Lq, D] keys and values of the query rows themselves.
+        causal: new row i sees new rows 0..i (text); otherwise all new rows (images).
+        backend: one of BACKENDS.
+    Returns:
+        [H, Lq, D] in q's dtype.
+    """
+    partial = _PARTIAL[backend]
+    parts = [partial(q, ck, cv, False) for ck, cv in cached if ck.shape[1] > 0]
+    parts.append(partial(q, k, v, causal))
+    return merge_partials(parts).to(q.dtype)
+
+
+def merge_partials(parts: list[Partial]) -> Tensor:
+    """Combine softmax-normalised partial outputs by their log-sum-exp weights."""
+    if len(parts) == 1:
+        return parts[0][0]
+    lse = torch.stack([p[1] for p in parts])  # [P, H, Lq]
+    total = torch.logsumexp(lse, dim=0)
+    out = torch.zeros_like(parts[0][0], dtype=torch.float32)
+    for o, part_lse in parts:
+        out += o.float() * torch.exp(part_lse - total).unsqueeze(-1)
+    return out
+
+
+def _group(q: Tensor, k: Tensor) -> int:
+    return q.shape[0] // k.shape[0]
+
+
+def _partial_math(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Partial:
+    g = _group(q, k)
+    k = k.repeat_interleave(g, dim=0).float()
+    v = v.repeat_interleave(g, dim=0).float()
+    scores = (q.float() @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [H, Lq, Lk]
+    if causal:
+        lq, lk = scores.shape[-2:]
+        hidden = torch.ones(lq, lk, dtype=torch.bool, device=q.device).triu(lk - lq + 1)
+        scores = scores.masked_fill(hidden, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.softmax(scores, dim=-1) @ v, lse
+
+
+def _partial_sdpa_cpu(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Partial:
+    h, lq, d = q.shape
+    hkv = k.shape[0]
+    g = h // hkv
+    if causal:  # the new rows only: a small square block, expand the KV heads
+        qq, kk, vv = q, k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)
+    else:  # fold the query group into the row axis so the cached K/V are read as is
+        qq, kk, vv = q.reshape(hkv, g * lq, d), k, v  # [Hkv, G·Lq, D]
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        qq[None], kk[None], vv[None], 0.0, causal, scale=d**-0.5
+    )
+    return out[0].reshape(h, lq, d), lse[0].reshape(h, lq).float()
+
+
+def _partial_flash(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Partial:  # pragma: no cover
+    # flash-attn wants [B, L, H, D] with the last dim contiguous and handles GQA itself.
+    out, lse, _ = _flash_attn_func(
+        q.transpose(0, 1)[None].to(torch.bfloat16),
+        k.transpose(0, 1)[None].to(torch.bfloat16),
+        v.transpose(0, 1)[None].to(torch.bfloat16),
+        causal=causal,
+        return_attn_probs=True,
+    )
+    return out[0].transpose(0, 1), lse[0].float()
+
+
+_PARTIAL = {"math": _partial_math, "sdpa": _partial_sdpa_cpu, "flash": _partial_flash}

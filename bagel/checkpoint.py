@@ -1,0 +1,206 @@
+"""Loading a checkpoint folder in the official layout (or a hub id) into a pipeline.
+
+The model is built on the meta device, every tensor name and shape in the safetensors
+headers is checked against it before any weight is read, and the weights are then
+assigned straight from the memory-mapped files in the requested dtype. Only JSON and
+safetensors are read: never pickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from bagel.config import AE_CONFIG, BAGEL_CONFIG, LLM_CONFIG, VIT_CONFIG, BagelConfig
+from bagel.errors import CheckpointError
+from bagel.model import Bagel
+from bagel.pipeline import BagelPipeline
+from bagel.tokenizer import BagelTokenizer
+from bagel.vae import AutoEncoder
+
+EMA_WEIGHTS = "ema.safetensors"
+AE_WEIGHTS = "ae.safetensors"
+REQUIRED_FILES = (LLM_CONFIG, VIT_CONFIG, EMA_WEIGHTS, AE_WEIGHTS)
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt"]
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    attn_backend: str | None = None,
+) -> BagelPipeline:
+    """Load a BAGEL checkpoint folder (or hub id, when online) for inference.
+
+    Args:
+        path: folder with llm_config.json, vit_config.json, ema.safetensors,
+            ae.safetensors and the tokenizer files; or a hub id such as
+            "ByteDance-Seed/BAGEL-7B-MoT".
+        device: "cpu", "cuda", "cuda:1", …
+        dtype: weights and activations of the BAGEL model ("float32", "bfloat16", …);
+            default float32 on CPU, bfloat16 on CUDA. The autoencoder stays float32.
+        attn_backend: "flash", "sdpa" or "math"; default: the best for the device.
+    """
+    device = parse_device(device)
+    dtype = parse_dtype(dtype, device)
+    folder = resolve_folder(path)
+    config = BagelConfig.from_checkpoint(folder)
+    tokenizer = BagelTokenizer.from_folder(folder)
+    if tokenizer.vocab_len > config.llm.vocab_size:
+        raise CheckpointError(
+            f"{folder}: the tokenizer has {tokenizer.vocab_len} tokens but "
+            f"{LLM_CONFIG} has vocab_size {config.llm.vocab_size}"
+        )
+    with torch.device("meta"):
+        net, ae = Bagel(config), AutoEncoder(config.ae)
+    load_weights(net, folder / EMA_WEIGHTS, device, dtype, ignore=_dropped_vit_layer(config))
+    load_weights(ae, folder / AE_WEIGHTS, device, torch.float32)
+    return BagelPipeline(net, ae, tokenizer, attn_backend)
+
+
+def resolve_folder(path: str | Path) -> Path:
+    """A local folder with every required file, downloading a hub id when needed."""
+    folder = Path(path).expanduser()
+    if not folder.exists() and _HUB_ID.match(str(path)):
+        folder = _download(str(path))
+    if not folder.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint folder")
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder}: missing checkpoint file(s): {', '.join(missing)}")
+    return folder
+
+
+def load_weights(
+    module: nn.Module,
+    file: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    ignore: tuple[str, ...] = (),
+) -> None:
+    """Check `file`'s names and shapes against `module` (built on meta), then assign them."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = read_header(file)
+    found = {k: s for k, s in found.items() if not k.startswith(ignore)} if ignore else found
+    check_names_and_shapes(expected, found, file)
+    state = {}
+    try:
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            for key in expected:
+                state[key] = f.get_tensor(key).to(dtype)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{file}: cannot read tensor data ({err})") from err
+    module.load_state_dict(state, strict=True, assign=True)
+    module.eval().requires_grad_(False)
+
+
+def read_header(file: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors header (no data is read)."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from err
+
+
+def check_names_and_shapes(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], file: Path
+) -> None:
+    """Refuse a weight file whose tensors do not match the model exactly, naming them."""
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    misshaped = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [f"{file}: weights do not match the model built from the config files"]
+    for title, keys, describe in (
+        ("missing", missing, lambda k: k),
+        ("unexpected", unexpected, lambda k: k),
+        (
+            "wrong shape",
+            misshaped,
+            lambda k: f"{k}: expected {list(expected[k])}, found {list(found[k])}",
+        ),
+    ):
+        if keys:
+            shown = "\n    ".join(describe(k) for k in keys[:10])
+            more = f"\n    … and {len(keys) - 10} more" if len(keys) > 10 else ""
+            lines.append(f"  {len(keys)} {title}:\n    {shown}{more}")
+    raise CheckpointError("\n".join(lines))
+
+
+def checkpoint_identity(path: str | Path) -> str:
+    """SHA-256 over the config files and the safetensors headers: cheap, and it changes
+    whenever a config, a tensor name, shape, dtype or data offset changes."""
+    folder = resolve_folder(path)
+    digest = hashlib.sha256()
+    for name in (LLM_CONFIG, VIT_CONFIG, AE_CONFIG, BAGEL_CONFIG, EMA_WEIGHTS, AE_WEIGHTS):
+        file = folder / name
+        if not file.is_file():
+            continue
+        digest.update(name.encode())
+        digest.update(
+            _safetensors_header(file) if name.endswith(".safetensors") else file.read_bytes()
+        )
+    return digest.hexdigest()
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise CheckpointError(f"unknown device {device!r} (expected e.g. 'cpu' or 'cuda')") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"device {str(device)!r} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise CheckpointError(f"device type {device.type!r} is not supported (cpu or cuda)")
+    return device
+
+
+def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise CheckpointError(f"unknown dtype {dtype!r}; expected one of {sorted(set(DTYPES))}")
+
+
+def _dropped_vit_layer(config: BagelConfig) -> tuple[str, ...]:
+    """The ViT layer the official loader drops, should the file carry it."""
+    return (f"vit_model.vision_model.encoder.layers.{config.vit.num_hidden_layers}.",)
+
+
+def _safetensors_header(file: Path) -> bytes:
+    with file.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if size > 100_000_000:
+            raise CheckpointError(f"{file}: safetensors header of {size} bytes is implausible")
+        return f.read(size)
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except Exception as err:  # offline, unknown repo, no permission: all end here
+        raise CheckpointError(
+            f"{repo_id}: not a local folder, and downloading it from the hub "
+            f"failed ({type(err).__name__}: {err})"
+        ) from err

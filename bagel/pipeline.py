@@ -1,0 +1,406 @@
+"""Context operations over a loaded BAGEL: append text and images, generate text and images.
+
+`BagelPipeline` holds the weights (`net`: ema.safetensors, `ae`: ae.safetensors), the
+tokenizer and the attention backend. Contexts (`KVContext`) are plain values the caller
+keeps; every verb validates its input before it touches a context, and a context is
+changed only by the append verbs (generation works on forks and read-only views).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from bagel.attention import check_backend, default_backend
+from bagel.embeddings import patchify_latent, unpatchify_latent
+from bagel.errors import InputError
+from bagel.flow import SamplerParams, cfg_combine, cfg_scales, euler_step, flow_timesteps
+from bagel.image import open_image, to_pil, to_tensor, vae_rule, vit_rule
+from bagel.kv import KVContext, KVLayout
+from bagel.llm import Routing
+from bagel.model import Bagel
+from bagel.tokenizer import BagelTokenizer
+from bagel.vae import AutoEncoder
+
+ProgressFn = Callable[[int, int], None]  # (steps done, steps total); may raise to cancel
+
+
+@dataclass(frozen=True)
+class TextOutput:
+    text: str
+    token_ids: list[int]  # generated tokens, without the start token and the stop token
+    scores: Tensor | None = None  # [steps, vocab] float32 logits, when asked for
+
+
+@dataclass(frozen=True)
+class ImageOutput:
+    image: Image.Image
+    latent: Tensor  # [C, H/8, W/8] float32, the clean latent (t = 0)
+
+
+class BagelPipeline:
+    def __init__(
+        self,
+        net: Bagel,
+        ae: AutoEncoder,
+        tokenizer: BagelTokenizer,
+        attn_backend: str | None = None,
+    ):
+        self.net, self.ae, self.tokenizer = net.eval(), ae.eval(), tokenizer
+        self.config = net.config
+        self.backend = check_backend(attn_backend or default_backend(net.device), net.device)
+        self.vae_rule, self.vit_rule = vae_rule(self.config), vit_rule(self.config)
+        llm = self.config.llm
+        layers = net.language_model.model.layers
+        self.kv_layout = KVLayout(
+            llm.num_hidden_layers,
+            llm.num_key_value_heads,
+            llm.head_dim,
+            net.dtype,
+            tuple(layer.input_layernorm.weight.device for layer in layers),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.device
+
+    def new_context(self) -> KVContext:
+        return KVContext(self.kv_layout)
+
+    # -- appending ----------------------------------------------------------------
+
+    def append_text(self, ctx: KVContext, text: str) -> int:
+        """Append `<|im_start|> text <|im_end|>` (causal, und expert). Returns its token count."""
+        ids = self.tokenizer.frame(text)
+        n = len(ids)
+        self._check_positions(ctx, n, f"text of {n} tokens")
+        positions = ctx.rope + torch.arange(n)
+        self._prefill(
+            ctx,
+            self.net.embed_tokens(torch.tensor(ids)),
+            positions,
+            Routing.text(n),
+            causal=True,
+            rope_advance=n,
+        )
+        return n
+
+    def prepare_image(self, image: Image.Image | str | bytes) -> Image.Image:
+        """Open, convert to RGB and apply the VAE resize rule (every input goes through it,
+        also when only ViT tokens are wanted, as in the official inferencer)."""
+        return self.vae_rule.resize(open_image(image))
+
+    def encode_latent(
+        self,
+        image: Image.Image,
+        generator: torch.Generator | None = None,
+        posterior_mean: bool = False,
+    ) -> Tensor:
+        """VAE-encode a prepared image → [C, H/8, W/8]; samples the posterior unless
+        `posterior_mean` (the official code samples, from the caller's generator)."""
+        pixels = to_tensor(image)[None].to(self._ae_device)
+        with torch.inference_mode():
+            return self.ae.encode(pixels, generator=generator, sample=not posterior_mean)[0].float()
+
+    def append_latent(self, ctx: KVContext, latent: Tensor) -> int:
+        """Append a clean latent [C, H/8, W/8] as VAE tokens at t = 0, one RoPE position."""
+        c, hh, ww = self._check_latent(latent)
+        grid = (hh // self.config.latent_patch_size, ww // self.config.latent_patch_size)
+        self._check_positions(ctx, 1, "an image")
+        with torch.inference_mode():
+            tokens = self.net.latent_tokens(
+                patchify_latent(latent, self.config.latent_patch_size), torch.zeros(1), grid
+            )
+        n = tokens.shape[0]
+        routing = Routing.latent_spans(n + 2, [(1, n + 1)], self.device)
+        self._prefill(
+            ctx,
+            self._wrap_image(tokens),
+            torch.full((n + 2,), ctx.rope),
+            routing,
+            causal=False,
+            rope_advance=1,
+        )
+        return n + 2
+
+    def append_vit(self, ctx: KVContext, image: Image.Image) -> int:
+        """Append a prepared image as ViT tokens (und expert), one RoPE position."""
+        self._check_positions(ctx, 1, "an image")
+        pixels = to_tensor(self.vit_rule.resize(image))
+        with torch.inference_mode():
+            tokens = self.net.vit_tokens(pixels)
+        n = tokens.shape[0] + 2
+        self._prefill(
+            ctx,
+            self._wrap_image(tokens),
+            torch.full((n,), ctx.rope),
+            Routing.text(n),
+            causal=False,
+            rope_advance=1,
+        )
+        return n
+
+    def append_image(
+        self,
+        ctx: KVContext,
+        image: Image.Image | str | bytes,
+        *,
+        vae: bool = True,
+        vit: bool = True,
+        generator: torch.Generator | None = None,
+        posterior_mean: bool = False,
+    ) -> Image.Image:
+        """Append an input image as VAE tokens then ViT tokens (the official order).
+
+        Returns the prepared (RGB, VAE-resized) image; an edit's output takes its size.
+        """
+        prepared = self.prepare_image(image)
+        self._check_positions(ctx, int(vae) + int(vit), "an image")
+        if vae:
+            self.append_latent(ctx, self.encode_latent(prepared, generator, posterior_mean))
+        if vit:
+            self.append_vit(ctx, prepared)
+        return prepared
+
+    # -- generation ---------------------------------------------------------------
+
+    def generate_text(
+        self,
+        ctx: KVContext,
+        max_new_tokens: int = 500,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        output_scores: bool = False,
+    ) -> TextOutput:
+        """Decode a reply after the context: feed `<|im_start|>`, stop at `<|im_end|>`.
+
+        Runs on a fork of `ctx`, which is left unchanged (the official code deep-copies
+        the context instead). Sampling is plain softmax(logits / temperature): no top-k
+        or top-p, as upstream. The official `max_length=L` equals `max_new_tokens=L-1`.
+        """
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if do_sample and not temperature > 0:
+            raise InputError(f"temperature must be > 0 when sampling, got {temperature!r}")
+        self._check_positions(ctx, max_new_tokens, f"a reply of up to {max_new_tokens} tokens")
+        scratch, token = ctx.fork(), self.tokenizer.bos_id
+        out: list[int] = []
+        scores: list[Tensor] = []
+        lm_head = self.net.language_model.lm_head
+        for _ in range(max_new_tokens):
+            hidden = self._prefill(
+                scratch,
+                self.net.embed_tokens(torch.tensor([token])),
+                torch.tensor([scratch.rope]),
+                Routing.text(1),
+                causal=True,
+                rope_advance=1,
+            )
+            with torch.inference_mode():
+                logits = lm_head(hidden[0, -1].to(lm_head.weight.device)).float()
+            if output_scores:
+                scores.append(logits.cpu())
+            token = self._next_token(logits, do_sample, temperature, generator)
+            if token == self.tokenizer.eos_id:
+                break
+            out.append(token)
+        text = self.tokenizer.reply_text([self.tokenizer.bos_id, *out])
+        return TextOutput(text, out, torch.stack(scores) if output_scores else None)
+
+    def generate_image(
+        self,
+        ctx: KVContext,
+        height: int,
+        width: int,
+        params: SamplerParams | None = None,
+        *,
+        cfg_text_ctx: KVContext | None = None,
+        cfg_img_ctx: KVContext | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        progress: ProgressFn | None = None,
+    ) -> ImageOutput:
+        """Sample an image after `ctx` with the rectified-flow sampler (spec §7).
+
+        Args:
+            ctx: the main context; cfg_text_ctx: the text-dropped context (needed when
+                cfg_text_scale > 1); cfg_img_ctx: the image-dropped context (needed when
+                both scales > 1). None of them is changed.
+            height, width: pixels, multiples of 16, at most the latent table allows.
+            noise: initial latent [C, H/8, W/8]; otherwise drawn as randn(N, 64) float32
+                on the CPU `generator`, in token order, as upstream.
+            progress: called after every denoising step; an exception it raises stops
+                the sampling (the contexts are untouched).
+        """
+        params = params or SamplerParams()
+        h, w = self._check_image_size(height, width)
+        if params.cfg_text_scale > 1 and cfg_text_ctx is None:
+            raise InputError("cfg_text_scale > 1 needs cfg_text_ctx (the text-dropped context)")
+        if params.cfg_text_scale > 1 and params.cfg_img_scale > 1 and cfg_img_ctx is None:
+            raise InputError("cfg_img_scale > 1 needs cfg_img_ctx (the image-dropped context)")
+        for c in (ctx, cfg_text_ctx, cfg_img_ctx):
+            if c is not None:
+                self._check_positions(c, 1, "a generated image")
+        x = self._initial_noise(h, w, noise, generator)
+        t = flow_timesteps(params.num_timesteps, params.timestep_shift)
+        n = h * w
+        routing = Routing.latent_spans(n + 2, [(1, n + 1)], self.device)
+        for i in range(params.num_timesteps - 1):
+            text_scale, img_scale = cfg_scales(float(t[i]), params)
+            branches = [ctx]
+            if text_scale > 1:  # the image branch matters only under text guidance
+                branches.append(cfg_text_ctx)
+                if img_scale > 1:
+                    branches.append(cfg_img_ctx)
+            v = self._velocity(x, t[i], (h, w), branches, routing)
+            v = cfg_combine(
+                v[0],
+                v[1] if len(v) > 1 else None,
+                v[2] if len(v) > 2 else None,
+                text_scale,
+                img_scale,
+                params.cfg_renorm_type,
+                params.cfg_renorm_min,
+            )
+            x = euler_step(x, v, (t[i] - t[i + 1]).to(x.device))
+            if progress is not None:
+                progress(i + 1, params.num_timesteps - 1)
+        latent = unpatchify_latent(
+            x, h, w, self.config.latent_channels, self.config.latent_patch_size
+        ).float()
+        return ImageOutput(self.decode_latent(latent), latent)
+
+    def decode_latent(self, latent: Tensor) -> Image.Image:
+        """[C, H/8, W/8] → RGB image (clamp, ×255, truncate)."""
+        with torch.inference_mode():
+            pixels = self.ae.decode(latent[None].to(self._ae_device, torch.float32))
+        return to_pil(pixels[0].float().cpu())
+
+    # -- internals ----------------------------------------------------------------
+
+    def _velocity(
+        self,
+        x: Tensor,
+        t: Tensor,
+        grid: tuple[int, int],
+        branches: list[KVContext],
+        routing: Routing,
+    ) -> Tensor:
+        """One forward of the noisy query block against every branch at once → [B, N, 64]."""
+        with torch.inference_mode():
+            tokens = self.net.latent_tokens(x, t.reshape(1), grid)
+            query = self._wrap_image(tokens)  # [N+2, C]
+            positions = torch.stack([torch.full((query.shape[0],), c.rope) for c in branches])
+            hidden = self.net.language_model(
+                query.expand(len(branches), -1, -1),
+                positions,
+                routing,
+                branches,
+                causal=False,
+                write=False,
+                backend=self.backend,
+            )
+            return self.net.llm2vae(hidden[:, 1:-1].to(self.device))
+
+    def _prefill(
+        self,
+        ctx: KVContext,
+        embeds: Tensor,
+        positions: Tensor,
+        routing: Routing,
+        causal: bool,
+        rope_advance: int,
+    ) -> Tensor:
+        """Run new rows [T, C] against ctx and append their K/V; returns hidden [1, T, C]."""
+        with torch.inference_mode():
+            ctx.reserve(embeds.shape[0])
+            hidden = self.net.language_model(
+                embeds[None],
+                positions[None],
+                routing,
+                [ctx],
+                causal=causal,
+                write=True,
+                backend=self.backend,
+            )
+        ctx.commit(rope_advance)
+        return hidden
+
+    def _wrap_image(self, tokens: Tensor) -> Tensor:
+        """[N, C] → [N+2, C] between <|vision_start|> and <|vision_end|>."""
+        markers = self.net.embed_tokens(
+            torch.tensor([self.tokenizer.start_of_image_id, self.tokenizer.end_of_image_id])
+        )
+        return torch.cat([markers[:1], tokens.to(markers.dtype), markers[1:]])
+
+    def _next_token(
+        self, logits: Tensor, do_sample: bool, temperature: float, generator: torch.Generator | None
+    ) -> int:
+        if not do_sample:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / temperature, dim=-1)
+        if generator is not None:
+            probs = probs.to(generator.device)
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    def _initial_noise(
+        self, h: int, w: int, noise: Tensor | None, generator: torch.Generator | None
+    ) -> Tensor:
+        dim = self.config.patch_latent_dim
+        if noise is None:
+            x = torch.randn(h * w, dim, generator=generator, dtype=torch.float32)
+        else:
+            c, hh, ww = self._check_latent(noise, "noise")
+            if (hh, ww) != (h * self.config.latent_patch_size, w * self.config.latent_patch_size):
+                raise InputError(
+                    f"noise has latent size {hh}x{ww}; the requested image needs "
+                    f"{h * self.config.latent_patch_size}x"
+                    f"{w * self.config.latent_patch_size}"
+                )
+            x = patchify_latent(noise.float(), self.config.latent_patch_size)
+        return x.to(self.device)
+
+    def _check_latent(self, latent: Tensor, name: str = "latent") -> tuple[int, int, int]:
+        p, c = self.config.latent_patch_size, self.config.latent_channels
+        if not isinstance(latent, Tensor) or latent.dim() != 3 or latent.shape[0] != c:
+            shape = tuple(latent.shape) if isinstance(latent, Tensor) else type(latent).__name__
+            raise InputError(f"{name} must be a tensor of shape ({c}, H/8, W/8), got {shape}")
+        _, hh, ww = latent.shape
+        if hh % p or ww % p or hh == 0 or ww == 0:
+            raise InputError(f"{name} spatial size {hh}x{ww} must be a positive multiple of {p}")
+        if max(hh, ww) // p > self.config.max_latent_size:
+            raise InputError(
+                f"{name} spatial size {hh}x{ww} exceeds the latent position table "
+                f"({self.config.max_latent_size * p} per side)"
+            )
+        if not torch.isfinite(latent).all():
+            raise InputError(f"{name} contains NaN or infinite values")
+        return c, hh, ww
+
+    def _check_image_size(self, height: int, width: int) -> tuple[int, int]:
+        step, top = self.config.latent_downsample, self.config.vae_max_side
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise InputError(f"{name} must be an integer, got {value!r}")
+            if value < step or value > top or value % step:
+                raise InputError(
+                    f"{name} {value} must be a multiple of {step} between {step} and {top}"
+                )
+        return height // step, width // step
+
+    def _check_positions(self, ctx: KVContext, advance: int, what: str) -> None:
+        limit = self.config.llm.max_position_embeddings
+        if ctx.rope + advance > limit:
+            raise InputError(
+                f"{what} does not fit: the context is at position {ctx.rope} and "
+                f"the model's position limit is {limit}"
+            )
+
+    @property
+    def _ae_device(self) -> torch.device:
+        return next(self.ae.parameters()).device
