@@ -287,13 +287,20 @@ def apply_official_overrides(llm_raw: dict, vit_raw: dict) -> tuple[dict, dict]:
     vit = {**vit_raw}
     if "num_hidden_layers" not in vit:
         raise CheckpointError(f"{VIT_CONFIG}: missing field 'num_hidden_layers'")
-    vit["num_hidden_layers"] = int(vit["num_hidden_layers"]) - 1
+    layers = vit["num_hidden_layers"]
+    if not isinstance(layers, int) or isinstance(layers, bool):
+        raise CheckpointError(
+            f"{VIT_CONFIG}: field 'num_hidden_layers' must be int, found {layers!r}"
+        )
+    vit["num_hidden_layers"] = layers - 1
     return llm, vit
 
 
 def _check_rope_scaling(llm_raw: dict) -> None:
     scaling = llm_raw.get("rope_scaling")
-    if scaling not in (None, {}) and scaling.get("rope_type", scaling.get("type")) != "default":
+    if scaling not in (None, {}) and (
+        not isinstance(scaling, dict) or scaling.get("rope_type", scaling.get("type")) != "default"
+    ):
         raise CheckpointError(
             f"{LLM_CONFIG}: rope_scaling {scaling!r} is not supported; BAGEL uses the default RoPE"
         )
