@@ -35,9 +35,13 @@ class InterleaveOutput:
     text: str | None = None  # the reply (understanding) or the thinking (generation)
 
 
-def build_contexts(pipe: BagelPipeline, inputs: list[str | Image.Image], understanding: bool,
-                   think: bool, generator: torch.Generator | None = None
-                   ) -> tuple[CFGContexts, tuple[int, int] | None]:
+def build_contexts(
+    pipe: BagelPipeline,
+    inputs: list[str | Image.Image],
+    understanding: bool,
+    think: bool,
+    generator: torch.Generator | None = None,
+) -> tuple[CFGContexts, tuple[int, int] | None]:
     """Feed inputs the official way; returns the contexts and the last image's (H, W)."""
     if not inputs:
         raise InputError("inputs must hold at least one text or image")
@@ -57,20 +61,28 @@ def build_contexts(pipe: BagelPipeline, inputs: list[str | Image.Image], underst
             pipe.append_text(main, item)
             pipe.append_text(image_dropped, item)
         else:
-            prepared = pipe.append_image(main, item, vae=not understanding, vit=True,
-                                         generator=generator)
+            prepared = pipe.append_image(
+                main, item, vae=not understanding, vit=True, generator=generator
+            )
             size = (prepared.height, prepared.width)
             text_dropped = main.prefix(main.length, main.rope)  # after this image
     return CFGContexts(main, text_dropped, image_dropped), size
 
 
-def interleave_inference(pipe: BagelPipeline, inputs: list[str | Image.Image], *,
-                         understanding: bool = False, think: bool = False,
-                         params: SamplerParams | None = None,
-                         image_size: tuple[int, int] | None = None, max_think_tokens: int = 1000,
-                         do_sample: bool = False, temperature: float = 0.3,
-                         generator: torch.Generator | None = None,
-                         progress: ProgressFn | None = None) -> InterleaveOutput:
+def interleave_inference(
+    pipe: BagelPipeline,
+    inputs: list[str | Image.Image],
+    *,
+    understanding: bool = False,
+    think: bool = False,
+    params: SamplerParams | None = None,
+    image_size: tuple[int, int] | None = None,
+    max_think_tokens: int = 1000,
+    do_sample: bool = False,
+    temperature: float = 0.3,
+    generator: torch.Generator | None = None,
+    progress: ProgressFn | None = None,
+) -> InterleaveOutput:
     """The official single call: understanding → text; otherwise (think →) image.
 
     image_size is (H, W); default: the last input image's size, else 1024×1024 capped
@@ -81,14 +93,23 @@ def interleave_inference(pipe: BagelPipeline, inputs: list[str | Image.Image], *
     ctx, last_size = build_contexts(pipe, inputs, understanding, think, generator)
     text_args = dict(do_sample=do_sample, temperature=temperature, generator=generator)
     if understanding:
-        return InterleaveOutput(text=pipe.generate_text(ctx.main, max_think_tokens, **text_args).text)
+        return InterleaveOutput(
+            text=pipe.generate_text(ctx.main, max_think_tokens, **text_args).text
+        )
     thought = None
     if think:
         thought = pipe.generate_text(ctx.main, max_think_tokens, **text_args).text
         pipe.append_text(ctx.main, thought)  # the main context only, as upstream
     side = min(1024, pipe.config.vae_max_side)
     height, width = image_size or last_size or (side, side)
-    out = pipe.generate_image(ctx.main, height, width, params, cfg_text_ctx=ctx.text_dropped,
-                              cfg_img_ctx=ctx.image_dropped, generator=generator,
-                              progress=progress)
+    out = pipe.generate_image(
+        ctx.main,
+        height,
+        width,
+        params,
+        cfg_text_ctx=ctx.text_dropped,
+        cfg_img_ctx=ctx.image_dropped,
+        generator=generator,
+        progress=progress,
+    )
     return InterleaveOutput(image=out.image, text=thought)

@@ -26,7 +26,9 @@ class Sequence:
 
     def add_text(self, embeds: Tensor) -> None:
         n = embeds.shape[0]
-        self._add(embeds, torch.arange(self.rope, self.rope + n), torch.zeros(n, dtype=torch.bool), True)
+        self._add(
+            embeds, torch.arange(self.rope, self.rope + n), torch.zeros(n, dtype=torch.bool), True
+        )
         self.rope += n
 
     def add_image(self, embeds: Tensor, latent: bool) -> None:
@@ -44,7 +46,9 @@ class Sequence:
         self.causal.append(causal)
 
     def copy(self) -> Sequence:
-        return Sequence(list(self.embeds), list(self.positions), list(self.is_gen), list(self.causal), self.rope)
+        return Sequence(
+            list(self.embeds), list(self.positions), list(self.is_gen), list(self.causal), self.rope
+        )
 
     def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Concatenated embeds, positions, gen flags and the [T, T] visibility mask."""
@@ -52,7 +56,7 @@ class Sequence:
         total = sum(sizes)
         mask = torch.zeros(total, total, dtype=torch.bool)
         start = 0
-        for size, causal in zip(sizes, self.causal):
+        for size, causal in zip(sizes, self.causal, strict=True):
             stop = start + size
             mask[start:stop, :start] = True
             block = torch.ones(size, size, dtype=torch.bool)
@@ -77,16 +81,24 @@ def _rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
 
 
 @torch.inference_mode()
-def reference_forward(lm, embeds: Tensor, positions: Tensor, is_gen: Tensor, mask: Tensor) -> Tensor:
+def reference_forward(
+    lm, embeds: Tensor, positions: Tensor, is_gen: Tensor, mask: Tensor
+) -> Tensor:
     """Final-normed hidden states [T, C] of the whole sequence."""
     cfg = lm.config
     x = embeds
     for layer in lm.model.layers:
         a = layer.self_attn
         h = _select(is_gen, layer.input_layernorm(x), layer.input_layernorm_moe_gen(x))
-        q = _select(is_gen, a.q_proj(h), a.q_proj_moe_gen(h)).view(-1, cfg.num_attention_heads, cfg.head_dim)
-        k = _select(is_gen, a.k_proj(h), a.k_proj_moe_gen(h)).view(-1, cfg.num_key_value_heads, cfg.head_dim)
-        v = _select(is_gen, a.v_proj(h), a.v_proj_moe_gen(h)).view(-1, cfg.num_key_value_heads, cfg.head_dim)
+        q = _select(is_gen, a.q_proj(h), a.q_proj_moe_gen(h)).view(
+            -1, cfg.num_attention_heads, cfg.head_dim
+        )
+        k = _select(is_gen, a.k_proj(h), a.k_proj_moe_gen(h)).view(
+            -1, cfg.num_key_value_heads, cfg.head_dim
+        )
+        v = _select(is_gen, a.v_proj(h), a.v_proj_moe_gen(h)).view(
+            -1, cfg.num_key_value_heads, cfg.head_dim
+        )
         q = _select(is_gen, a.q_norm(q), a.q_norm_moe_gen(q)).transpose(0, 1)
         k = _select(is_gen, a.k_norm(k), a.k_norm_moe_gen(k)).transpose(0, 1)
         q, k = _rope(q, positions, cfg.rope_theta), _rope(k, positions, cfg.rope_theta)
@@ -95,6 +107,8 @@ def reference_forward(lm, embeds: Tensor, positions: Tensor, is_gen: Tensor, mas
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.transpose(0, 1).reshape(x.shape[0], -1)
         x = x + _select(is_gen, a.o_proj(out), a.o_proj_moe_gen(out))
-        h = _select(is_gen, layer.post_attention_layernorm(x), layer.post_attention_layernorm_moe_gen(x))
+        h = _select(
+            is_gen, layer.post_attention_layernorm(x), layer.post_attention_layernorm_moe_gen(x)
+        )
         x = x + _select(is_gen, layer.mlp(h), layer.mlp_moe_gen(h))
     return _select(is_gen, lm.model.norm(x), lm.model.norm_moe_gen(x))

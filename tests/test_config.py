@@ -128,9 +128,7 @@ def test_7b_parameter_count(meta_7b: Bagel) -> None:
     assert abs(from_model / 1e9 - 14.60) < 0.01
     # one expert of one decoder layer: 233.06 M (§1.6)
     layer0 = [k for k in spec_7b_keys() if k.startswith("language_model.model.layers.0.")]
-    one_expert = sum(
-        torch.Size(spec_7b_keys()[k]).numel() for k in layer0 if "moe_gen" not in k
-    )
+    one_expert = sum(torch.Size(spec_7b_keys()[k]).numel() for k in layer0 if "moe_gen" not in k)
     assert round(one_expert / 1e6, 2) == 233.06
 
 

@@ -9,9 +9,15 @@ from bagel.errors import InputError
 from bagel.flow import SamplerParams, cfg_combine, cfg_scales, euler_step, flow_timesteps
 
 # spec §7.2: 50 steps, shift 3 → (i, t_i, dt_i)
-SPEC_VECTOR = [(0, 1.0, 0.0068966), (1, 0.9931034, 0.0070894), (10, 0.9212598, 0.0092598),
-               (24, 0.7575758, 0.0153077), (40, 0.4029850, 0.0337543),
-               (41, 0.3692308, 0.0358974), (48, 0.0588235, 0.0588235)]
+SPEC_VECTOR = [
+    (0, 1.0, 0.0068966),
+    (1, 0.9931034, 0.0070894),
+    (10, 0.9212598, 0.0092598),
+    (24, 0.7575758, 0.0153077),
+    (40, 0.4029850, 0.0337543),
+    (41, 0.3692308, 0.0358974),
+    (48, 0.0588235, 0.0588235),
+]
 
 
 def test_schedule_matches_the_spec_test_vector():
@@ -71,8 +77,9 @@ def test_text_channel_renorms_only_the_text_step(velocities):
     v, vt, vi = velocities
     u = vt + 4.0 * (v - vt)
     u = u * (v.norm(dim=1, keepdim=True) / (u.norm(dim=1, keepdim=True) + 1e-8)).clamp(0.0, 1.0)
-    torch.testing.assert_close(cfg_combine(v, vt, vi, 4.0, 2.0, "text_channel", 0.0),
-                               vi + 2.0 * (u - vi))
+    torch.testing.assert_close(
+        cfg_combine(v, vt, vi, 4.0, 2.0, "text_channel", 0.0), vi + 2.0 * (u - vi)
+    )
 
 
 def test_renorm_never_grows_and_min_one_disables_it(velocities):
@@ -90,16 +97,19 @@ def test_euler_step_keeps_float32_state_and_bf16_velocity_product():
     assert torch.equal(out, x - (v * torch.tensor(0.1)).float())
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(num_timesteps=1), "num_timesteps must be an integer >= 2"),
-    (dict(num_timesteps=-5), "num_timesteps"),
-    (dict(timestep_shift=0.0), "timestep_shift must be > 0"),
-    (dict(cfg_interval=(0.5, 1.5)), "cfg_interval must be"),
-    (dict(cfg_interval=(0.8, 0.2)), "cfg_interval must be"),
-    (dict(cfg_renorm_type="local"), "cfg_renorm_type must be one of"),
-    (dict(cfg_renorm_min=2.0), "cfg_renorm_min must be in"),
-    (dict(cfg_text_scale="4"), "cfg_text_scale must be a number"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(num_timesteps=1), "num_timesteps must be an integer >= 2"),
+        (dict(num_timesteps=-5), "num_timesteps"),
+        (dict(timestep_shift=0.0), "timestep_shift must be > 0"),
+        (dict(cfg_interval=(0.5, 1.5)), "cfg_interval must be"),
+        (dict(cfg_interval=(0.8, 0.2)), "cfg_interval must be"),
+        (dict(cfg_renorm_type="local"), "cfg_renorm_type must be one of"),
+        (dict(cfg_renorm_min=2.0), "cfg_renorm_min must be in"),
+        (dict(cfg_text_scale="4"), "cfg_text_scale must be a number"),
+    ],
+)
 def test_bad_sampler_params(kwargs, message):
     with pytest.raises(InputError, match=message):
         SamplerParams(**kwargs)

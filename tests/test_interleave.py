@@ -36,15 +36,30 @@ def texts_only(pipe, texts):
     return ctx
 
 
-@pytest.mark.parametrize(("inputs", "think", "main", "text_dropped", "image_dropped"), [
-    (["a cat"], False, ["a cat"], [], ["a cat"]),
-    (["a cat"], True, [GEN_THINK_PROMPT, "a cat"], [GEN_THINK_PROMPT], [GEN_THINK_PROMPT, "a cat"]),
-    ([IMAGE, "blue"], False, ["IMG", "blue"], ["IMG"], ["blue"]),
-    ([IMAGE, "blue"], True, [GEN_THINK_PROMPT, "IMG", "blue"], [GEN_THINK_PROMPT, "IMG"],
-     [GEN_THINK_PROMPT, "blue"]),
-])
-def test_generation_contexts_hold_what_the_spec_says(pipe, inputs, think, main, text_dropped,
-                                                     image_dropped):
+@pytest.mark.parametrize(
+    ("inputs", "think", "main", "text_dropped", "image_dropped"),
+    [
+        (["a cat"], False, ["a cat"], [], ["a cat"]),
+        (
+            ["a cat"],
+            True,
+            [GEN_THINK_PROMPT, "a cat"],
+            [GEN_THINK_PROMPT],
+            [GEN_THINK_PROMPT, "a cat"],
+        ),
+        ([IMAGE, "blue"], False, ["IMG", "blue"], ["IMG"], ["blue"]),
+        (
+            [IMAGE, "blue"],
+            True,
+            [GEN_THINK_PROMPT, "IMG", "blue"],
+            [GEN_THINK_PROMPT, "IMG"],
+            [GEN_THINK_PROMPT, "blue"],
+        ),
+    ],
+)
+def test_generation_contexts_hold_what_the_spec_says(
+    pipe, inputs, think, main, text_dropped, image_dropped
+):
     ctx, _ = build_contexts(pipe, inputs, understanding=False, think=think)
 
     def size(items):
@@ -62,17 +77,26 @@ def test_generation_contexts_hold_what_the_spec_says(pipe, inputs, think, main, 
 
 def test_understanding_adds_vit_tokens_only(pipe):
     ctx, size = build_contexts(pipe, [IMAGE, "what is it?"], understanding=True, think=True)
-    assert ctx.main.length == n_text(pipe, VLM_THINK_PROMPT) + image_tokens(pipe, vae=False) + n_text(pipe, "what is it?")
+    assert ctx.main.length == n_text(pipe, VLM_THINK_PROMPT) + image_tokens(
+        pipe, vae=False
+    ) + n_text(pipe, "what is it?")
     assert size == (48, 64)
 
 
 def test_single_calls_end_to_end(pipe):
     params = SamplerParams.edit(num_timesteps=3)
-    edit = interleave_inference(pipe, [IMAGE, "make it blue"], params=params,
-                                generator=torch.Generator().manual_seed(0))
+    edit = interleave_inference(
+        pipe, [IMAGE, "make it blue"], params=params, generator=torch.Generator().manual_seed(0)
+    )
     assert edit.image.size == (64, 48) and edit.text is None
-    t2i = interleave_inference(pipe, ["a cat"], think=True, max_think_tokens=5,
-                               params=SamplerParams(num_timesteps=3), image_size=(32, 32))
+    t2i = interleave_inference(
+        pipe,
+        ["a cat"],
+        think=True,
+        max_think_tokens=5,
+        params=SamplerParams(num_timesteps=3),
+        image_size=(32, 32),
+    )
     assert t2i.image.size == (32, 32) and isinstance(t2i.text, str)
     answer = interleave_inference(pipe, [IMAGE, "what?"], understanding=True, max_think_tokens=5)
     assert answer.image is None and isinstance(answer.text, str)

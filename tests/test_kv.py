@@ -8,8 +8,13 @@ import torch
 
 from bagel.kv import MIN_BLOCK_TOKENS, KVContext, KVLayout, allocated_bytes
 
-LAYOUT = KVLayout(num_layers=2, num_kv_heads=1, head_dim=4, dtype=torch.float32,
-                  devices=(torch.device("cpu"),) * 2)
+LAYOUT = KVLayout(
+    num_layers=2,
+    num_kv_heads=1,
+    head_dim=4,
+    dtype=torch.float32,
+    devices=(torch.device("cpu"),) * 2,
+)
 
 
 def append(ctx: KVContext, values: list[float], rope_advance: int | None = None) -> None:
@@ -42,7 +47,9 @@ def test_fork_shares_the_past_and_diverges():
     append(child, [9, 9])
     assert keys(parent) == [1, 2, 3] and keys(child) == [1, 2, 9, 9]
     assert len(child.spans) == 2  # the fork wrote into its own block
-    assert allocated_bytes(parent, child) == sum(b.nbytes for b in {id(b): b for b in parent.blocks() + child.blocks()}.values())
+    assert allocated_bytes(parent, child) == sum(
+        b.nbytes for b in {id(b): b for b in parent.blocks() + child.blocks()}.values()
+    )
     assert allocated_bytes(parent, child) < allocated_bytes(parent) + allocated_bytes(child)
 
 

@@ -13,10 +13,16 @@ from bagel.errors import ImageError, InputError
 from bagel.flow import SamplerParams, cfg_combine, cfg_scales, euler_step, flow_timesteps
 from bagel.image import to_tensor
 from bagel.llm import Routing
+
 from reference_forward import Sequence, reference_forward
 
-PARAMS = SamplerParams(num_timesteps=6, cfg_text_scale=4.0, cfg_img_scale=2.0,
-                       cfg_interval=(0.0, 1.0), cfg_renorm_type="global")
+PARAMS = SamplerParams(
+    num_timesteps=6,
+    cfg_text_scale=4.0,
+    cfg_img_scale=2.0,
+    cfg_interval=(0.0, 1.0),
+    cfg_renorm_type="global",
+)
 
 
 def picture(seed: int = 0, size: tuple[int, int] = (64, 48)) -> Image.Image:
@@ -36,7 +42,9 @@ def image_embeds(pipe, tokens):
 def latent_segment(pipe, latent, t=0.0):
     p = pipe.config.latent_patch_size
     grid = (latent.shape[1] // p, latent.shape[2] // p)
-    return image_embeds(pipe, pipe.net.latent_tokens(patchify_latent(latent, p), torch.tensor([t]), grid))
+    return image_embeds(
+        pipe, pipe.net.latent_tokens(patchify_latent(latent, p), torch.tensor([t]), grid)
+    )
 
 
 @torch.inference_mode()
@@ -65,8 +73,15 @@ def edit_setup(pipe):
     seq.add_text(text_embeds(pipe, "make it blue"))
     pipe.append_text(img_dropped, "make it blue")
     seq_img.add_text(text_embeds(pipe, "make it blue"))
-    return dict(image=image, main=main, text_dropped=text_dropped, img_dropped=img_dropped,
-                seq=seq, seq_txt=seq_txt, seq_img=seq_img)
+    return dict(
+        image=image,
+        main=main,
+        text_dropped=text_dropped,
+        img_dropped=img_dropped,
+        seq=seq,
+        seq_txt=seq_txt,
+        seq_img=seq_img,
+    )
 
 
 def test_context_bookkeeping(pipe, edit_setup):
@@ -114,8 +129,15 @@ def test_generated_latent_matches_full_recompute(pipe, edit_setup, renorm):
     s = edit_setup
     params = SamplerParams(**{**PARAMS.__dict__, "cfg_renorm_type": renorm})
     noise = torch.randn(16, 8, 8, generator=torch.Generator().manual_seed(1))
-    out = pipe.generate_image(s["main"], 64, 64, params, cfg_text_ctx=s["text_dropped"],
-                              cfg_img_ctx=s["img_dropped"], noise=noise)
+    out = pipe.generate_image(
+        s["main"],
+        64,
+        64,
+        params,
+        cfg_text_ctx=s["text_dropped"],
+        cfg_img_ctx=s["img_dropped"],
+        noise=noise,
+    )
     expected = reference_sample(pipe, [s["seq"], s["seq_txt"], s["seq_img"]], noise, params, 4, 4)
     torch.testing.assert_close(out.latent, expected, rtol=1e-4, atol=1e-4)
 
@@ -148,9 +170,12 @@ def test_text_generation_is_deterministic(pipe, edit_setup):
     main = edit_setup["main"]
     greedy = [pipe.generate_text(main, max_new_tokens=8).token_ids for _ in range(2)]
     assert greedy[0] == greedy[1] and len(greedy[0]) > 0
-    sampled = [pipe.generate_text(main, 8, do_sample=True, temperature=1.0,
-                                  generator=torch.Generator().manual_seed(s)).token_ids
-               for s in (5, 5, 6)]
+    sampled = [
+        pipe.generate_text(
+            main, 8, do_sample=True, temperature=1.0, generator=torch.Generator().manual_seed(s)
+        ).token_ids
+        for s in (5, 5, 6)
+    ]
     assert sampled[0] == sampled[1]
     assert sampled[0] != sampled[2]
 
@@ -161,8 +186,9 @@ def test_image_generation_is_deterministic_for_a_seed(pipe):
     params = SamplerParams(num_timesteps=4, cfg_img_scale=1.0)
 
     def run(seed):
-        return pipe.generate_image(ctx, 32, 48, params, cfg_text_ctx=empty,
-                                   generator=torch.Generator().manual_seed(seed))
+        return pipe.generate_image(
+            ctx, 32, 48, params, cfg_text_ctx=empty, generator=torch.Generator().manual_seed(seed)
+        )
 
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a.latent, b.latent)
@@ -196,8 +222,9 @@ def test_text_guidance_off_runs_only_the_main_branch(pipe, monkeypatch):
     calls = []
     original = pipe._velocity
     monkeypatch.setattr(pipe, "_velocity", lambda *a: calls.append(len(a[3])) or original(*a))
-    pipe.generate_image(ctx, 32, 32, SamplerParams(num_timesteps=3, cfg_text_scale=1.0,
-                                                   cfg_img_scale=3.0))
+    pipe.generate_image(
+        ctx, 32, 32, SamplerParams(num_timesteps=3, cfg_text_scale=1.0, cfg_img_scale=3.0)
+    )
     assert calls == [1, 1]
 
 
@@ -213,8 +240,14 @@ def test_progress_callback_can_cancel_without_touching_contexts(pipe):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        pipe.generate_image(ctx, 32, 32, SamplerParams(num_timesteps=5, cfg_img_scale=1.0),
-                            cfg_text_ctx=empty, progress=progress)
+        pipe.generate_image(
+            ctx,
+            32,
+            32,
+            SamplerParams(num_timesteps=5, cfg_img_scale=1.0),
+            cfg_text_ctx=empty,
+            progress=progress,
+        )
     assert seen == [(1, 4), (2, 4)] and (ctx.length, ctx.rope) == before
 
 
@@ -235,12 +268,15 @@ def test_text_beyond_the_position_limit_is_refused_before_any_change(pipe):
     assert unchanged(ctx) == before
 
 
-@pytest.mark.parametrize(("size", "message"), [
-    ((30, 32), "height 30 must be a multiple of 16"),
-    ((32, 0), "width 0 must be a multiple of 16"),
-    ((32, 4096), "width 4096 must be a multiple of 16 between 16 and 128"),
-    ((32.0, 32), "height must be an integer"),
-])
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ((30, 32), "height 30 must be a multiple of 16"),
+        ((32, 0), "width 0 must be a multiple of 16"),
+        ((32, 4096), "width 4096 must be a multiple of 16 between 16 and 128"),
+        ((32.0, 32), "height must be an integer"),
+    ],
+)
 def test_bad_image_sizes(pipe, size, message):
     with pytest.raises(InputError, match=message):
         pipe.generate_image(pipe.new_context(), *size, SamplerParams(cfg_text_scale=1.0))
@@ -255,7 +291,9 @@ def test_missing_guidance_contexts_and_bad_noise(pipe):
     params = SamplerParams(cfg_text_scale=1.0)
     with pytest.raises(InputError, match=r"shape \(16, H/8, W/8\), got \(4, 4, 4\)"):
         pipe.generate_image(ctx, 32, 32, params, noise=torch.zeros(4, 4, 4))
-    with pytest.raises(InputError, match="noise has latent size 8x8; the requested image needs 4x4"):
+    with pytest.raises(
+        InputError, match="noise has latent size 8x8; the requested image needs 4x4"
+    ):
         pipe.generate_image(ctx, 32, 32, params, noise=torch.zeros(16, 8, 8))
     with pytest.raises(InputError, match="NaN"):
         pipe.generate_image(ctx, 32, 32, params, noise=torch.full((16, 4, 4), float("nan")))
@@ -276,17 +314,25 @@ def test_bad_images_leave_the_context_unchanged(pipe, tmp_path):
     truncated = tmp_path / "cut.png"
     picture(5).save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:200])
-    for source, message in [(tmp_path / "nope.png", "not found"), (b"not an image", "<bytes>"),
-                            (str(truncated), "truncated"),
-                            (Image.new("RGB", (2000, 10)), "aspect ratio")]:
+    for source, message in [
+        (tmp_path / "nope.png", "not found"),
+        (b"not an image", "<bytes>"),
+        (str(truncated), "truncated"),
+        (Image.new("RGB", (2000, 10)), "aspect ratio"),
+    ]:
         with pytest.raises(ImageError, match=message):
             pipe.append_image(ctx, source)
         assert unchanged(ctx) == before
 
 
 def test_odd_images_are_converted(pipe):
-    for image in [Image.new("RGBA", (40, 30), (0, 0, 0, 0)), Image.new("P", (20, 20)),
-                  Image.new("CMYK", (33, 17)), Image.new("I;16", (5, 3)), Image.new("RGB", (1, 1))]:
+    for image in [
+        Image.new("RGBA", (40, 30), (0, 0, 0, 0)),
+        Image.new("P", (20, 20)),
+        Image.new("CMYK", (33, 17)),
+        Image.new("I;16", (5, 3)),
+        Image.new("RGB", (1, 1)),
+    ]:
         ctx = pipe.new_context()
         prepared = pipe.append_image(ctx, image, posterior_mean=True)
         assert prepared.mode == "RGB" and prepared.width % 16 == 0 and prepared.height % 16 == 0

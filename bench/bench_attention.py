@@ -1,0 +1,165 @@
+"""Denoising-step time vs cached-context length: chunked attention vs copy-and-scatter.
+
+    .venv/bin/python bench/bench_attention.py [--lengths 1024 2048 ...] [--reps N]
+
+What is measured: the wall-clock time of one denoising forward (`BagelPipeline._velocity`
+with one branch, i.e. no CFG) of the largest image query the tiny model allows — 8×8 =
+64 latent tokens plus the two image markers, 66 rows — against a cached context of
+1k…16k tokens, in two modes run in the same process on the same context:
+
+(a) project: `bagel.attention.attend` as shipped — each cached chunk (a view into the
+    KV blocks) is attended separately and the partials are merged by log-sum-exp, so
+    the cached K/V are never copied;
+(b) baseline: `attend` replaced (monkeypatched in `bagel.llm`) by `copy_scatter_attend`
+    below, which does what the official implementation does at every step and every
+    layer: allocate a zeroed merged K/V buffer of length kv_len + q_len, index-assign
+    the cached rows and the new rows into it, then run ONE attention over it with the
+    same backend kernel. The query block of an image is non-causal and sees every key,
+    so no mask is needed.
+
+Everything else (projections, MLPs, experts, RoPE, llm2vae) is the same code, so the
+difference between the columns is copy-and-scatter vs split-and-merge. Why: the cost
+of the copy grows with the context at every step of a 50-step generation, which is the
+design choice this project makes differently from the reference.
+
+The context is filled through the real prefill path (see bench/common.py). Both modes
+are checked to give the same velocity (torch.testing.assert_close) before timing.
+Times are medians over interleaved repetitions after warm-up; nothing is asserted on
+time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+import bagel.llm  # noqa: E402
+from bagel.attention import _PARTIAL  # noqa: E402
+from bagel.kv import KVContext  # noqa: E402
+from bagel.pipeline import BagelPipeline  # noqa: E402
+from bench.common import (  # noqa: E402
+    ImageQuery,
+    describe_machine,
+    fill_context,
+    largest_image_query,
+    temp_folder,
+    time_modes,
+    tiny_pipeline,
+    velocity,
+)
+
+DEFAULT_LENGTHS = (1024, 2048, 4096, 8192, 16384)
+
+_INDEX_CACHE: dict[tuple[int, int], Tensor] = {}
+
+
+def _rows(start: int, n: int) -> Tensor:
+    """Index tensor start..start+n-1; cached, as the reference builds its packed
+    indexes once per forward, not per layer."""
+    key = (start, n)
+    if key not in _INDEX_CACHE:
+        _INDEX_CACHE[key] = torch.arange(start, start + n)
+    return _INDEX_CACHE[key]
+
+
+def copy_scatter_attend(
+    q: Tensor, cached: list[tuple[Tensor, Tensor]], k: Tensor, v: Tensor, causal: bool, backend: str
+) -> Tensor:
+    """`attend` as the reference does it: merged buffer, scatter the past and the new rows,
+    one attention. Same signature as `bagel.attention.attend`; non-causal blocks only."""
+    if causal:
+        raise NotImplementedError("the baseline is only used for (non-causal) image queries")
+    hkv, lq, d = k.shape
+    kv_len = sum(ck.shape[1] for ck, _ in cached)
+    merged_k = k.new_zeros(hkv, kv_len + lq, d)
+    merged_v = v.new_zeros(hkv, kv_len + lq, d)
+    offset = 0
+    for ck, cv in cached:  # the reference's cache is one tensor; here one chunk per block
+        rows = _rows(offset, ck.shape[1])
+        merged_k[:, rows] = ck
+        merged_v[:, rows] = cv
+        offset += ck.shape[1]
+    rows = _rows(kv_len, lq)
+    merged_k[:, rows] = k
+    merged_v[:, rows] = v
+    out, _ = _PARTIAL[backend](q, merged_k, merged_v, False)
+    return out.to(q.dtype)
+
+
+@contextlib.contextmanager
+def copy_scatter_baseline() -> Iterator[None]:
+    """Route MoTAttention's attention through `copy_scatter_attend` while active."""
+    original = bagel.llm.attend
+    bagel.llm.attend = copy_scatter_attend
+    try:
+        yield
+    finally:
+        bagel.llm.attend = original
+
+
+def baseline_velocity(pipe: BagelPipeline, query: ImageQuery, ctx: KVContext) -> Tensor:
+    with copy_scatter_baseline():
+        return velocity(pipe, query, [ctx])
+
+
+def check_same_output(pipe: BagelPipeline, query: ImageQuery, ctx: KVContext) -> None:
+    torch.testing.assert_close(
+        baseline_velocity(pipe, query, ctx), velocity(pipe, query, [ctx]), rtol=1e-5, atol=1e-5
+    )
+
+
+def measure(
+    pipe: BagelPipeline, query: ImageQuery, ctx: KVContext, reps: int, warmup: int
+) -> dict[str, float]:
+    return time_modes(
+        {
+            "project": lambda: velocity(pipe, query, [ctx]),
+            "baseline": lambda: baseline_velocity(pipe, query, ctx),
+        },
+        reps,
+        warmup,
+    )
+
+
+def run(lengths: list[int], reps: int, warmup: int, seed: int) -> None:
+    torch.set_num_threads(2)
+    generator = torch.Generator().manual_seed(seed)
+    with temp_folder() as tmp:
+        pipe = tiny_pipeline(Path(tmp) / "tiny", seed=seed)
+        query = largest_image_query(pipe, generator)
+        print(f"# {describe_machine()}, backend {pipe.backend!r}")
+        print(f"# query: {query.rows} rows ({query.grid[0]}x{query.grid[1]} latent + 2 markers)")
+        print(f"# median of {reps} interleaved reps after {warmup} warm-up calls per mode")
+        print(f"{'length':>7} {'chunks':>6} {'project ms':>11} {'baseline ms':>12} {'ratio':>6}")
+        for length in lengths:
+            ctx = fill_context(pipe, length, generator)
+            check_same_output(pipe, query, ctx)
+            ms = measure(pipe, query, ctx, reps, warmup)
+            ratio = ms["baseline"] / ms["project"]
+            print(
+                f"{length:>7} {len(ctx.spans):>6} {ms['project']:>11.2f} "
+                f"{ms['baseline']:>12.2f} {ratio:>6.2f}",
+                flush=True,
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS))
+    parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    run(args.lengths, args.reps, args.warmup, args.seed)
+
+
+if __name__ == "__main__":
+    main()

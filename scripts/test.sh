@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up, then lint and run the test suite (CPU, float32, tiny checkpoints made on the fly).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,15 @@
+"""The Python examples in docs/ run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_api_example_runs(capsys):
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / "api.md").read_text(), re.S)
+    assert blocks, "docs/api.md has no python example"
+    exec(compile(blocks[-1], "docs/api.md", "exec"), {})
+    assert "(64, 64)" in capsys.readouterr().out
