@@ -36,6 +36,17 @@ DTYPES = {
     "fp16": torch.float16,
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Outputs of these are summed with token embeddings in one packed tensor: they must sit on
+# the device of embed_tokens (spec §10.2). Decoder layers (both experts) and the ViT stay whole.
+CO_LOCATED = (
+    "time_embedder",
+    "latent_pos_embed",
+    "vae2llm",
+    "llm2vae",
+    "connector",
+    "vit_pos_embed",
+)
+NO_SPLIT = ["MoTDecoderLayer", "SiglipVisionModel"]
 
 
 def load(
@@ -43,6 +54,7 @@ def load(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
     attn_backend: str | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
 ) -> BagelPipeline:
     """Load a BAGEL checkpoint folder (or hub id, when online) for inference.
 
@@ -50,12 +62,16 @@ def load(
         path: folder with llm_config.json, vit_config.json, ema.safetensors,
             ae.safetensors and the tokenizer files; or a hub id such as
             "ByteDance-Seed/BAGEL-7B-MoT".
-        device: "cpu", "cuda", "cuda:1", …
+        device: "cpu", "cuda", "cuda:1", … or "auto": decoder layers spread over every
+            visible GPU (accelerate's device map, bounded by `max_memory`).
         dtype: weights and activations of the BAGEL model ("float32", "bfloat16", …);
             default float32 on CPU, bfloat16 on CUDA. The autoencoder stays float32.
         attn_backend: "flash", "sdpa" or "math"; default: the best for the device.
     """
-    device = parse_device(device)
+    auto = device == "auto"
+    device = parse_device(
+        "cuda" if auto and torch.cuda.is_available() else "cpu" if auto else device
+    )
     dtype = parse_dtype(dtype, device)
     folder = resolve_folder(path)
     config = BagelConfig.from_checkpoint(folder)
@@ -67,8 +83,16 @@ def load(
         )
     with torch.device("meta"):
         net, ae = Bagel(config), AutoEncoder(config.ae)
-    load_weights(net, folder / EMA_WEIGHTS, device, dtype, ignore=_dropped_vit_layer(config))
-    load_weights(ae, folder / AE_WEIGHTS, device, torch.float32)
+    placement = plan_device_map(net, dtype, max_memory) if auto and device.type == "cuda" else {}
+    load_weights(
+        net,
+        folder / EMA_WEIGHTS,
+        device,
+        dtype,
+        ignore=_dropped_vit_layer(config),
+        placement=placement,
+    )
+    load_weights(ae, folder / AE_WEIGHTS, placement.get("vae2llm", device), torch.float32)
     return BagelPipeline(net, ae, tokenizer, attn_backend)
 
 
@@ -91,21 +115,61 @@ def load_weights(
     device: torch.device,
     dtype: torch.dtype,
     ignore: tuple[str, ...] = (),
+    placement: dict[str, torch.device] | None = None,
 ) -> None:
-    """Check `file`'s names and shapes against `module` (built on meta), then assign them."""
+    """Check `file`'s names and shapes against `module` (built on meta), then assign them.
+
+    `placement` maps module names to devices (a device map); other tensors go to `device`.
+    """
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     found = read_header(file)
     found = {k: s for k, s in found.items() if not k.startswith(ignore)} if ignore else found
     check_names_and_shapes(expected, found, file)
     state = {}
     try:
-        with safe_open(str(file), framework="pt", device=str(device)) as f:
+        # with a device map, read on the CPU and move each tensor once, to its own GPU
+        with safe_open(str(file), framework="pt", device="cpu" if placement else str(device)) as f:
             for key in expected:
-                state[key] = f.get_tensor(key).to(dtype)
+                target = _placed(key, placement) if placement else device
+                state[key] = f.get_tensor(key).to(target, dtype)
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{file}: cannot read tensor data ({err})") from err
     module.load_state_dict(state, strict=True, assign=True)
     module.eval().requires_grad_(False)
+
+
+def plan_device_map(
+    net: nn.Module, dtype: torch.dtype, max_memory: dict[int | str, int | str] | None = None
+) -> dict[str, torch.device]:
+    """Spread `net` (on meta) over the GPUs with accelerate: each decoder layer whole, the
+    ViT whole, and the CO_LOCATED modules on the device of the token embedding."""
+    from accelerate import infer_auto_device_map
+
+    plan = infer_auto_device_map(
+        net, max_memory=max_memory, no_split_module_classes=NO_SPLIT, dtype=dtype
+    )
+    if "disk" in plan.values() or "cpu" in plan.values():
+        raise CheckpointError(
+            "the model does not fit the GPUs' memory (the device map spills to CPU/disk); "
+            "pass a larger max_memory or use fewer, larger devices"
+        )
+    devices = {
+        name: torch.device("cuda", d) if isinstance(d, int) else torch.device(d)
+        for name, d in plan.items()
+    }
+    home = _placed("language_model.model.embed_tokens.weight", devices)
+    devices.update({name: home for name in CO_LOCATED})
+    return devices
+
+
+def _placed(key: str, placement: dict[str, torch.device]) -> torch.device:
+    """The device of the longest module name in `placement` that `key` belongs to."""
+    parts = key.split(".")
+    for cut in range(len(parts), -1, -1):
+        name = ".".join(parts[:cut])
+        if name in placement:
+            return placement[name]
+    raise CheckpointError(f"device map has no place for tensor {key!r}")
 
 
 def read_header(file: Path) -> dict[str, tuple[int, ...]]:

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 import bagel.llm  # noqa: E402
-from bagel.attention import _PARTIAL  # noqa: E402
+from bagel.attention import _PARTIAL, attend  # noqa: E402
 from bagel.kv import KVContext  # noqa: E402
 from bagel.pipeline import BagelPipeline  # noqa: E402
 from bench.common import (  # noqa: E402
@@ -129,6 +129,57 @@ def measure(
     )
 
 
+def attention_inputs(
+    pipe: BagelPipeline, ctx: KVContext, rows: int, generator: torch.Generator
+) -> tuple[Tensor, list[tuple[Tensor, Tensor]], Tensor, Tensor]:
+    """Random q and new k/v of one layer's query block, and layer 0's cached chunks."""
+    llm = pipe.config.llm
+    q = torch.randn(llm.num_attention_heads, rows, llm.head_dim, generator=generator)
+    k, v = torch.randn(2, llm.num_key_value_heads, rows, llm.head_dim, generator=generator)
+    return q, ctx.chunks(0), k, v
+
+
+def measure_attention_only(
+    pipe: BagelPipeline,
+    query: ImageQuery,
+    ctx: KVContext,
+    generator: torch.Generator,
+    reps: int,
+    warmup: int,
+) -> dict[str, float]:
+    """The attention call of one layer alone (no projections, MLPs or Python forward)."""
+    q, cached, k, v = attention_inputs(pipe, ctx, query.rows, generator)
+    backend = pipe.backend
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            copy_scatter_attend(q, cached, k, v, False, backend),
+            attend(q, cached, k, v, False, backend),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+        return time_modes(
+            {
+                "project": lambda: attend(q, cached, k, v, False, backend),
+                "baseline": lambda: copy_scatter_attend(q, cached, k, v, False, backend),
+            },
+            reps,
+            warmup,
+        )
+
+
+def print_row(length: int, chunks: int, ms: dict[str, float]) -> None:
+    ratio = ms["baseline"] / ms["project"]
+    print(
+        f"{length:>7} {chunks:>6} {ms['project']:>11.3f} {ms['baseline']:>12.3f} {ratio:>6.2f}",
+        flush=True,
+    )
+
+
+def print_header(title: str) -> None:
+    print(f"\n## {title}")
+    print(f"{'length':>7} {'chunks':>6} {'project ms':>11} {'baseline ms':>12} {'ratio':>6}")
+
+
 def run(lengths: list[int], reps: int, warmup: int, seed: int) -> None:
     torch.set_num_threads(2)
     generator = torch.Generator().manual_seed(seed)
@@ -138,17 +189,19 @@ def run(lengths: list[int], reps: int, warmup: int, seed: int) -> None:
         print(f"# {describe_machine()}, backend {pipe.backend!r}")
         print(f"# query: {query.rows} rows ({query.grid[0]}x{query.grid[1]} latent + 2 markers)")
         print(f"# median of {reps} interleaved reps after {warmup} warm-up calls per mode")
-        print(f"{'length':>7} {'chunks':>6} {'project ms':>11} {'baseline ms':>12} {'ratio':>6}")
+        step_rows, attn_rows = [], []
         for length in lengths:
             ctx = fill_context(pipe, length, generator)
             check_same_output(pipe, query, ctx)
-            ms = measure(pipe, query, ctx, reps, warmup)
-            ratio = ms["baseline"] / ms["project"]
-            print(
-                f"{length:>7} {len(ctx.spans):>6} {ms['project']:>11.2f} "
-                f"{ms['baseline']:>12.2f} {ratio:>6.2f}",
-                flush=True,
-            )
+            step_rows.append((length, len(ctx.spans), measure(pipe, query, ctx, reps, warmup)))
+            attn = measure_attention_only(pipe, query, ctx, generator, reps, warmup)
+            attn_rows.append((length, len(ctx.spans), attn))
+        print_header("one denoising step (_velocity, 1 branch, all layers)")
+        for row in step_rows:
+            print_row(*row)
+        print_header("one layer's attention call alone (attend vs copy_scatter_attend)")
+        for row in attn_rows:
+            print_row(*row)
 
 
 def main(argv: list[str] | None = None) -> None:
