@@ -257,7 +257,7 @@ class BagelPipeline:
                 branches.append(cfg_text_ctx)
                 if img_scale > 1:
                     branches.append(cfg_img_ctx)
-            v = self._velocity(x, t[i], (h, w), branches, routing)
+            v = self.velocity(x, t[i], (h, w), branches, routing)
             v = cfg_combine(
                 v[0],
                 v[1] if len(v) > 1 else None,
@@ -283,7 +283,7 @@ class BagelPipeline:
 
     # -- internals ----------------------------------------------------------------
 
-    def _velocity(
+    def velocity(
         self,
         x: Tensor,
         t: Tensor,

@@ -108,7 +108,7 @@ def largest_image_query(pipe: BagelPipeline, generator: torch.Generator) -> Imag
 
 def velocity(pipe: BagelPipeline, query: ImageQuery, branches: list[KVContext]) -> torch.Tensor:
     """One denoising forward of the query block against the branches → [B, N, 64]."""
-    return pipe._velocity(query.x, query.t, query.grid, branches, query.routing)
+    return pipe.velocity(query.x, query.t, query.grid, branches, query.routing)
 
 
 def time_modes(modes: dict[str, Callable[[], object]], reps: int, warmup: int) -> dict[str, float]:

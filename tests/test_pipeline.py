@@ -148,8 +148,8 @@ def test_batched_cfg_branches_equal_separate_forwards(pipe, edit_setup):
     x = torch.randn(16, 64, generator=torch.Generator().manual_seed(2))
     routing = Routing.latent_spans(18, [(1, 17)])
     t = torch.tensor(0.7)
-    batched = pipe._velocity(x, t, (4, 4), branches, routing)
-    separate = torch.cat([pipe._velocity(x, t, (4, 4), [b], routing) for b in branches])
+    batched = pipe.velocity(x, t, (4, 4), branches, routing)
+    separate = torch.cat([pipe.velocity(x, t, (4, 4), [b], routing) for b in branches])
     torch.testing.assert_close(batched, separate, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(separate[0], separate[1])  # the branches really differ
 
@@ -221,7 +221,7 @@ def test_text_guidance_off_runs_only_the_main_branch(pipe, monkeypatch):
     pipe.append_text(ctx, "a tree")
     calls = []
     original = pipe._velocity
-    monkeypatch.setattr(pipe, "_velocity", lambda *a: calls.append(len(a[3])) or original(*a))
+    monkeypatch.setattr(pipe, "velocity", lambda *a: calls.append(len(a[3])) or original(*a))
     pipe.generate_image(
         ctx, 32, 32, SamplerParams(num_timesteps=3, cfg_text_scale=1.0, cfg_img_scale=3.0)
     )
