@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_attention.py [--lengths 1024 2048 ...] [--reps N]
 
-What is measured: the wall-clock time of one denoising forward (`BagelPipeline._velocity`
+What is measured: the wall-clock time of one denoising forward (`BagelPipeline.velocity`
 with one branch, i.e. no CFG) of the largest image query the tiny model allows — 8×8 =
 64 latent tokens plus the two image markers, 66 rows — against a cached context of
 1k…16k tokens, in two modes run in the same process on the same context:
@@ -105,14 +105,14 @@ def copy_scatter_baseline() -> Iterator[None]:
         bagel.llm.attend = original
 
 
-def baseline_velocity(pipe: BagelPipeline, query: ImageQuery, ctx: KVContext) -> Tensor:
+def baselinevelocity(pipe: BagelPipeline, query: ImageQuery, ctx: KVContext) -> Tensor:
     with copy_scatter_baseline():
         return velocity(pipe, query, [ctx])
 
 
 def check_same_output(pipe: BagelPipeline, query: ImageQuery, ctx: KVContext) -> None:
     torch.testing.assert_close(
-        baseline_velocity(pipe, query, ctx), velocity(pipe, query, [ctx]), rtol=1e-5, atol=1e-5
+        baselinevelocity(pipe, query, ctx), velocity(pipe, query, [ctx]), rtol=1e-5, atol=1e-5
     )
 
 
@@ -122,7 +122,7 @@ def measure(
     return time_modes(
         {
             "project": lambda: velocity(pipe, query, [ctx]),
-            "baseline": lambda: baseline_velocity(pipe, query, ctx),
+            "baseline": lambda: baselinevelocity(pipe, query, ctx),
         },
         reps,
         warmup,
@@ -196,7 +196,7 @@ def run(lengths: list[int], reps: int, warmup: int, seed: int) -> None:
             step_rows.append((length, len(ctx.spans), measure(pipe, query, ctx, reps, warmup)))
             attn = measure_attention_only(pipe, query, ctx, generator, reps, warmup)
             attn_rows.append((length, len(ctx.spans), attn))
-        print_header("one denoising step (_velocity, 1 branch, all layers)")
+        print_header("one denoising step (velocity, 1 branch, all layers)")
         for row in step_rows:
             print_row(*row)
         print_header("one layer's attention call alone (attend vs copy_scatter_attend)")

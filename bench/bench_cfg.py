@@ -6,12 +6,12 @@ What is measured: the wall-clock time of one denoising forward of the largest ti
 image query (8×8 = 64 latent tokens + 2 markers = 66 rows), at a few main-context
 lengths, in three modes run in the same process on the same contexts:
 
-- 1 branch: `_velocity(..., [main])` — a step without CFG (or a step past the CFG
+- 1 branch: `velocity(..., [main])` — a step without CFG (or a step past the CFG
   interval);
-- 3 batched: `_velocity(..., [main, text_dropped, image_dropped])` — the project's CFG
+- 3 batched: `velocity(..., [main, text_dropped, image_dropped])` — the project's CFG
   step: the three branches share the query rows, so the projections and MLPs run as one
   [3, 66, C] batch and only attention is per branch;
-- 3 sequential: three single-branch `_velocity` calls, one per branch — the official
+- 3 sequential: three single-branch `velocity` calls, one per branch — the official
   implementation's way (three forwards per step).
 
 The contexts model a text-to-image request after a long history: `main` is

@@ -220,7 +220,7 @@ def test_text_guidance_off_runs_only_the_main_branch(pipe, monkeypatch):
     ctx = pipe.new_context()
     pipe.append_text(ctx, "a tree")
     calls = []
-    original = pipe._velocity
+    original = pipe.velocity
     monkeypatch.setattr(pipe, "velocity", lambda *a: calls.append(len(a[3])) or original(*a))
     pipe.generate_image(
         ctx, 32, 32, SamplerParams(num_timesteps=3, cfg_text_scale=1.0, cfg_img_scale=3.0)
