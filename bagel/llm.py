@@ -97,6 +97,18 @@ class Routing:
         return out
 
 
+@dataclass(frozen=True)
+class Forward:
+    """What every layer needs to know about one packed forward (on one device)."""
+
+    routing: Routing
+    rope: tuple[Tensor, Tensor]  # cos, sin: [B, 1, T, D]
+    contexts: list[KVContext]  # one per batch row
+    causal: bool  # among the new rows: causal (text) or bidirectional (image block)
+    write: bool  # append the rows' K/V to the contexts (the caller commits)
+    backend: str  # attention backend
+
+
 def rope_cos_sin(
     positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
@@ -136,18 +148,9 @@ class MoTAttention(nn.Module):
             setattr(self, f"q_norm{suffix}", RMSNorm(d, cfg.rms_norm_eps))
             setattr(self, f"k_norm{suffix}", RMSNorm(d, cfg.rms_norm_eps))
 
-    def forward(
-        self,
-        x: Tensor,
-        routing: Routing,
-        rope: tuple[Tensor, Tensor],
-        contexts: list[KVContext],
-        layer: int,
-        causal: bool,
-        write: bool,
-        backend: str,
-    ) -> Tensor:
+    def forward(self, x: Tensor, fwd: Forward, layer: int) -> Tensor:
         b, t, _ = x.shape
+        routing = fwd.routing
         q = routing.apply(x, self.q_proj, self.q_proj_moe_gen).view(b, t, self.num_heads, -1)
         k = routing.apply(x, self.k_proj, self.k_proj_moe_gen).view(b, t, self.num_kv_heads, -1)
         v = routing.apply(x, self.v_proj, self.v_proj_moe_gen).view(b, t, self.num_kv_heads, -1)
@@ -155,17 +158,17 @@ class MoTAttention(nn.Module):
             q, k = q.float(), k.float()
         q = routing.apply(q, self.q_norm, self.q_norm_moe_gen).transpose(1, 2)  # [B, H, T, D]
         k = routing.apply(k, self.k_norm, self.k_norm_moe_gen).transpose(1, 2)  # [B, Hkv, T, D]
-        q = apply_rope(q, *rope).to(x.dtype)
-        k = apply_rope(k, *rope).to(x.dtype)
+        q = apply_rope(q, *fwd.rope).to(x.dtype)
+        k = apply_rope(k, *fwd.rope).to(x.dtype)
         v = v.transpose(1, 2)  # [B, Hkv, T, D]
         out = torch.stack(
             [
-                attend(q[i], ctx.chunks(layer), k[i], v[i], causal, backend)
-                for i, ctx in enumerate(contexts)
+                attend(q[i], ctx.chunks(layer), k[i], v[i], fwd.causal, fwd.backend)
+                for i, ctx in enumerate(fwd.contexts)
             ]
         )  # [B, H, T, D]
-        if write:
-            for i, ctx in enumerate(contexts):
+        if fwd.write:
+            for i, ctx in enumerate(fwd.contexts):
                 ctx.write(layer, k[i], v[i])
         out = out.transpose(1, 2).reshape(b, t, -1)
         return routing.apply(out, self.o_proj, self.o_proj_moe_gen)
@@ -181,21 +184,13 @@ class MoTDecoderLayer(nn.Module):
             setattr(self, name, RMSNorm(cfg.hidden_size, cfg.rms_norm_eps))
             setattr(self, f"{name}_moe_gen", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps))
 
-    def forward(
-        self,
-        x: Tensor,
-        routing: Routing,
-        rope: tuple[Tensor, Tensor],
-        contexts: list[KVContext],
-        layer: int,
-        causal: bool,
-        write: bool,
-        backend: str,
-    ) -> Tensor:
-        h = routing.apply(x, self.input_layernorm, self.input_layernorm_moe_gen)
-        x = x + self.self_attn(h, routing, rope, contexts, layer, causal, write, backend)
-        h = routing.apply(x, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
-        return x + routing.apply(h, self.mlp, self.mlp_moe_gen)
+    def forward(self, x: Tensor, fwd: Forward, layer: int) -> Tensor:
+        route = fwd.routing.apply
+        x = x + self.self_attn(
+            route(x, self.input_layernorm, self.input_layernorm_moe_gen), fwd, layer
+        )
+        h = route(x, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
+        return x + route(h, self.mlp, self.mlp_moe_gen)
 
 
 class MoTModel(nn.Module):
@@ -240,17 +235,15 @@ class MoTLanguageModel(nn.Module):
         Returns:
             [B, T, C] final hidden states.
         """
-        layers = self.model.layers
-        cos_sin = None
-        for i, layer in enumerate(layers):
+        fwd = None
+        for i, layer in enumerate(self.model.layers):
             device = layer.input_layernorm.weight.device  # layers may sit on several GPUs
-            if cos_sin is None or cos_sin[0].device != device:
-                cos_sin = rope_cos_sin(
+            if fwd is None or fwd.rope[0].device != device:
+                rope = rope_cos_sin(
                     positions.to(device), self.config.head_dim, self.config.rope_theta, x.dtype
                 )
-            x = layer(
-                x.to(device), routing.to(device), cos_sin, contexts, i, causal, write, backend
-            )
+                fwd = Forward(routing.to(device), rope, contexts, causal, write, backend)
+            x = layer(x.to(device), fwd, i)
         return routing.apply(
             x.to(self.model.norm.weight.device), self.model.norm, self.model.norm_moe_gen
         )

@@ -30,7 +30,6 @@ time.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
@@ -47,6 +46,7 @@ from bagel.kv import KVContext  # noqa: E402
 from bagel.pipeline import BagelPipeline  # noqa: E402
 from bench.common import (  # noqa: E402
     ImageQuery,
+    cli,
     describe_machine,
     fill_context,
     largest_image_query,
@@ -204,15 +204,5 @@ def run(lengths: list[int], reps: int, warmup: int, seed: int) -> None:
             print_row(*row)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS))
-    parser.add_argument("--reps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    run(args.lengths, args.reps, args.warmup, args.seed)
-
-
 if __name__ == "__main__":
-    main()
+    cli(__doc__, run, DEFAULT_LENGTHS)

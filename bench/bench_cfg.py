@@ -25,7 +25,6 @@ is asserted on time.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from bagel.pipeline import BagelPipeline  # noqa: E402
 from bench.common import (  # noqa: E402
     ImageQuery,
     append_random_text,
+    cli,
     describe_machine,
     fill_context,
     largest_image_query,
@@ -122,15 +122,5 @@ def run(lengths: list[int], reps: int, warmup: int, seed: int) -> None:
             print_row(length, measure(pipe, query, branches, reps, warmup))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS))
-    parser.add_argument("--reps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    run(args.lengths, args.reps, args.warmup, args.seed)
-
-
 if __name__ == "__main__":
-    main()
+    cli(__doc__, run, DEFAULT_LENGTHS)

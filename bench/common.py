@@ -130,3 +130,18 @@ def describe_machine() -> str:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
         "tiny random checkpoint"
     )
+
+
+def cli(
+    doc: str, run: Callable[[list[int], int, int, int], None], lengths: tuple[int, ...]
+) -> None:
+    """Parse the benchmarks' shared options and call run(lengths, reps, warmup, seed)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(lengths))
+    parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    run(args.lengths, args.reps, args.warmup, args.seed)
