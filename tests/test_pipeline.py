@@ -337,3 +337,30 @@ def test_odd_images_are_converted(pipe):
         prepared = pipe.append_image(ctx, image, posterior_mean=True)
         assert prepared.mode == "RGB" and prepared.width % 16 == 0 and prepared.height % 16 == 0
         assert ctx.rope == 2
+
+
+def test_bfloat16_path_tracks_float32(pipe, tiny_dir):
+    """The GPU default dtype: bf16 weights and KV, float32 latents and autoencoder."""
+    from bagel.checkpoint import load
+
+    half = load(tiny_dir, dtype="bfloat16")
+    assert half.kv_layout.dtype == torch.bfloat16
+    assert next(half.ae.parameters()).dtype == torch.float32
+    noise = torch.randn(16, 4, 4, generator=torch.Generator().manual_seed(3))
+    latents = []
+    for p in (half, pipe):
+        ctx, empty = p.new_context(), p.new_context()
+        p.append_text(ctx, "a cat")
+        p.append_image(ctx, picture(6, (32, 32)), posterior_mean=True)
+        out = p.generate_image(
+            ctx,
+            32,
+            32,
+            SamplerParams(num_timesteps=4, cfg_img_scale=1.0),
+            cfg_text_ctx=empty,
+            noise=noise,
+        )
+        assert out.latent.dtype == torch.float32
+        latents.append(out.latent)
+    error = (latents[0] - latents[1]).abs().max() / latents[1].abs().max()
+    assert 0 < error < 0.05  # bf16 rounding, not a different computation
