@@ -93,7 +93,9 @@ def load(
         placement=placement,
     )
     load_weights(ae, folder / AE_WEIGHTS, placement.get("vae2llm", device), torch.float32)
-    return BagelPipeline(net, ae, tokenizer, attn_backend)
+    pipe = BagelPipeline(net, ae, tokenizer, attn_backend)
+    pipe.identity = checkpoint_identity(folder)
+    return pipe
 
 
 def resolve_folder(path: str | Path) -> Path:

@@ -52,6 +52,7 @@ class BagelPipeline:
     ):
         self.net, self.ae, self.tokenizer = net.eval(), ae.eval(), tokenizer
         self.config = net.config
+        self.identity: str | None = None  # set by bagel.load: hash of configs + headers
         self.backend = check_backend(attn_backend or default_backend(net.device), net.device)
         self.vae_rule, self.vit_rule = vae_rule(self.config), vit_rule(self.config)
         llm = self.config.llm

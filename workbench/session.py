@@ -49,6 +49,7 @@ class Turn:
     text: str | None = None
     image: Image.Image | None = None
     params: GenerationParams | None = None
+    seed: int = 0  # the VAE posterior sample of an image turn
     seconds: float = 0.0
     before: tuple[Mark, Mark, Mark] | None = None  # main, text-dropped, image-dropped
 
@@ -90,7 +91,7 @@ class Session:
         prepared = self.pipe.prepare_image(image)
         before = self._marks()
         self._append_image(prepared, seed)
-        self.turns.append(Turn("user", "image", image=prepared, before=before))
+        self.turns.append(Turn("user", "image", image=prepared, seed=seed, before=before))
         return prepared
 
     # -- model turns --------------------------------------------------------------
@@ -120,6 +121,7 @@ class Session:
                 "image",
                 image=out.image,
                 params=params,
+                seed=params.seed,
                 seconds=time.perf_counter() - started,
                 before=before,
             )
