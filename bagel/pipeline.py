@@ -239,7 +239,7 @@ class BagelPipeline:
                 the sampling (the contexts are untouched).
         """
         params = params or SamplerParams()
-        h, w = self._check_image_size(height, width)
+        h, w = self.check_image_size(height, width)
         if params.cfg_text_scale > 1 and cfg_text_ctx is None:
             raise InputError("cfg_text_scale > 1 needs cfg_text_ctx (the text-dropped context)")
         if params.cfg_text_scale > 1 and params.cfg_img_scale > 1 and cfg_img_ctx is None:
@@ -383,7 +383,8 @@ class BagelPipeline:
             raise InputError(f"{name} contains NaN or infinite values")
         return c, hh, ww
 
-    def _check_image_size(self, height: int, width: int) -> tuple[int, int]:
+    def check_image_size(self, height: int, width: int) -> tuple[int, int]:
+        """Validate a requested image size; returns the latent grid (H/16, W/16)."""
         step, top = self.config.latent_downsample, self.config.vae_max_side
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or isinstance(value, bool):

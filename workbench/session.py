@@ -223,7 +223,7 @@ class Session:
 
     def _size(self, params: GenerationParams) -> tuple[int, int]:
         if params.height is not None:
-            self.pipe._check_image_size(params.height, params.width)
+            self.pipe.check_image_size(params.height, params.width)
             return params.height, params.width
         last = next((t.image for t in reversed(self.turns) if t.image is not None), None)
         if last is not None:
