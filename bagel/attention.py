@@ -13,8 +13,9 @@ new k/v [Hkv, Lq, D]. Query head h uses KV head h // (H // Hkv).
 
 Backends, chosen per device:
 - "flash": flash-attn on CUDA (optional import);
-- "sdpa": torch's CPU flash kernel (the one scaled_dot_product_attention dispatches
-  to on CPU), called through the op that also returns the log-sum-exp;
+- "sdpa": torch's own fused kernels (those scaled_dot_product_attention dispatches to),
+  called through the ops that also return the log-sum-exp: the CPU flash kernel; on
+  CUDA the flash kernel for 16-bit dtypes and the memory-efficient one for float32;
 - "math": explicit softmax in float32, on any device; the reference for tests.
 """
 
@@ -37,9 +38,7 @@ def default_backend(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda" and _flash_attn_func is not None:
         return "flash"
-    if device.type == "cpu" and hasattr(
-        torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"
-    ):
+    if device.type in ("cpu", "cuda"):
         return "sdpa"
     return "math"
 
@@ -50,10 +49,9 @@ def check_backend(name: str, device: torch.device | str) -> str:
         raise ValueError(f"attention backend {name!r} is unknown; expected one of {BACKENDS}")
     if name == "flash" and (_flash_attn_func is None or torch.device(device).type != "cuda"):
         raise ValueError("attention backend 'flash' needs CUDA and the flash-attn package")
-    if name == "sdpa" and torch.device(device).type != "cpu":
+    if name == "sdpa" and torch.device(device).type not in ("cpu", "cuda"):
         raise ValueError(
-            "attention backend 'sdpa' is the CPU kernel; use 'flash' or 'math' on "
-            f"{torch.device(device).type}"
+            f"attention backend 'sdpa' runs on cpu and cuda; use 'math' on {torch.device(device)}"
         )
     return name
 
@@ -73,7 +71,14 @@ def attend(
         [H, Lq, D] in q's dtype.
     """
     partial = _PARTIAL[backend]
-    parts = [partial(q, ck, cv, False) for ck, cv in cached if ck.shape[1] > 0]
+    q = q.contiguous()  # once, so the per-chunk calls below reshape it as views
+    cached = [(ck, cv) for ck, cv in cached if ck.shape[1] > 0]
+    if len(cached) > 1 and q.device.type == "cuda":
+        # On a GPU one more kernel launch and merge pass per chunk costs more than
+        # gathering the chunks into one buffer (HBM copies are cheap; measured in
+        # docs/benchmarks.md). On the CPU the copy is what costs.
+        cached = [(torch.cat([ck for ck, _ in cached], 1), torch.cat([cv for _, cv in cached], 1))]
+    parts = [partial(q, ck, cv, False) for ck, cv in cached]
     parts.append(partial(q, k, v, causal))
     return merge_partials(parts).to(q.dtype)
 
@@ -82,11 +87,10 @@ def merge_partials(parts: list[Partial]) -> Tensor:
     """Combine softmax-normalised partial outputs by their log-sum-exp weights."""
     if len(parts) == 1:
         return parts[0][0]
-    lse = torch.stack([p[1] for p in parts])  # [P, H, Lq]
-    total = torch.logsumexp(lse, dim=0)
+    weights = torch.softmax(torch.stack([lse for _, lse in parts]), dim=0)  # [P, H, Lq]
     out = torch.zeros_like(parts[0][0], dtype=torch.float32)
-    for o, part_lse in parts:
-        out += o.float() * torch.exp(part_lse - total).unsqueeze(-1)
+    for (o, _), w in zip(parts, weights, strict=True):
+        out.addcmul_(o, w.unsqueeze(-1))  # one pass per part, accumulated in float32
     return out
 
 
@@ -107,7 +111,7 @@ def _partial_math(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Partial:
     return torch.softmax(scores, dim=-1) @ v, lse
 
 
-def _partial_sdpa_cpu(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Partial:
+def _partial_sdpa(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Partial:
     h, lq, d = q.shape
     hkv = k.shape[0]
     g = h // hkv
@@ -115,10 +119,23 @@ def _partial_sdpa_cpu(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Partial:
         qq, kk, vv = q, k.repeat_interleave(g, dim=0), v.repeat_interleave(g, dim=0)
     else:  # fold the query group into the row axis so the cached K/V are read as is
         qq, kk, vv = q.reshape(hkv, g * lq, d), k, v  # [Hkv, G·Lq, D]
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        qq[None], kk[None], vv[None], 0.0, causal, scale=d**-0.5
-    )
-    return out[0].reshape(h, lq, d), lse[0].reshape(h, lq).float()
+    out, lse = _fused_kernel(qq[None], kk[None], vv[None], causal, d**-0.5)
+    rows = qq.shape[1]  # the CUDA kernels may pad the log-sum-exp rows
+    return out[0].reshape(h, lq, d), lse[0, :, :rows].reshape(h, lq).float()
+
+
+def _fused_kernel(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> Partial:
+    """torch's fused attention on [1, H, L, D] → (out, log-sum-exp [1, H, L])."""
+    ops = torch.ops.aten
+    if q.device.type == "cpu":
+        return ops._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+    if q.dtype in (torch.float16, torch.bfloat16):
+        out, lse = ops._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, scale=scale)[:2]
+        return out, lse
+    out, lse = ops._scaled_dot_product_efficient_attention(
+        q, k, v, None, True, 0.0, causal, scale=scale
+    )[:2]
+    return out, lse
 
 
 def _partial_flash(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Partial:  # pragma: no cover
@@ -133,4 +150,4 @@ def _partial_flash(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Partial:  #
     return out[0].transpose(0, 1), lse[0].float()
 
 
-_PARTIAL = {"math": _partial_math, "sdpa": _partial_sdpa_cpu, "flash": _partial_flash}
+_PARTIAL = {"math": _partial_math, "sdpa": _partial_sdpa, "flash": _partial_flash}
