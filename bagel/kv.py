@@ -69,6 +69,33 @@ class KVContext:
     _pending: int = 0  # rows written by the forward in flight, not yet committed
     _grown: int = 0  # rows this context wrote into blocks it allocated
 
+    @classmethod
+    def from_tensors(
+        cls, layout: KVLayout, ks: list[Tensor], vs: list[Tensor], rope: int
+    ) -> KVContext:
+        """A context holding given keys and values ([Hkv, n, D] per layer, of the layout's
+        dtype, on any device) in one block of its own, so it can keep growing.
+
+        The rows are copied onto the layout's devices, as a forward would write them.
+        """
+        if len(ks) != layout.num_layers or len(vs) != layout.num_layers:
+            raise ValueError(f"expected {layout.num_layers} layers, got {len(ks)} k, {len(vs)} v")
+        n = ks[0].shape[1] if ks and ks[0].dim() == 3 else 0
+        shape = (layout.num_kv_heads, n, layout.head_dim)
+        for layer, (k, v) in enumerate(zip(ks, vs, strict=True)):
+            for name, t in (("k", k), ("v", v)):
+                if tuple(t.shape) != shape or t.dtype != layout.dtype:
+                    raise ValueError(
+                        f"{name}[{layer}]: expected {list(shape)} {layout.dtype}, "
+                        f"got {list(t.shape)} {t.dtype}"
+                    )
+        ctx = cls(layout)
+        ctx.reserve(n)
+        for layer, (k, v) in enumerate(zip(ks, vs, strict=True)):
+            ctx.write(layer, k, v)
+        ctx.commit(rope)
+        return ctx
+
     @property
     def length(self) -> int:
         """Number of cached tokens (the reference's kv_len)."""

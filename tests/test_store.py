@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from bagel.kv import KVContext, KVLayout
 from workbench.params import GenerationParams
 from workbench.session import Session
 from workbench.store import SessionFileError, load, replay, save
@@ -116,3 +121,196 @@ def test_truncated_manifest_and_override(pipe, saved, tmp_path):
     assert len(load(other, pipe, allow_other_checkpoint=True).turns) == 5
     with pytest.raises(SessionFileError, match="no saved session"):
         load(tmp_path / "nothing", pipe)
+
+
+# -- K/V snapshot ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def snapped(saved, tmp_path_factory):
+    original, _ = saved
+    branch = original.fork()  # its contexts span two blocks: the shared past and its own
+    branch.add_text("then it rains")
+    return save(branch, tmp_path_factory.mktemp("snap") / "s1", snapshot=True)
+
+
+def next_logits(pipe, s):
+    return pipe.generate_text(s.main, max_new_tokens=1, output_scores=True).scores
+
+
+def next_latent(pipe, s):
+    text = s.main.prefix(s.text_mark.length, s.text_mark.rope)
+    return pipe.generate_image(
+        s.main,
+        32,
+        32,
+        FAST.sampler(),
+        cfg_text_ctx=text,
+        cfg_img_ctx=s.image_dropped,
+        generator=FAST.generator(),
+    ).latent
+
+
+def test_snapshot_resume_equals_re_encoding(pipe, snapped, monkeypatch):
+    manifest = json.loads((snapped / "session.json").read_text())
+    assert manifest["snapshot"]["file"] == "kv.safetensors"
+    assert (
+        manifest["snapshot"]["sha256"] == hashlib.sha256(kv_path(snapped).read_bytes()).hexdigest()
+    )
+    encoded = load(snapped, pipe, use_snapshot=False)
+    with monkeypatch.context() as m:  # the resume encodes nothing
+        m.setattr(type(pipe), "_prefill", lambda *a, **k: pytest.fail("re-encoded a turn"))
+        resumed = load(snapped, pipe)
+    assert marks(resumed) == marks(encoded)
+    assert [t.before for t in resumed.turns] == [t.before for t in encoded.turns]
+    assert [(t.role, t.kind, t.text, t.seed) for t in resumed.turns] == [
+        (t.role, t.kind, t.text, t.seed) for t in encoded.turns
+    ]
+    assert torch.equal(next_logits(pipe, resumed), next_logits(pipe, encoded))
+    assert torch.equal(next_latent(pipe, resumed), next_latent(pipe, encoded))
+    for s in (resumed, encoded):  # both keep growing, and undo still works
+        s.add_text("and then?")
+    assert torch.equal(next_logits(pipe, resumed), next_logits(pipe, encoded))
+    resumed.rewind(3)
+    encoded.rewind(3)
+    assert marks(resumed) == marks(encoded)
+    assert torch.equal(next_latent(pipe, resumed), next_latent(pipe, encoded))
+
+
+def test_saving_without_snapshot_removes_it(pipe, snapped, tmp_path):
+    copy = shutil.copytree(snapped, tmp_path / "copy")
+    session = load(copy, pipe)
+    save(session, copy)
+    assert "snapshot" not in json.loads((copy / "session.json").read_text())
+    assert not kv_path(copy).exists()
+    save(session, copy, snapshot=True)
+    (meta, tensors), (meta0, tensors0) = read_snapshot(copy), read_snapshot(snapped)
+    assert meta == meta0 and tensors.keys() == tensors0.keys()
+    assert all(torch.equal(tensors[name], tensors0[name]) for name in tensors)
+
+
+def kv_path(folder):
+    return folder / "kv.safetensors"
+
+
+def read_snapshot(folder):
+    with safe_open(str(kv_path(folder)), framework="pt") as f:
+        return f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
+
+
+def rewrite_snapshot(folder, edit):
+    """Apply edit(metadata, tensors) to the snapshot and record its new sha256."""
+    meta, tensors = read_snapshot(folder)
+    edit(meta, tensors)
+    save_file(tensors, str(kv_path(folder)), meta)
+    record_sha(folder)
+
+
+def record_sha(folder):
+    manifest = json.loads((folder / "session.json").read_text())
+    manifest["snapshot"]["sha256"] = hashlib.sha256(kv_path(folder).read_bytes()).hexdigest()
+    (folder / "session.json").write_text(json.dumps(manifest))
+
+
+def flip_a_byte(folder):
+    data = bytearray(kv_path(folder).read_bytes())
+    data[-3] ^= 1
+    kv_path(folder).write_bytes(bytes(data))
+
+
+def cut_short(folder):
+    kv_path(folder).write_bytes(kv_path(folder).read_bytes()[:-100])
+
+
+def edit_turns(folder):
+    manifest = json.loads((folder / "session.json").read_text())
+    manifest["turns"][1]["text"] = "a dog on a roof"
+    (folder / "session.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (flip_a_byte, "sha256 differs"),
+        (cut_short, "sha256 differs"),
+        (lambda d: (cut_short(d), record_sha(d)), "not a readable safetensors file"),
+        (lambda d: kv_path(d).unlink(), "kv.safetensors is missing"),
+        (edit_turns, "transcript digest differs"),
+        (lambda d: rewrite_snapshot(d, lambda m, t: m.update(checkpoint="0" * 64)), "made with"),
+        (lambda d: rewrite_snapshot(d, lambda m, t: m.update(dtype="bfloat16")), "stored in"),
+        (lambda d: rewrite_snapshot(d, lambda m, t: m.update(format="x")), "not a bagel-workbench"),
+        (lambda d: rewrite_snapshot(d, lambda m, t: t.pop("v.main.1")), r"missing \['v.main.1'\]"),
+        (
+            lambda d: rewrite_snapshot(
+                d, lambda m, t: t.update({"k.main.0": t["k.main.0"][:, 1:].contiguous()})
+            ),
+            "tensor k.main.0 has shape",
+        ),
+        (
+            lambda d: rewrite_snapshot(
+                d, lambda m, t: t.update({"v.main.0": t["v.main.0"].half()})
+            ),
+            "context main: v.0.: expected",
+        ),
+        (lambda d: rewrite_snapshot(d, lambda m, t: m.update(marks="[[1]]")), "malformed"),
+        (
+            lambda d: rewrite_snapshot(d, lambda m, t: m.update(contexts='{"main": [1, 2]}')),
+            "malformed",
+        ),
+        (lambda d: rewrite_snapshot(d, lambda m, t: m.update(marks="[]")), "marks for 0 turns"),
+        (
+            lambda d: rewrite_snapshot(
+                d,
+                lambda m, t: m.update(
+                    marks=m["marks"].replace("[0, 0, 0, 0, 0, 0]", "[0, 0, 0, 0, 99, 0]")
+                ),
+            ),
+            "turn 0's image-dropped mark",
+        ),
+    ],
+)
+def test_bad_snapshots_are_named_and_nothing_changes(pipe, snapped, tmp_path, tamper, message):
+    copy = shutil.copytree(snapped, tmp_path / "bad")
+    tamper(copy)
+    files = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    with pytest.raises(SessionFileError, match=message):
+        load(copy, pipe)
+    assert files == {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+
+
+def test_overrides_re_encode_the_turns(pipe, snapped, tmp_path):
+    encoded = load(snapped, pipe, use_snapshot=False)
+    corrupt = shutil.copytree(snapped, tmp_path / "corrupt")
+    flip_a_byte(corrupt)
+    resumed = load(corrupt, pipe, use_snapshot=False)
+    assert marks(resumed) == marks(encoded)
+    assert torch.equal(next_logits(pipe, resumed), next_logits(pipe, encoded))
+    other = shutil.copytree(snapped, tmp_path / "other")  # a session of another checkpoint:
+    manifest = json.loads((other / "session.json").read_text())
+    (other / "session.json").write_text(json.dumps({**manifest, "checkpoint": "f" * 64}))
+    flip_a_byte(other)  # its snapshot is not even read
+    with pytest.raises(SessionFileError, match="saved with checkpoint"):
+        load(other, pipe)
+    resumed = load(other, pipe, allow_other_checkpoint=True)
+    assert torch.equal(next_logits(pipe, resumed), next_logits(pipe, encoded))
+    stranger = shutil.copytree(snapped, tmp_path / "stranger")  # only the snapshot's differs
+    rewrite_snapshot(stranger, lambda m, t: m.update(checkpoint="f" * 64))
+    resumed = load(stranger, pipe, allow_other_checkpoint=True)
+    assert torch.equal(next_logits(pipe, resumed), next_logits(pipe, encoded))
+
+
+def test_from_tensors_owns_its_block():
+    layout = KVLayout(2, 1, 4, torch.float32, (torch.device("cpu"),) * 2)
+    ks = [torch.randn(1, 3, 4) for _ in range(2)]
+    vs = [torch.randn(1, 3, 4) for _ in range(2)]
+    ctx = KVContext.from_tensors(layout, ks, vs, rope=2)
+    assert ctx.length == 3 and ctx.rope == 2
+    ctx.reserve(1)
+    for layer in range(2):
+        ctx.write(layer, torch.zeros(1, 1, 4), torch.ones(1, 1, 4))
+    ctx.commit(1)
+    k, v = (torch.cat(t, dim=1) for t in zip(*ctx.chunks(1), strict=True))
+    assert torch.equal(k, torch.cat([ks[1], torch.zeros(1, 1, 4)], dim=1)) and ctx.rope == 3
+    assert torch.equal(v[:, :3], vs[1])
+    with pytest.raises(ValueError, match=r"k\[1\]: expected \[1, 3, 4\]"):
+        KVContext.from_tensors(layout, [ks[0], ks[1][:, :2]], vs, rope=2)

@@ -6,16 +6,23 @@ A saved session is a directory:
                       version, and every turn (role, kind, text, image file, parameters,
                       seed, seconds)
     images/NNNN.png   every input and output image, by turn index
+    kv.safetensors    optional K/V snapshot: the main and image-dropped contexts, per
+                      layer (`k.main.0`, `v.main.0`, …, `k.image_dropped.0`, …), with
+                      their lengths, ropes and per-turn marks in the header metadata
 
 Every file is written to a temporary name and renamed, the manifest last, so a save
-after each turn leaves a loadable session whatever moment the process dies. Loading
+after each turn leaves a loadable session whatever moment the process dies (if it dies
+between the snapshot's rename and the manifest's, the snapshot no longer matches the
+manifest's sha256: `load` says so, and loads with use_snapshot=False). Loading
 rebuilds the contexts from the turns (deterministic: image turns carry the seed of
-their VAE posterior sample); replaying regenerates the model's turns and compares them.
+their VAE posterior sample), or reads them from the snapshot when there is one;
+replaying regenerates the model's turns and compares them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -24,14 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 import workbench
 from bagel.errors import BagelError
+from bagel.kv import KVContext
 from bagel.pipeline import BagelPipeline
 from workbench.metrics import psnr
 from workbench.params import GenerationParams
-from workbench.session import Session, Turn
+from workbench.session import Mark, Session, Turn
 
 MANIFEST = "session.json"
 FORMAT = "bagel-workbench-session"
@@ -43,14 +54,24 @@ ROLES_KINDS = {
     ("model", "thinking"),
     ("model", "image"),
 }
+SNAPSHOT = "kv.safetensors"
+SNAPSHOT_FORMAT = "bagel-workbench-kv"
+SNAPSHOT_VERSION = 1
+STORED_CONTEXTS = ("main", "image_dropped")  # the text-dropped context is a mark into main
+USE_TURNS = "; pass use_snapshot=False to rebuild the contexts from the turns instead"
 
 
 class SessionFileError(BagelError):
     """A saved session directory is missing, malformed, of another version or model."""
 
 
-def save(session: Session, folder: str | Path) -> Path:
-    """Write the session to folder (created if needed); images already saved are kept."""
+def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:
+    """Write the session to folder (created if needed); images already saved are kept.
+
+    With snapshot=True the contexts' K/V also go to kv.safetensors (before the manifest,
+    which records its sha256), so that `load` resumes without re-encoding any turn. A save
+    without snapshot removes an older kv.safetensors (after the manifest no longer names it).
+    """
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     turns = []
@@ -66,7 +87,7 @@ def save(session: Session, folder: str | Path) -> Path:
         if turn.image is not None:
             entry["image"] = f"images/{index:04d}.png"
             if not (folder / entry["image"]).exists():
-                _write_atomic(folder / entry["image"], lambda f, im=turn.image: im.save(f, "PNG"))
+                _write_atomic(folder / entry["image"], lambda t, im=turn.image: im.save(t, "PNG"))
         turns.append(entry)
     pipe = session.pipe
     manifest = {
@@ -74,19 +95,42 @@ def save(session: Session, folder: str | Path) -> Path:
         "version": VERSION,
         "package_version": workbench.__version__,
         "checkpoint": pipe.identity,
-        "dtype": str(pipe.net.dtype).removeprefix("torch."),
+        "dtype": _dtype_name(pipe.net.dtype),
         "device": pipe.device.type,
         "turns": turns,
     }
+    if snapshot:
+        manifest["snapshot"] = {"file": SNAPSHOT, "sha256": _write_snapshot(session, folder, turns)}
     text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-    _write_atomic(folder / MANIFEST, lambda f: f.write(text.encode()))
+    _write_atomic(folder / MANIFEST, lambda t: t.write_bytes(text.encode()))
+    if not snapshot:
+        (folder / SNAPSHOT).unlink(missing_ok=True)
     return folder
 
 
-def load(folder: str | Path, pipe: BagelPipeline, allow_other_checkpoint: bool = False) -> Session:
-    """Rebuild a saved session on `pipe` by re-running its turns' appends (no generation)."""
+def load(
+    folder: str | Path,
+    pipe: BagelPipeline,
+    allow_other_checkpoint: bool = False,
+    use_snapshot: bool = True,
+) -> Session:
+    """Rebuild a saved session on `pipe`; nothing is generated and no file is written.
+
+    Without a snapshot every turn's tokens are appended again. With one (saved with
+    snapshot=True) the contexts are read from kv.safetensors instead (the turns and
+    images still come from session.json and images/). The snapshot must be the file the
+    manifest recorded (sha256), made by this checkpoint (identity) in this dtype and
+    layout, for exactly these turns (transcript digest); otherwise SessionFileError says
+    what differs. Overrides: use_snapshot=False ignores the snapshot and re-encodes the
+    turns; allow_other_checkpoint=True also accepts a session of another checkpoint, and
+    then re-encodes its turns (another model's K/V mean nothing to this one).
+    """
     folder = Path(folder)
     manifest = read_manifest(folder, pipe, allow_other_checkpoint)
+    if use_snapshot and "snapshot" in manifest:
+        session = _load_snapshot(folder, manifest, pipe, allow_other_checkpoint)
+        if session is not None:
+            return session
     session = Session(pipe)
     for index, entry in enumerate(manifest["turns"]):
         _restore(session, folder, entry, index)
@@ -138,7 +182,9 @@ def replay(
     report = ReplayReport(frames, texts, time.perf_counter() - started)
     _write_atomic(
         folder / "replay_report.json",
-        lambda f: f.write(json.dumps(dataclasses.asdict(report), indent=2, default=str).encode()),
+        lambda t: t.write_bytes(
+            json.dumps(dataclasses.asdict(report), indent=2, default=str).encode()
+        ),
     )
     return report
 
@@ -205,28 +251,225 @@ def _check_turn(path: Path, index: int, entry: object) -> None:
 
 def _restore(session: Session, folder: Path, entry: dict, index: int) -> None:
     """Append a recorded turn as it happened, without generating anything."""
-    role, kind, seed = entry["role"], entry["kind"], entry.get("seed", 0)
-    params = GenerationParams(**entry["params"]) if entry.get("params") else None
-    before = session._marks()
-    if role == "user" and kind == "text":
-        session._append_prompt(entry["text"])
-    elif kind == "image":
-        image = open_turn_image(folder, entry["image"], index)
-        session._append_image(image, seed)
+    turn = _turn(folder, entry, index, session._marks())
+    if turn.role == "user" and turn.kind == "text":
+        session._append_prompt(turn.text)
+    elif turn.kind == "image":
+        session._append_image(turn.image, turn.seed)
     else:  # a model reply or thinking: main context only
-        session.pipe.append_text(session.main, entry["text"])
-    session.turns.append(
-        Turn(
-            role,
-            kind,
-            text=entry.get("text"),
-            image=image if kind == "image" else None,
-            params=params,
-            seed=seed,
-            seconds=entry.get("seconds", 0.0),
-            before=before,
-        )
+        session.pipe.append_text(session.main, turn.text)
+    session.turns.append(turn)
+
+
+def _turn(folder: Path, entry: dict, index: int, before: tuple[Mark, Mark, Mark]) -> Turn:
+    """A validated manifest entry as a Turn (its image read from the folder)."""
+    kind = entry["kind"]
+    return Turn(
+        entry["role"],
+        kind,
+        text=entry.get("text"),
+        image=open_turn_image(folder, entry["image"], index) if kind == "image" else None,
+        params=GenerationParams(**entry["params"]) if entry.get("params") else None,
+        seed=entry.get("seed", 0),
+        seconds=entry.get("seconds", 0.0),
+        before=before,
     )
+
+
+# -- K/V snapshot -------------------------------------------------------------------
+
+
+def _write_snapshot(session: Session, folder: Path, turns: list[dict]) -> str:
+    """Write the stored contexts' K/V to kv.safetensors (atomically); returns its sha256."""
+    tensors = {}
+    for name in STORED_CONTEXTS:
+        ctx = getattr(session, name)
+        for layer in range(ctx.layout.num_layers):
+            tensors[f"k.{name}.{layer}"], tensors[f"v.{name}.{layer}"] = _rows(ctx, layer)
+    ends = {name: Mark.of(getattr(session, name)) for name in STORED_CONTEXTS}
+    ends["text_dropped"] = session.text_mark
+    metadata = {
+        "format": SNAPSHOT_FORMAT,
+        "version": str(SNAPSHOT_VERSION),
+        "checkpoint": str(session.pipe.identity),
+        "dtype": _dtype_name(session.main.layout.dtype),
+        "transcript": _transcript_digest(turns),
+        "contexts": json.dumps({name: [m.length, m.rope] for name, m in ends.items()}),
+        # where the three contexts stood before each turn, so rewind works after a resume
+        "marks": json.dumps(
+            [[n for m in turn.before for n in (m.length, m.rope)] for turn in session.turns]
+        ),
+    }
+    path = folder / SNAPSHOT
+    _write_atomic(path, lambda t: save_file(tensors, str(t), metadata))
+    return _sha256(path)
+
+
+def _rows(ctx: KVContext, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's keys and values [Hkv, length, D], in context order, on the CPU."""
+    layout = ctx.layout
+    empty = torch.empty(layout.num_kv_heads, 0, layout.head_dim, dtype=layout.dtype)
+    chunks = ctx.chunks(layer)
+    k = torch.cat([empty, *(k.cpu() for k, _ in chunks)], dim=1)
+    v = torch.cat([empty, *(v.cpu() for _, v in chunks)], dim=1)
+    return k, v
+
+
+def _load_snapshot(
+    folder: Path, manifest: dict, pipe: BagelPipeline, allow_other_checkpoint: bool
+) -> Session | None:
+    """The session with its contexts read from kv.safetensors, after checking that the
+    file is the one saved with these turns by this model; None where it is to be rebuilt
+    from the turns instead (another checkpoint's snapshot, under allow_other_checkpoint)."""
+    path, entry = folder / SNAPSHOT, manifest["snapshot"]
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        raise SessionFileError(
+            f"{folder / MANIFEST}: field 'snapshot' must be an object with a 'sha256' string"
+        )
+    if allow_other_checkpoint and manifest["checkpoint"] != pipe.identity:
+        return None
+    if not path.is_file():
+        raise SessionFileError(f"{path} is missing, but {MANIFEST} records a snapshot{USE_TURNS}")
+    if _sha256(path) != entry["sha256"]:
+        raise SessionFileError(
+            f"{path}: sha256 differs from the one {MANIFEST} records (the file was changed, "
+            f"cut short, or left by another save){USE_TURNS}"
+        )
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise SessionFileError(
+            f"{path}: not a readable safetensors file ({err}){USE_TURNS}"
+        ) from err
+    if allow_other_checkpoint and meta.get("checkpoint") != str(pipe.identity):
+        return None
+    _check_snapshot_meta(path, meta, pipe, manifest["turns"])
+    ends, befores = _snapshot_marks(path, meta, len(manifest["turns"]))
+    _check_snapshot_tensors(path, shapes, pipe.kv_layout, ends)
+    turns = [
+        _turn(folder, e, i, b)
+        for i, (e, b) in enumerate(zip(manifest["turns"], befores, strict=True))
+    ]
+    contexts = {name: _read_context(path, pipe, name, ends[name].rope) for name in STORED_CONTEXTS}
+    return Session(pipe, contexts["main"], contexts["image_dropped"], ends["text_dropped"], turns)
+
+
+def _check_snapshot_meta(path: Path, meta: dict, pipe: BagelPipeline, turns: list) -> None:
+    """Format, model, dtype and transcript of a snapshot, from its header metadata."""
+    if meta.get("format") != SNAPSHOT_FORMAT or meta.get("version") != str(SNAPSHOT_VERSION):
+        raise SessionFileError(
+            f"{path}: not a {SNAPSHOT_FORMAT} version {SNAPSHOT_VERSION} snapshot (metadata "
+            f"format {meta.get('format')!r}, version {meta.get('version')!r}){USE_TURNS}"
+        )
+    if meta.get("checkpoint") != str(pipe.identity):
+        raise SessionFileError(
+            f"{path}: made with checkpoint {meta.get('checkpoint')}, but the loaded model is "
+            f"{pipe.identity}{USE_TURNS} (or allow_other_checkpoint=True)"
+        )
+    dtype = _dtype_name(pipe.kv_layout.dtype)
+    if meta.get("dtype") != dtype:
+        raise SessionFileError(
+            f"{path}: K/V stored in {meta.get('dtype')}, but the loaded model runs in "
+            f"{dtype}{USE_TURNS}"
+        )
+    if meta.get("transcript") != _transcript_digest(turns):
+        raise SessionFileError(
+            f"{path}: saved with other turns than {MANIFEST} holds (transcript digest "
+            f"differs){USE_TURNS}"
+        )
+
+
+def _snapshot_marks(
+    path: Path, meta: dict, num_turns: int
+) -> tuple[dict[str, Mark], list[tuple[Mark, Mark, Mark]]]:
+    """The contexts' final marks and, per turn, where they stood before it."""
+    try:
+        contexts = json.loads(meta["contexts"])
+        ends = {n: _mark(contexts[n]) for n in (*STORED_CONTEXTS, "text_dropped")}
+        befores = []
+        for row in json.loads(meta["marks"]):
+            if not isinstance(row, list) or len(row) != 6:
+                raise ValueError(f"a turn's marks must be 6 integers, got {row!r}")
+            befores.append((_mark(row[0:2]), _mark(row[2:4]), _mark(row[4:6])))
+    except (KeyError, TypeError, ValueError) as err:
+        raise SessionFileError(
+            f"{path}: metadata 'contexts' / 'marks' malformed ({err!r}){USE_TURNS}"
+        ) from err
+    if len(befores) != num_turns:
+        raise SessionFileError(
+            f"{path}: marks for {len(befores)} turns, {MANIFEST} has {num_turns}{USE_TURNS}"
+        )
+    main, image = ends["main"], ends["image_dropped"]
+    checks = [("text-dropped context", ends["text_dropped"], main)]  # a prefix of main
+    for index, before in enumerate(befores):
+        for what, mark, end in zip(
+            ("main", "text-dropped", "image-dropped"), before, (main, main, image), strict=True
+        ):
+            checks.append((f"turn {index}'s {what} mark", mark, end))
+    for what, mark, end in checks:
+        if mark.length > end.length or mark.rope > end.rope:
+            raise SessionFileError(
+                f"{path}: {what} {mark} lies past its context's end {end}{USE_TURNS}"
+            )
+    return ends, befores
+
+
+def _mark(pair: object) -> Mark:
+    if not (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in pair)
+    ):
+        raise ValueError(f"expected [length, rope] (two integers >= 0), got {pair!r}")
+    return Mark(*pair)
+
+
+def _check_snapshot_tensors(
+    path: Path, shapes: dict[str, list[int]], layout, ends: dict[str, Mark]
+) -> None:
+    """Every layer of both stored contexts, each [Hkv, its length, D]; nothing else."""
+    expected = {
+        f"{kv}.{name}.{layer}": [layout.num_kv_heads, ends[name].length, layout.head_dim]
+        for name in STORED_CONTEXTS
+        for layer in range(layout.num_layers)
+        for kv in "kv"
+    }
+    missing, extra = sorted(expected.keys() - shapes.keys()), sorted(shapes.keys() - expected)
+    if missing or extra:
+        raise SessionFileError(
+            f"{path}: tensors do not match this model's {layout.num_layers} layers (missing "
+            f"{missing[:4]}, unexpected {extra[:4]}){USE_TURNS}"
+        )
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise SessionFileError(
+                f"{path}: tensor {name} has shape {shapes[name]}, expected {shape} "
+                f"(kv heads, tokens, head dim){USE_TURNS}"
+            )
+
+
+def _read_context(path: Path, pipe: BagelPipeline, name: str, rope: int) -> KVContext:
+    """One stored context, onto the pipeline's KV devices."""
+    layers = range(pipe.kv_layout.num_layers)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            ks = [f.get_tensor(f"k.{name}.{layer}") for layer in layers]
+            vs = [f.get_tensor(f"v.{name}.{layer}") for layer in layers]
+        return KVContext.from_tensors(pipe.kv_layout, ks, vs, rope)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SessionFileError(f"{path}: context {name}: {err}{USE_TURNS}") from err
+
+
+def _transcript_digest(turns: list) -> str:
+    """sha256 of the manifest's turns list, as canonical JSON."""
+    text = json.dumps(turns, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def open_turn_image(folder: Path, name: str, index: int) -> Image.Image:
@@ -258,11 +501,17 @@ def _params_dict(params: GenerationParams) -> dict:
 
 
 def _write_atomic(path: Path, write) -> None:
+    """write(tmp) fills a temporary file next to path, which then replaces path."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
+        write(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
