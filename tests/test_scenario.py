@@ -9,6 +9,7 @@ passing, saves, run.json, export call, output-folder rules), not the chains them
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import re
 import shutil
@@ -24,7 +25,6 @@ from bagel.errors import InputError
 from workbench.params import GenerationParams
 from workbench.scenario import (
     CHAIN_ARGS,
-    EXPORT_FORMATS,
     TOP_KEYS,
     ScenarioError,
     check_for_model,
@@ -38,6 +38,7 @@ ACTIONS = (
     *("forward", "back", "turn_left", "turn_right"),
     *("look_up", "look_down", "strafe_left", "strafe_right"),
 )
+FORMATS = frozenset({"png", "gif", "mp4", "sheet", "story", "session"})
 
 
 # -- stand-ins for workbench.chains and workbench.export ------------------------------
@@ -70,6 +71,9 @@ def fake_chains() -> types.ModuleType:
     `generate` is set (off by default: generating is the slow part, on two CPU cores)."""
     module = types.ModuleType("workbench.chains")
     module.ACTIONS, module.Beat, module.calls, module.generate = ACTIONS, Beat, [], False
+    module.AXES = ("vertical", "horizontal", "depth")
+    module.PREDICT_MODES = ("autoregressive", "forcing")
+    module.SCHEDULES = ("autoregressive", "pyramid", "uniform")
 
     def frames(session, kind, labels, params):
         out = []
@@ -100,31 +104,34 @@ def fake_chains() -> types.ModuleType:
     return module
 
 
-@pytest.fixture(autouse=True)
-def chains(monkeypatch):
-    """The real chains when present (validation reads ACTIONS from them), else the fake."""
-    try:
-        import workbench.chains as real
+def fake_export() -> types.ModuleType:
+    """Records its calls; the formats and fps limits of workbench.export."""
+    module = types.ModuleType("workbench.export")
+    module.FORMATS, module.FPS_RANGE, module.GIF_MAX_FPS, module.calls = FORMATS, (0.1, 60), 50, []
 
-        return real
-    except ImportError:
-        fake = fake_chains()
-        monkeypatch.setitem(sys.modules, "workbench.chains", fake)
-        return fake
+    def export_session(source, out, formats, *, fps=4, overwrite=False):
+        module.calls.append((source, Path(out), formats, fps, overwrite))
+        return Path(out)
+
+    module.export_session = export_session
+    return module
+
+
+@pytest.fixture(autouse=True)
+def modules(monkeypatch):
+    """The real chains and export modules where present (validation reads their names
+    and limits), else the stand-ins."""
+    for name, fake in (("workbench.chains", fake_chains), ("workbench.export", fake_export)):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            monkeypatch.setitem(sys.modules, name, fake())
 
 
 @pytest.fixture
 def fakes(monkeypatch):
     """Stand-in chains and exporter for the runner tests, whatever is installed."""
-    chains = fake_chains()
-    export = types.ModuleType("workbench.export")
-    export.calls = []
-
-    def export_session(folder, out, formats, fps):
-        export.calls.append((Path(folder), Path(out), formats, fps))
-        return [Path(out) / f"frames.{f}" for f in formats]
-
-    export.export_session = export_session
+    chains, export = fake_chains(), fake_export()
     monkeypatch.setitem(sys.modules, "workbench.chains", chains)
     monkeypatch.setitem(sys.modules, "workbench.export", export)
     return chains, export
@@ -188,7 +195,10 @@ def test_docs_example_validates(tmp_path):
 def test_docs_name_every_key():
     text = (ROOT / "docs" / "scenarios.md").read_text()
     keys = [f.name for f in dataclasses.fields(GenerationParams)] + list(TOP_KEYS)
-    keys += [key for spec in CHAIN_ARGS.values() for key in spec] + list(EXPORT_FORMATS)
+    keys += [key for spec in CHAIN_ARGS.values() for key in spec]
+    keys += list(sys.modules["workbench.export"].FORMATS)
+    chains = sys.modules["workbench.chains"]
+    keys += [*chains.ACTIONS, *chains.AXES, *chains.PREDICT_MODES, *chains.SCHEDULES]
     assert not [key for key in keys if f"`{key}`" not in text]
 
 
@@ -306,7 +316,20 @@ def test_base_is_valid(tmp_path):
             "export.formats[1]",
             "unknown value 'avi'",
         ),
-        ("formats: [png]", "formats: [png]\n  fps: 0", "fps", "export.fps", "must be > 0"),
+        (
+            "formats: [png]",
+            "formats: [png]\n  fps: 0",
+            "fps",
+            "export.fps",
+            "must be between 0.1 and 60, got 0",
+        ),
+        (
+            "formats: [png]",
+            "formats: [png, gif]\n  fps: 55",
+            "fps",
+            "export.fps",
+            "must be between 0.1 and 50 (a GIF's limit), got 55",
+        ),
         (
             "  height: 64\n  width: 64\n",
             "  width: 64\n",
@@ -344,7 +367,42 @@ def test_base_is_valid(tmp_path):
         ),
         (
             "  - edit:\n      instruction: make it red\n",
-            "  - predict: {frames: 2, window: 3}\n",
+            "  - predict: {frames: 2, window: 2}\n",
+            "predict",
+            "steps[1].predict.window",
+            "must be 1 unless mode is forcing",
+        ),
+        (
+            "  - edit:\n      instruction: make it red\n",
+            "  - predict: {frames: 2, schedule: pyramid}\n",
+            "predict",
+            "steps[1].predict.schedule",
+            "must be 'autoregressive' unless mode is forcing",
+        ),
+        (
+            "  - edit:\n      instruction: make it red\n",
+            "  - rotate: {degrees: 90, steps: 2, axis: diagonal}\n",
+            "rotate",
+            "steps[1].rotate.axis",
+            "unknown value 'diagonal'; expected one of vertical, horizontal, depth",
+        ),
+        (
+            "  - edit:\n      instruction: make it red\n",
+            "  - rotate: {degrees: 90, steps: 2, template: 'turn it {angle}'}\n",
+            "rotate",
+            "steps[1].rotate.template",
+            "must contain {degrees}",
+        ),
+        (
+            "  - edit:\n      instruction: make it red\n",
+            "  - agent: {goal: the door, actions: [forward, back, forward]}\n",
+            "agent",
+            "steps[1].agent.actions[2]",
+            "'forward' is listed twice",
+        ),
+        (
+            "  - edit:\n      instruction: make it red\n",
+            "  - predict: {frames: 2, window: 3, mode: forcing}\n",
             "predict",
             "steps[1].predict.window",
             "must be <= frames (2)",
@@ -502,8 +560,8 @@ def test_run_scenario_start_steps_saves_and_export(tmp_path, pipe, fakes):
     run = json.loads((out / "run.json").read_text())
     assert run["scenario"] == str(path.resolve()) and run["steps_done"] == 2
     assert run["steps"][0]["frames"][1] == {"turn": 4, "label": "turn_left", "caption": None}
-    assert export.calls == [(out / "session", out, ["png", "gif"], 3.0)]
-    assert result.exported == [out / "frames.png", out / "frames.gif"]
+    assert export.calls == [(result.session, out / "export", ["png", "gif"], 3.0, True)]
+    assert result.exported == out / "export"
 
 
 def test_run_saves_after_each_step_and_names_the_failing_one(tmp_path, pipe, fakes):
@@ -530,7 +588,8 @@ def test_run_from_a_prompt_with_a_story(tmp_path, pipe, fakes):
     assert turns[:2] == [("user", "text"), ("model", "image")]
     beats = chains.calls[0][1]
     assert [b.text for b in beats] == ["one", "two"] and beats[0].image is None
-    assert isinstance(beats[1].image, Image.Image) and beats[1].image.size == (64, 64)
+    assert beats[1].image == str(tmp_path / "pic.png")
+    assert result.session.turns[2].image.size == (64, 64)  # the beat's picture went in
     assert result.exported is None
 
 

@@ -19,6 +19,7 @@ import importlib
 import json
 import re
 import shutil
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 import yaml
+from PIL import Image
 
 from bagel.checkpoint import DTYPES
 from bagel.errors import BagelError, InputError
@@ -38,10 +40,6 @@ if TYPE_CHECKING:
     from bagel.pipeline import BagelPipeline
 
 CHAINS = ("navigate", "rotate", "predict", "story", "edit", "agent")
-EXPORT_FORMATS = ("png", "gif", "mp4", "sheet", "story")
-AXES = ("vertical", "horizontal")
-PREDICT_MODES = ("autoregressive", "forcing")
-SCHEDULES = ("autoregressive", "pyramid", "uniform")
 MAX_COUNT = 256  # frames, steps, rounds or actions in one step
 MAX_NODES = 100_000  # YAML values after alias expansion (guards against alias bombs)
 TOP_KEYS = (
@@ -53,13 +51,14 @@ RUN_FORMAT = "bagel-workbench-run"
 
 # Each chain's keys: (required, reader). A reader is a _Reader method name; keys left
 # out are not passed, so the chain's own default applies. "params" is common to all.
+# The values they accept (actions, axes, modes, schedules) come from workbench.chains.
 CHAIN_ARGS: dict[str, dict[str, tuple[bool, str]]] = {
     "navigate": {"actions": (True, "actions"), "templates": (False, "templates")},
     "rotate": {
         "degrees": (True, "degrees"),
         "steps": (True, "count"),
         "axis": (False, "axis"),
-        "template": (False, "text"),
+        "template": (False, "rotate_template"),
     },
     "predict": {
         "frames": (True, "count"),
@@ -76,7 +75,7 @@ CHAIN_ARGS: dict[str, dict[str, tuple[bool, str]]] = {
     },
     "agent": {
         "goal": (True, "text"),
-        "actions": (False, "actions"),
+        "actions": (False, "choices"),
         "max_steps": (False, "count"),
         "templates": (False, "templates"),
     },
@@ -246,9 +245,10 @@ def _suggest(word: str, known: tuple[str, ...] | list[str]) -> str:
 class _Reader:
     """Reads one scenario's nodes into checked values; the first problem raises."""
 
-    def __init__(self, file: str, folder: Path, allow_outside: bool, actions: tuple[str, ...]):
+    def __init__(self, file: str, folder: Path, allow_outside: bool):
         self.file, self.folder, self.allow_outside = file, folder, allow_outside
-        self.known_actions = actions
+        self.chains = _chains()
+        self.known_actions: tuple[str, ...] = tuple(self.chains.ACTIONS)
         self.lines: dict[str, int] = {}
 
     def fail(self, line: int, at: str, problem: str) -> NoReturn:
@@ -321,13 +321,24 @@ class _Reader:
         return self.integer(node, at, 1, MAX_COUNT)
 
     def axis(self, node: _Node, at: str) -> str:
-        return self.choice(node, at, AXES)
+        return self.choice(node, at, tuple(self.chains.AXES))
 
     def mode(self, node: _Node, at: str) -> str:
-        return self.choice(node, at, PREDICT_MODES)
+        return self.choice(node, at, tuple(self.chains.PREDICT_MODES))
 
     def schedule(self, node: _Node, at: str) -> str:
-        return self.choice(node, at, SCHEDULES)
+        return self.choice(node, at, tuple(self.chains.SCHEDULES))
+
+    def rotate_template(self, node: _Node, at: str) -> str:
+        """rotate's instruction: {degrees} required, {axis} optional, nothing else."""
+        text = self.text(node, at)
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+        except ValueError as err:
+            self.fail(node.line, at, f"not a valid template ({err})")
+        if "degrees" not in names or not names <= {"degrees", "axis"}:
+            self.fail(node.line, at, "must contain {degrees} and may contain {axis}, nothing else")
+        return text
 
     def degrees(self, node: _Node, at: str) -> float:
         value = self.number(node, at)
@@ -345,6 +356,14 @@ class _Reader:
 
     def actions(self, node: _Node, at: str) -> list[str]:
         return [self.action(n, f"{at}[{i}]") for i, n in enumerate(self.sequence(node, at))]
+
+    def choices(self, node: _Node, at: str) -> list[str]:
+        """The agent's actions: distinct (each is one option of its choice)."""
+        names = self.actions(node, at)
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                self.fail(node.value[i].line, f"{at}[{i}]", f"{name!r} is listed twice")
+        return names
 
     def templates(self, node: _Node, at: str) -> dict[str, str]:
         items = self.mapping(node, at, self.known_actions)
@@ -445,7 +464,7 @@ def load_scenario(path: str | Path, allow_outside: bool = False) -> Scenario:
     root = _parse(text, file)
     if root is None:
         raise ScenarioError(file, 1, "document", "the file is empty; expected a scenario mapping")
-    reader = _Reader(file, source.parent, allow_outside, _chains().ACTIONS)
+    reader = _Reader(file, source.parent, allow_outside)
     return _scenario(reader, root, source)
 
 
@@ -523,28 +542,45 @@ def _step(r: _Reader, node: _Node, index: int, defaults: GenerationParams) -> St
         for key, child in items.items()
         if key != "params"
     }
-    if args.get("window", 1) > args.get("frames", MAX_COUNT):
-        r.fail(items["window"].line, f"{at}.window", f"must be <= frames ({args['frames']})")
+    if chain == "predict":
+        _check_predict(r, items, args, at)
     params = r.params(items["params"], f"{at}.params", defaults) if "params" in items else defaults
     return Step(chain, args, params, body.key_line)
 
 
+def _check_predict(r: _Reader, items: dict[str, _Node], args: dict[str, Any], at: str) -> None:
+    """window and schedule belong to diffusion forcing; a window fits in the frames."""
+    if args.get("mode", "autoregressive") == "autoregressive":
+        for key, plain in (("window", 1), ("schedule", "autoregressive")):
+            if args.get(key, plain) != plain:
+                r.fail(items[key].line, f"{at}.{key}", f"must be {plain!r} unless mode is forcing")
+    if args.get("window", 1) > args["frames"]:
+        r.fail(items["window"].line, f"{at}.window", f"must be <= frames ({args['frames']})")
+
+
 def _export_options(r: _Reader, node: _Node) -> ExportOptions:
+    """Formats and fps as the exporter (workbench/export.py) accepts them."""
+    export = _export_module()
     items = r.mapping(node, "export", ("formats", "fps"))
     formats, fps = ExportOptions.formats, ExportOptions.fps
     if "formats" in items:
-        listed = items["formats"]
+        listed, known = items["formats"], tuple(sorted(export.FORMATS))
         entries = [] if listed.value == [] else r.sequence(listed, "export.formats")  # []: none
-        formats = tuple(
-            r.choice(n, f"export.formats[{i}]", EXPORT_FORMATS) for i, n in enumerate(entries)
-        )
+        formats = tuple(r.choice(n, f"export.formats[{i}]", known) for i, n in enumerate(entries))
         for i, name in enumerate(formats):
             if name in formats[:i]:
                 r.fail(entries[i].line, f"export.formats[{i}]", f"{name!r} is listed twice")
     if "fps" in items:
         fps = r.number(items["fps"], "export.fps")
-        if not 0 < fps <= 60:
-            r.fail(items["fps"].line, "export.fps", f"must be > 0 and <= 60, got {fps:g}")
+        low, high = export.FPS_RANGE
+        high = min(high, export.GIF_MAX_FPS) if "gif" in formats else high
+        if not low <= fps <= high:
+            limit = " (a GIF's limit)" if high == export.GIF_MAX_FPS else ""
+            r.fail(
+                items["fps"].line,
+                "export.fps",
+                f"must be between {low:g} and {high:g}{limit}, got {fps:g}",
+            )
     return ExportOptions(formats, fps)
 
 
@@ -569,8 +605,13 @@ def _device(r: _Reader, node: _Node) -> str:
 
 
 def _chains():
-    """The chain functions (imported when first needed; tests may put a stand-in first)."""
+    """workbench.chains, imported when first needed (tests may put a stand-in first)."""
     return importlib.import_module("workbench.chains")
+
+
+def _export_module():
+    """workbench.export, imported when first needed (tests may put a stand-in first)."""
+    return importlib.import_module("workbench.export")
 
 
 # -- running --------------------------------------------------------------------------
@@ -584,7 +625,7 @@ class RunResult:
     session: Session
     results: list  # one workbench.chains.ChainResult per step
     session_dir: Path
-    exported: Any = None  # what the exporter returned; None when no format was asked
+    exported: Path | None = None  # the export folder; None when no format was asked
 
 
 def run_scenario(
@@ -599,7 +640,7 @@ def run_scenario(
     Everything is checked before the first turn: sizes and images against this model,
     the chain and export modules, the output folder. out_dir receives `session/` (saved
     after every step, so an interrupted run keeps what it made), `run.json` (the scenario
-    and each step's frames) and the exports. A folder holding another session is refused;
+    and each step's frames and trace) and `export/` (workbench.export.export_session). A folder holding another session is refused;
     a rerun of the same scenario replaces its own.
 
     Args:
@@ -608,7 +649,7 @@ def run_scenario(
     out_dir = Path(out_dir)
     check_for_model(scenario, pipe)
     chains = _chains()
-    export = _exporter() if scenario.export.formats else None
+    export = _export_module().export_session
     _claim(out_dir, scenario)
     session, session_dir, results = Session(pipe), out_dir / "session", []
     units = [("start", None)] if scenario.start != Start() else []
@@ -627,7 +668,13 @@ def run_scenario(
         _write_run(out_dir, scenario, results)
         if progress:
             progress(done, len(units), at)
-    exported = export(session_dir, out_dir, scenario.export) if export else None
+    exported = None
+    if scenario.export.formats:
+        formats, fps = list(scenario.export.formats), scenario.export.fps
+        try:
+            exported = export(session, out_dir / "export", formats, fps=fps, overwrite=True)
+        except BagelError as err:
+            raise scenario.error("export", str(err)) from err
     return RunResult(scenario, session, results, session_dir, exported)
 
 
@@ -667,8 +714,7 @@ def _call(chains, session: Session, step: Step):
     args = dict(step.args)
     if step.chain == "story":
         args["beats"] = [
-            chains.Beat(b.text, None if b.image is None else open_image(b.image))
-            for b in args["beats"]
+            chains.Beat(b.text, None if b.image is None else str(b.image)) for b in args["beats"]
         ]
     return getattr(chains, step.chain)(session, **args, params=step.params)
 
@@ -718,7 +764,7 @@ def _write_run(out_dir: Path, scenario: Scenario, results: list) -> None:
             "frames": [
                 {"turn": f.turn, "label": f.label, "caption": f.caption} for f in result.frames
             ],
-            "trace": result.trace,
+            "trace": [_plain(t) for t in result.trace],
         }
         for step, result in zip(scenario.steps, results, strict=False)
     ]
@@ -734,11 +780,12 @@ def _write_run(out_dir: Path, scenario: Scenario, results: list) -> None:
     _write_atomic(out_dir / RUN_MANIFEST, lambda f: f.write(text.encode()))
 
 
-def _exporter() -> Callable[[Path, Path, ExportOptions], Any]:
-    """The exporter (workbench/export.py) writes the asked formats from the saved session."""
-    from workbench.export import export_session
-
-    def export(session_dir: Path, out_dir: Path, options: ExportOptions):
-        return export_session(session_dir, out_dir, list(options.formats), fps=options.fps)
-
-    return export
+def _plain(item: Any) -> Any:
+    """A trace entry for JSON: a dataclass's fields without its images."""
+    if not dataclasses.is_dataclass(item):
+        return item
+    return {
+        f.name: getattr(item, f.name)
+        for f in dataclasses.fields(item)
+        if not isinstance(getattr(item, f.name), Image.Image)
+    }
