@@ -1,0 +1,791 @@
+"""Scenario files: one YAML file per scenario, validated before anything runs.
+
+A scenario gives the model options, a seed, generation defaults, a start (an image or a
+prompt), a list of chain steps and export options (format: docs/scenarios.md). Every
+error names the file, the line and the field:
+
+    street.yaml:14: steps[3].navigate.actions[1]: unknown action 'jump'; expected one of ...
+
+Paths resolve against the scenario file's folder and may not leave it unless the caller
+passes `allow_outside` (never the file itself: a scenario from elsewhere must not be
+able to read files outside its own folder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import json
+import re
+import shutil
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import torch
+import yaml
+from PIL import Image
+
+from bagel.checkpoint import DTYPES
+from bagel.errors import BagelError, InputError
+from bagel.image import open_image
+from workbench.params import GenerationParams
+from workbench.session import Session
+from workbench.store import _write_atomic, save
+
+if TYPE_CHECKING:
+    from bagel.pipeline import BagelPipeline
+
+CHAINS = ("navigate", "rotate", "predict", "story", "edit", "agent")
+MAX_COUNT = 256  # frames, steps, rounds or actions in one step
+MAX_NODES = 100_000  # YAML values after alias expansion (guards against alias bombs)
+TOP_KEYS = (
+    *("name", "description", "model", "device", "dtype", "seed"),
+    *("defaults", "start", "steps", "export"),
+)
+RUN_MANIFEST = "run.json"
+RUN_FORMAT = "bagel-workbench-run"
+
+# Each chain's keys: (required, reader). A reader is a _Reader method name; keys left
+# out are not passed, so the chain's own default applies. "params" is common to all.
+# The values they accept (actions, axes, modes, schedules) come from workbench.chains.
+CHAIN_ARGS: dict[str, dict[str, tuple[bool, str]]] = {
+    "navigate": {"actions": (True, "actions"), "templates": (False, "templates")},
+    "rotate": {
+        "degrees": (True, "degrees"),
+        "steps": (True, "count"),
+        "axis": (False, "axis"),
+        "template": (False, "rotate_template"),
+    },
+    "predict": {
+        "frames": (True, "count"),
+        "mode": (False, "mode"),
+        "window": (False, "count"),
+        "schedule": (False, "schedule"),
+        "instruction": (False, "text"),
+    },
+    "story": {"beats": (True, "beats"), "caption": (False, "boolean")},
+    "edit": {
+        "instruction": (True, "text"),
+        "think": (False, "boolean"),
+        "max_rounds": (False, "count"),
+    },
+    "agent": {
+        "goal": (True, "text"),
+        "actions": (False, "choices"),
+        "max_steps": (False, "count"),
+        "templates": (False, "templates"),
+    },
+}
+
+
+class ScenarioError(InputError):
+    """A scenario file (or its output folder) is wrong: `{file}:{line}: {field}: {problem}`."""
+
+    def __init__(self, file: str | Path, line: int | None, field: str | None, problem: str):
+        self.file, self.line, self.field, self.problem = str(file), line, field, problem
+        where = self.file if line is None else f"{self.file}:{line}"
+        super().__init__(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class Start:
+    """The first turn: an input image, or a prompt to generate the first image from."""
+
+    image: Path | None = None
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class StoryBeat:
+    """One story beat as read from the file (the runner opens the image)."""
+
+    text: str
+    image: Path | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One chain call: its name, the keyword arguments the file gave, its parameters
+    (the scenario's defaults with this step's `params:` applied) and its line."""
+
+    chain: str
+    args: dict[str, Any]
+    params: GenerationParams
+    line: int
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    formats: tuple[str, ...] = ("png",)
+    fps: float = 4.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    source: Path  # the scenario file, resolved
+    start: Start
+    steps: tuple[Step, ...]
+    defaults: GenerationParams = GenerationParams()
+    export: ExportOptions = ExportOptions()
+    model: str | None = None  # None: the caller's default
+    device: str | None = None
+    dtype: str | None = None
+    seed: int = 0
+    description: str = ""
+    lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def error(self, field_path: str, problem: str) -> ScenarioError:
+        """An error located at a field of this file (its line when the file has it)."""
+        return ScenarioError(self.source, self.lines.get(field_path), field_path, problem)
+
+
+# -- YAML with line numbers -----------------------------------------------------------
+
+
+@dataclass
+class _Node:
+    """A YAML value and the line it starts on (1-based)."""
+
+    value: Any  # a scalar, list[_Node] or dict[str, _Node]
+    line: int
+    key_line: int = 0  # a mapping value: the line of its key
+
+
+_SEQ_TAG, _MAP_TAG, _MERGE_TAG = (f"tag:yaml.org,2002:{t}" for t in ("seq", "map", "merge"))
+
+
+class _Builder:
+    """Turns composed YAML nodes into _Nodes; scalars go through the safe constructor."""
+
+    def __init__(self, loader: yaml.SafeLoader, file: str):
+        self.loader, self.file, self.count, self.active = loader, file, 0, set()
+
+    def build(self, node: yaml.Node, path: str) -> _Node:
+        line = node.start_mark.line + 1
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise ScenarioError(self.file, line, path or "document", "too many values (aliases?)")
+        if id(node) in self.active:
+            raise ScenarioError(self.file, line, path or "document", "an alias refers to itself")
+        if isinstance(node, yaml.ScalarNode):
+            return _Node(self.loader.construct_object(node), line)
+        if node.tag not in (_SEQ_TAG, _MAP_TAG):  # e.g. !!python/object: never constructed
+            raise ScenarioError(self.file, line, path or "document", f"unsupported tag {node.tag}")
+        self.active.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            out = _Node([self.build(n, f"{path}[{i}]") for i, n in enumerate(node.value)], line)
+        else:
+            out = _Node(self._mapping(node, path), line)
+        self.active.discard(id(node))
+        return out
+
+    def _mapping(self, node: yaml.MappingNode, path: str) -> dict[str, _Node]:
+        items: dict[str, _Node] = {}
+        for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            if key_node.tag == _MERGE_TAG:
+                raise ScenarioError(
+                    self.file, key_line, path or "document", "merge keys (<<) are not supported"
+                )
+            key = (
+                self.build(key_node, path).value if isinstance(key_node, yaml.ScalarNode) else None
+            )
+            if not isinstance(key, str):
+                raise ScenarioError(
+                    self.file, key_line, path or "document", f"keys must be text, got {key!r}"
+                )
+            here = f"{path}.{key}" if path else key
+            if key in items:  # PyYAML would silently keep the last one
+                first = items[key].key_line
+                raise ScenarioError(
+                    self.file, key_line, here, f"duplicate key (first given on line {first})"
+                )
+            items[key] = self.build(value_node, here)
+            items[key].key_line = key_line
+        return items
+
+
+def _parse(text: str, file: str) -> _Node | None:
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        return None if root is None else _Builder(loader, file).build(root, "")
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        problem = "; ".join(p for p in (err.context, err.problem) if p)
+        raise ScenarioError(file, mark.line + 1 if mark else None, "yaml", problem) from err
+    except yaml.YAMLError as err:
+        raise ScenarioError(file, None, "yaml", str(err)) from err
+    finally:
+        loader.dispose()
+
+
+# -- validation -----------------------------------------------------------------------
+
+
+def _what(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "null" if value is None else f"{value!r} ({type(value).__name__})"
+
+
+def _suggest(word: str, known: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{hint}expected one of {', '.join(known)}"
+
+
+class _Reader:
+    """Reads one scenario's nodes into checked values; the first problem raises."""
+
+    def __init__(self, file: str, folder: Path, allow_outside: bool):
+        self.file, self.folder, self.allow_outside = file, folder, allow_outside
+        self.chains = _chains()
+        self.known_actions: tuple[str, ...] = tuple(self.chains.ACTIONS)
+        self.lines: dict[str, int] = {}
+
+    def fail(self, line: int, at: str, problem: str) -> NoReturn:
+        raise ScenarioError(self.file, line, at, problem)
+
+    def mapping(
+        self, node: _Node, at: str, known: tuple[str, ...], required: tuple[str, ...] = ()
+    ) -> dict[str, _Node]:
+        if not isinstance(node.value, dict):
+            self.fail(node.line, at, f"expected a mapping with keys from {', '.join(known)}")
+        for key, child in node.value.items():
+            self.lines[f"{at}.{key}" if at else key] = child.key_line
+            if key not in known:
+                self.fail(
+                    child.key_line,
+                    f"{at}.{key}" if at else key,
+                    f"unknown key; {_suggest(key, known)}",
+                )
+        for key in required:
+            if key not in node.value:
+                self.fail(
+                    node.key_line or node.line, at or "document", f"missing required key {key!r}"
+                )
+        return node.value
+
+    def sequence(self, node: _Node, at: str) -> list[_Node]:
+        if not isinstance(node.value, list):
+            self.fail(node.line, at, f"expected a list, got {_what(node.value)}")
+        if not node.value:
+            self.fail(node.line, at, "expected at least one entry, got an empty list")
+        if len(node.value) > MAX_COUNT:
+            self.fail(node.line, at, f"at most {MAX_COUNT} entries, got {len(node.value)}")
+        for i, child in enumerate(node.value):
+            self.lines[f"{at}[{i}]"] = child.line
+        return node.value
+
+    def text(self, node: _Node, at: str) -> str:
+        if not isinstance(node.value, str) or not node.value.strip():
+            self.fail(node.line, at, f"expected non-empty text, got {_what(node.value)}")
+        return node.value
+
+    def boolean(self, node: _Node, at: str) -> bool:
+        if not isinstance(node.value, bool):
+            self.fail(node.line, at, f"expected true or false, got {_what(node.value)}")
+        return node.value
+
+    def integer(self, node: _Node, at: str, low: int, high: int = 2**63 - 1) -> int:
+        value = node.value
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.fail(node.line, at, f"expected an integer, got {_what(value)}")
+        if not low <= value <= high:
+            bound = f"between {low} and {high}" if high < 2**63 - 1 else f">= {low}"
+            self.fail(node.line, at, f"must be {bound}, got {value}")
+        return value
+
+    def number(self, node: _Node, at: str) -> float:
+        if not isinstance(node.value, int | float) or isinstance(node.value, bool):
+            self.fail(node.line, at, f"expected a number, got {_what(node.value)}")
+        return float(node.value)
+
+    def choice(self, node: _Node, at: str, choices: tuple[str, ...]) -> str:
+        value = self.text(node, at)
+        if value not in choices:
+            self.fail(node.line, at, f"unknown value {value!r}; {_suggest(value, choices)}")
+        return value
+
+    # -- chain arguments (names used in CHAIN_ARGS) ------------------------------------
+
+    def count(self, node: _Node, at: str) -> int:
+        return self.integer(node, at, 1, MAX_COUNT)
+
+    def axis(self, node: _Node, at: str) -> str:
+        return self.choice(node, at, tuple(self.chains.AXES))
+
+    def mode(self, node: _Node, at: str) -> str:
+        return self.choice(node, at, tuple(self.chains.PREDICT_MODES))
+
+    def schedule(self, node: _Node, at: str) -> str:
+        return self.choice(node, at, tuple(self.chains.SCHEDULES))
+
+    def rotate_template(self, node: _Node, at: str) -> str:
+        """rotate's instruction: {degrees} required, {axis} optional, nothing else."""
+        text = self.text(node, at)
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+        except ValueError as err:
+            self.fail(node.line, at, f"not a valid template ({err})")
+        if "degrees" not in names or not names <= {"degrees", "axis"}:
+            self.fail(node.line, at, "must contain {degrees} and may contain {axis}, nothing else")
+        return text
+
+    def degrees(self, node: _Node, at: str) -> float:
+        value = self.number(node, at)
+        if value == 0 or abs(value) > 360:
+            self.fail(node.line, at, f"must be non-zero and between -360 and 360, got {value:g}")
+        return value
+
+    def action(self, node: _Node, at: str) -> str:
+        value = self.text(node, at)
+        if value not in self.known_actions:
+            self.fail(
+                node.line, at, f"unknown action {value!r}; {_suggest(value, self.known_actions)}"
+            )
+        return value
+
+    def actions(self, node: _Node, at: str) -> list[str]:
+        return [self.action(n, f"{at}[{i}]") for i, n in enumerate(self.sequence(node, at))]
+
+    def choices(self, node: _Node, at: str) -> list[str]:
+        """The agent's actions: distinct (each is one option of its choice)."""
+        names = self.actions(node, at)
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                self.fail(node.value[i].line, f"{at}[{i}]", f"{name!r} is listed twice")
+        return names
+
+    def templates(self, node: _Node, at: str) -> dict[str, str]:
+        items = self.mapping(node, at, self.known_actions)
+        return {key: self.text(child, f"{at}.{key}") for key, child in items.items()}
+
+    def beats(self, node: _Node, at: str) -> list[StoryBeat]:
+        out = []
+        for i, child in enumerate(self.sequence(node, at)):
+            here = f"{at}[{i}]"
+            if isinstance(child.value, str):
+                out.append(StoryBeat(self.text(child, here)))
+                continue
+            if not isinstance(child.value, dict):
+                self.fail(
+                    child.line, here, f"expected text or {{text, image}}, got {_what(child.value)}"
+                )
+            items = self.mapping(child, here, ("text", "image"), required=("text",))
+            image = self.image(items["image"], f"{here}.image") if "image" in items else None
+            out.append(StoryBeat(self.text(items["text"], f"{here}.text"), image))
+        return out
+
+    # -- files and parameters -------------------------------------------------------------
+
+    def image(self, node: _Node, at: str) -> Path:
+        """A path relative to the scenario's folder (or absolute), that opens as an image."""
+        name = self.text(node, at)
+        path = (self.folder / Path(name).expanduser()).resolve()
+        if not self.allow_outside and not path.is_relative_to(self.folder):
+            self.fail(
+                node.line,
+                at,
+                f"{name!r} resolves to {path}, outside the scenario's folder {self.folder}; "
+                "only the caller can allow that (load_scenario(..., allow_outside=True))",
+            )
+        try:
+            open_image(path, name=name)
+        except BagelError as err:
+            self.fail(node.line, at, str(err))
+        return path
+
+    def params(self, node: _Node, at: str, base: GenerationParams) -> GenerationParams:
+        """`base` with the mapping's GenerationParams fields replaced; GenerationParams'
+        own checks run, and their error is placed at the field it names."""
+        kinds = {f.name: f.type for f in dataclasses.fields(GenerationParams)}
+        items = self.mapping(node, at, tuple(kinds))
+        values = {
+            key: self._param(child, f"{at}.{key}", kinds[key]) for key, child in items.items()
+        }
+        try:
+            return dataclasses.replace(base, **values)
+        except InputError as err:
+            key = next((w for w in re.findall(r"\w+", str(err)) if w in items), None)
+            problem = str(err).removeprefix(f"{key} ") if key else str(err)
+            if key is None:
+                self.fail(node.key_line or node.line, at, problem)
+            self.fail(items[key].line, f"{at}.{key}", problem)
+
+    def _param(self, node: _Node, at: str, kind: str) -> Any:
+        """One GenerationParams field by its annotation; ranges are checked by the class."""
+        if kind == "int":
+            return self.integer(node, at, 0 if at.endswith(".seed") else -(2**63))
+        if kind == "float":
+            return self.number(node, at)
+        if kind == "bool":
+            return self.boolean(node, at)
+        if kind == "str":
+            return self.text(node, at)
+        if kind == "int | None":
+            return None if node.value is None else self.integer(node, at, 1)
+        if kind == "tuple[float, float]":
+            items = node.value if isinstance(node.value, list) else None
+            if items is None or len(items) != 2:
+                self.fail(node.line, at, f"expected [low, high], got {_what(node.value)}")
+            return tuple(self.number(n, f"{at}[{i}]") for i, n in enumerate(items))
+        raise AssertionError(f"GenerationParams field {at} has an unhandled type {kind}")
+
+
+# -- loading --------------------------------------------------------------------------
+
+
+def load_scenario(path: str | Path, allow_outside: bool = False) -> Scenario:
+    """Read and validate a scenario file; nothing runs and no model is needed.
+
+    Args:
+        path: the YAML file. Relative paths inside it resolve against its folder.
+        allow_outside: let image paths leave the scenario's folder (off: they may not).
+    Raises:
+        ScenarioError: `{file}:{line}: {field}: {problem}` for the first problem found.
+    """
+    file = str(path)
+    source = Path(path).resolve()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(file, None, None, "file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ScenarioError(file, None, None, f"cannot read file ({err})") from err
+    root = _parse(text, file)
+    if root is None:
+        raise ScenarioError(file, 1, "document", "the file is empty; expected a scenario mapping")
+    reader = _Reader(file, source.parent, allow_outside)
+    return _scenario(reader, root, source)
+
+
+def _scenario(r: _Reader, root: _Node, source: Path) -> Scenario:
+    if not isinstance(root.value, dict):
+        r.fail(root.line, "document", f"expected a mapping of {', '.join(TOP_KEYS)}")
+    top = r.mapping(root, "", TOP_KEYS, required=("steps",))
+    seed_node = top.get("seed")
+    seed = 0 if seed_node is None else r.integer(seed_node, "seed", 0)
+    defaults = GenerationParams(seed=seed)
+    if "defaults" in top:
+        node = top["defaults"]
+        if isinstance(node.value, dict) and "seed" in node.value:
+            r.fail(
+                node.value["seed"].key_line,
+                "defaults.seed",
+                "set the seed with the top-level `seed:`",
+            )
+        defaults = r.params(node, "defaults", defaults)
+    start = _start(r, top["start"]) if "start" in top else Start()
+    steps = tuple(
+        _step(r, node, i, defaults) for i, node in enumerate(r.sequence(top["steps"], "steps"))
+    )
+    if start == Start() and steps[0].chain != "story":
+        r.fail(
+            steps[0].line,
+            f"steps[0].{steps[0].chain}",
+            "needs an image to start from; add "
+            "`start: {image: ...}` or `start: {prompt: ...}`, or begin with a story step",
+        )
+    return Scenario(
+        name=r.text(top["name"], "name") if "name" in top else source.stem,
+        source=source,
+        start=start,
+        steps=steps,
+        defaults=defaults,
+        export=_export_options(r, top["export"]) if "export" in top else ExportOptions(),
+        model=_model(r, top["model"], source.parent) if "model" in top else None,
+        device=_device(r, top["device"]) if "device" in top else None,
+        dtype=r.choice(top["dtype"], "dtype", tuple(DTYPES)) if "dtype" in top else None,
+        seed=seed,
+        description=r.text(top["description"], "description") if "description" in top else "",
+        lines=r.lines,
+    )
+
+
+def _start(r: _Reader, node: _Node) -> Start:
+    items = r.mapping(node, "start", ("image", "prompt"))
+    if len(items) != 1:
+        r.fail(node.key_line or node.line, "start", "give exactly one of `image` or `prompt`")
+    if "image" in items:
+        return Start(image=r.image(items["image"], "start.image"))
+    return Start(prompt=r.text(items["prompt"], "start.prompt"))
+
+
+def _step(r: _Reader, node: _Node, index: int, defaults: GenerationParams) -> Step:
+    at = f"steps[{index}]"
+    if not isinstance(node.value, dict) or len(node.value) != 1:
+        found = ", ".join(node.value) if isinstance(node.value, dict) else _what(node.value)
+        r.fail(
+            node.line,
+            at,
+            f"a step is a mapping with one key, the chain ({', '.join(CHAINS)}); found {found}",
+        )
+    ((chain, body),) = node.value.items()
+    if chain not in CHAINS:
+        r.fail(body.key_line, at, f"unknown step {chain!r}; {_suggest(chain, CHAINS)}")
+    at = f"{at}.{chain}"
+    r.lines[at] = body.key_line
+    spec = CHAIN_ARGS[chain]
+    required = tuple(key for key, (needed, _) in spec.items() if needed)
+    items = r.mapping(body, at, (*spec, "params"), required)
+    args = {
+        key: getattr(r, spec[key][1])(child, f"{at}.{key}")
+        for key, child in items.items()
+        if key != "params"
+    }
+    if chain == "predict":
+        _check_predict(r, items, args, at)
+    params = r.params(items["params"], f"{at}.params", defaults) if "params" in items else defaults
+    return Step(chain, args, params, body.key_line)
+
+
+def _check_predict(r: _Reader, items: dict[str, _Node], args: dict[str, Any], at: str) -> None:
+    """window and schedule belong to diffusion forcing; a window fits in the frames."""
+    if args.get("mode", "autoregressive") == "autoregressive":
+        for key, plain in (("window", 1), ("schedule", "autoregressive")):
+            if args.get(key, plain) != plain:
+                r.fail(items[key].line, f"{at}.{key}", f"must be {plain!r} unless mode is forcing")
+    if args.get("window", 1) > args["frames"]:
+        r.fail(items["window"].line, f"{at}.window", f"must be <= frames ({args['frames']})")
+
+
+def _export_options(r: _Reader, node: _Node) -> ExportOptions:
+    """Formats and fps as the exporter (workbench/export.py) accepts them."""
+    export = _export_module()
+    items = r.mapping(node, "export", ("formats", "fps"))
+    formats, fps = ExportOptions.formats, ExportOptions.fps
+    if "formats" in items:
+        listed, known = items["formats"], tuple(sorted(export.FORMATS))
+        entries = [] if listed.value == [] else r.sequence(listed, "export.formats")  # []: none
+        formats = tuple(r.choice(n, f"export.formats[{i}]", known) for i, n in enumerate(entries))
+        for i, name in enumerate(formats):
+            if name in formats[:i]:
+                r.fail(entries[i].line, f"export.formats[{i}]", f"{name!r} is listed twice")
+    if "fps" in items:
+        fps = r.number(items["fps"], "export.fps")
+        low, high = export.FPS_RANGE
+        high = min(high, export.GIF_MAX_FPS) if "gif" in formats else high
+        if not low <= fps <= high:
+            limit = " (a GIF's limit)" if high == export.GIF_MAX_FPS else ""
+            r.fail(
+                items["fps"].line,
+                "export.fps",
+                f"must be between {low:g} and {high:g}{limit}, got {fps:g}",
+            )
+    return ExportOptions(formats, fps)
+
+
+def _model(r: _Reader, node: _Node, folder: Path) -> str:
+    """A checkpoint folder or hub id. A relative folder that exists next to the scenario
+    is taken from there; it may lie outside the scenario's folder (checkpoints do)."""
+    name = r.text(node, "model")
+    local = folder / Path(name).expanduser()
+    return str(local.resolve()) if local.is_dir() else name
+
+
+def _device(r: _Reader, node: _Node) -> str:
+    """The form only ("cpu", "cuda", "cuda:1", "auto"); availability is checked at load."""
+    name = r.text(node, "device")
+    try:
+        ok = name == "auto" or torch.device(name).type in ("cpu", "cuda")
+    except (RuntimeError, TypeError):
+        ok = False
+    if not ok:
+        r.fail(node.line, "device", f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto")
+    return name
+
+
+def _chains():
+    """workbench.chains, imported when first needed (tests may put a stand-in first)."""
+    return importlib.import_module("workbench.chains")
+
+
+def _export_module():
+    """workbench.export, imported when first needed (tests may put a stand-in first)."""
+    return importlib.import_module("workbench.export")
+
+
+# -- running --------------------------------------------------------------------------
+
+StepProgress = Callable[[int, int, str], None]  # (units done, units total, what just ended)
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    session: Session
+    results: list  # one workbench.chains.ChainResult per step
+    session_dir: Path
+    exported: Path | None = None  # the export folder; None when no format was asked
+
+
+def run_scenario(
+    scenario: Scenario,
+    pipe: BagelPipeline,
+    out_dir: str | Path,
+    progress: StepProgress | None = None,
+) -> RunResult:
+    """Run a loaded scenario on `pipe`: the start, every step with a save after each,
+    then the export.
+
+    Everything is checked before the first turn: sizes and images against this model,
+    the chain and export modules, the output folder. out_dir receives `session/` (saved
+    after every step, so an interrupted run keeps what it made), `run.json` (the scenario
+    and each step's frames and trace) and `export/` (workbench.export.export_session). A folder holding another session is refused;
+    a rerun of the same scenario replaces its own.
+
+    Args:
+        progress: called after the start and after each step with (done, total, field).
+    """
+    out_dir = Path(out_dir)
+    check_for_model(scenario, pipe)
+    chains = _chains()
+    export = _export_module().export_session
+    _claim(out_dir, scenario)
+    session, session_dir, results = Session(pipe), out_dir / "session", []
+    units = [("start", None)] if scenario.start != Start() else []
+    units += [(f"steps[{i}].{s.chain}", s) for i, s in enumerate(scenario.steps)]
+    for done, (at, step) in enumerate(units, 1):
+        try:
+            if step is None:
+                _begin(session, scenario)
+            else:
+                results.append(_call(chains, session, step))
+        except BagelError as err:
+            raise ScenarioError(
+                scenario.source, step.line if step else scenario.lines.get(at), at, str(err)
+            ) from err
+        save(session, session_dir)
+        _write_run(out_dir, scenario, results)
+        if progress:
+            progress(done, len(units), at)
+    exported = None
+    if scenario.export.formats:
+        formats, fps = list(scenario.export.formats), scenario.export.fps
+        try:
+            exported = export(session, out_dir / "export", formats, fps=fps, overwrite=True)
+        except BagelError as err:
+            raise scenario.error("export", str(err)) from err
+    return RunResult(scenario, session, results, session_dir, exported)
+
+
+def check_for_model(scenario: Scenario, pipe: BagelPipeline) -> None:
+    """What only the loaded model can tell: image sizes and input images it accepts."""
+    params = [("defaults", scenario.defaults)]
+    params += [(f"steps[{i}].{s.chain}.params", s.params) for i, s in enumerate(scenario.steps)]
+    for at, p in params:
+        if p.height is not None:
+            try:
+                pipe.check_image_size(p.height, p.width)
+            except InputError as err:
+                key = "height" if str(err).startswith("height") else "width"
+                line_at = f"{at}.{key}" if f"{at}.{key}" in scenario.lines else f"defaults.{key}"
+                raise scenario.error(line_at, str(err).removeprefix(f"{key} ")) from err
+    images = [("start.image", scenario.start.image)]
+    for i, step in enumerate(scenario.steps):
+        for j, beat in enumerate(step.args.get("beats", []) if step.chain == "story" else []):
+            images.append((f"steps[{i}].story.beats[{j}].image", beat.image))
+    for at, path in images:
+        if path is not None:
+            try:
+                pipe.prepare_image(path)
+            except BagelError as err:
+                raise scenario.error(at, str(err)) from err
+
+
+def _begin(session: Session, scenario: Scenario) -> None:
+    if scenario.start.image is not None:
+        session.add_image(scenario.start.image, seed=scenario.seed)
+    else:
+        session.add_text(scenario.start.prompt)
+        session.generate_image(scenario.defaults)
+
+
+def _call(chains, session: Session, step: Step):
+    args = dict(step.args)
+    if step.chain == "story":
+        args["beats"] = [
+            chains.Beat(b.text, None if b.image is None else str(b.image)) for b in args["beats"]
+        ]
+    return getattr(chains, step.chain)(session, **args, params=step.params)
+
+
+def _claim(out_dir: Path, scenario: Scenario) -> None:
+    """Refuse a folder holding another session or run; clear this scenario's previous
+    session (a save keeps image files already present, so stale frames would survive)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ScenarioError(out_dir, None, "out_dir", "exists and is not a folder")
+    if (out_dir / "session.json").exists():
+        raise ScenarioError(
+            out_dir / "session.json",
+            None,
+            "out_dir",
+            "this folder is a saved session; choose an empty or new output folder",
+        )
+    owner, folder = _owner(out_dir / RUN_MANIFEST), out_dir / "session"
+    if owner not in (None, str(scenario.source)) or (owner is None and folder.exists()):
+        whose = f"the run of scenario {owner}" if owner else "a session of unknown origin"
+        raise ScenarioError(
+            folder / "session.json" if folder.exists() else out_dir / RUN_MANIFEST,
+            None,
+            "out_dir",
+            f"holds {whose}, not of {scenario.source}; choose an empty or new output folder",
+        )
+    if folder.exists():  # this scenario's own earlier run
+        shutil.rmtree(folder)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _owner(run_manifest: Path) -> str | None:
+    try:
+        content = json.loads(run_manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(content, dict) and content.get("format") == RUN_FORMAT:
+        return content.get("scenario")
+    return None
+
+
+def _write_run(out_dir: Path, scenario: Scenario, results: list) -> None:
+    steps = [
+        {
+            "chain": step.chain,
+            "kind": result.kind,
+            "stopped": result.stopped,
+            "frames": [
+                {"turn": f.turn, "label": f.label, "caption": f.caption} for f in result.frames
+            ],
+            "trace": [_plain(t) for t in result.trace],
+        }
+        for step, result in zip(scenario.steps, results, strict=False)
+    ]
+    content = {
+        "format": RUN_FORMAT,
+        "scenario": str(scenario.source),
+        "name": scenario.name,
+        "steps_done": len(results),
+        "steps_total": len(scenario.steps),
+        "steps": steps,
+    }
+    text = json.dumps(content, indent=2, ensure_ascii=False, default=str) + "\n"
+    _write_atomic(out_dir / RUN_MANIFEST, lambda f: f.write(text.encode()))
+
+
+def _plain(item: Any) -> Any:
+    """A trace entry for JSON: a dataclass's fields without its images."""
+    if not dataclasses.is_dataclass(item):
+        return item
+    return {
+        f.name: getattr(item, f.name)
+        for f in dataclasses.fields(item)
+        if not isinstance(getattr(item, f.name), Image.Image)
+    }
