@@ -35,6 +35,7 @@ from bagel.errors import BagelError, InputError
 from bagel.pipeline import BagelPipeline
 from bagel.tokenizer import GEN_THINK_PROMPT
 from workbench import store
+from workbench.files import write_atomic
 from workbench.metrics import FrameMetrics, frame_metrics
 from workbench.session import Session
 
@@ -530,15 +531,6 @@ def _write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     if path.is_dir():
         raise ExportError(f"{path}: is a folder")
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    except OSError as err:
+        return write_atomic(path, write)
+    except PermissionError as err:
         raise ExportError(f"{path.parent}: cannot write here ({err.strerror})") from err
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        tmp.chmod(0o644)  # mkstemp makes it private; an export is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

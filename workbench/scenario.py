@@ -32,9 +32,10 @@ from PIL import Image
 from bagel.checkpoint import DTYPES
 from bagel.errors import BagelError, InputError
 from bagel.image import open_image
+from workbench.files import write_atomic
 from workbench.params import GenerationParams
 from workbench.session import Session
-from workbench.store import _write_atomic, save
+from workbench.store import save
 
 if TYPE_CHECKING:
     from bagel.pipeline import BagelPipeline
@@ -777,7 +778,7 @@ def _write_run(out_dir: Path, scenario: Scenario, results: list) -> None:
         "steps": steps,
     }
     text = json.dumps(content, indent=2, ensure_ascii=False, default=str) + "\n"
-    _write_atomic(out_dir / RUN_MANIFEST, lambda f: f.write(text.encode()))
+    write_atomic(out_dir / RUN_MANIFEST, lambda tmp: tmp.write_bytes(text.encode()))
 
 
 def _plain(item: Any) -> Any:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ import workbench
 from bagel.errors import BagelError
 from bagel.kv import KVContext
 from bagel.pipeline import BagelPipeline
+from workbench.files import write_atomic
 from workbench.metrics import psnr
 from workbench.params import GenerationParams
 from workbench.session import Mark, Session, Turn
@@ -90,7 +89,7 @@ def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:
         if turn.image is not None:
             entry["image"] = f"images/{index:04d}.png"
             if not (folder / entry["image"]).exists():
-                _write_atomic(folder / entry["image"], lambda t, im=turn.image: im.save(t, "PNG"))
+                write_atomic(folder / entry["image"], lambda t, im=turn.image: im.save(t, "PNG"))
         turns.append(entry)
     pipe = session.pipe
     manifest = {
@@ -105,7 +104,7 @@ def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:
     if snapshot:
         manifest["snapshot"] = {"file": SNAPSHOT, "sha256": _write_snapshot(session, folder, turns)}
     text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-    _write_atomic(folder / MANIFEST, lambda t: t.write_bytes(text.encode()))
+    write_atomic(folder / MANIFEST, lambda t: t.write_bytes(text.encode()))
     if not snapshot:
         (folder / SNAPSHOT).unlink(missing_ok=True)
     return folder
@@ -186,7 +185,7 @@ def replay(
         else:
             _restore(session, folder, entry, index)
     report = ReplayReport(frames, texts, time.perf_counter() - started)
-    _write_atomic(
+    write_atomic(
         folder / "replay_report.json",
         lambda t: t.write_bytes(
             json.dumps(dataclasses.asdict(report), indent=2, default=str).encode()
@@ -320,7 +319,7 @@ def _write_snapshot(session: Session, folder: Path, turns: list[dict]) -> str:
         ),
     }
     path = folder / SNAPSHOT
-    _write_atomic(path, lambda t: save_file(tensors, str(t), metadata))
+    write_atomic(path, lambda t: save_file(tensors, str(t), metadata))
     return _sha256(path)
 
 
@@ -517,18 +516,6 @@ def _params_dict(params: GenerationParams) -> dict:
     out = dataclasses.asdict(params)
     out["cfg_interval"] = list(out["cfg_interval"])
     return out
-
-
-def _write_atomic(path: Path, write) -> None:
-    """write(tmp) fills a temporary file next to path, which then replaces path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _sha256(path: Path) -> str:
