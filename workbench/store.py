@@ -3,8 +3,9 @@
 A saved session is a directory:
 
     session.json      format version, checkpoint identity, dtype, device kind, package
-                      version, and every turn (role, kind, text, image file, parameters,
-                      seed, seconds)
+                      version, the context limit, and every turn (role, kind, text, image
+                      file, parameters, seed, seconds; a drop turn: the image parts it
+                      removed)
     images/NNNN.png   every input and output image, by turn index
 
 Every file is written to a temporary name and renamed, the manifest last, so a save
@@ -30,19 +31,24 @@ from PIL import Image
 import workbench
 from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline
-from workbench.params import GenerationParams
+from workbench.params import ContextLimit, GenerationParams
 from workbench.session import Session, Turn
 
 MANIFEST = "session.json"
 FORMAT = "bagel-workbench-session"
-VERSION = 1
+# 2: drop turns. A session without drops is still written as version 1 (older readers
+# load it as before); one with drops as 2, which older readers refuse instead of
+# silently rebuilding a context that still holds the dropped tokens.
+VERSION = 2
 ROLES_KINDS = {
     ("user", "text"),
     ("user", "image"),
     ("model", "text"),
     ("model", "thinking"),
     ("model", "image"),
+    ("session", "drop"),
 }
+PARTS = ("vae", "vit")
 
 
 class SessionFileError(BagelError):
@@ -63,6 +69,8 @@ def save(session: Session, folder: str | Path) -> Path:
             "seconds": round(turn.seconds, 4),
             "params": None if turn.params is None else _params_dict(turn.params),
         }
+        if turn.kind == "drop":
+            entry["dropped"] = [list(part) for part in turn.dropped]
         if turn.image is not None:
             entry["image"] = f"images/{index:04d}.png"
             if not (folder / entry["image"]).exists():
@@ -71,11 +79,12 @@ def save(session: Session, folder: str | Path) -> Path:
     pipe = session.pipe
     manifest = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": VERSION if any(t.kind == "drop" for t in session.turns) else 1,
         "package_version": workbench.__version__,
         "checkpoint": pipe.identity,
         "dtype": str(pipe.net.dtype).removeprefix("torch."),
         "device": pipe.device.type,
+        "context_limit": dataclasses.asdict(session.limit),
         "turns": turns,
     }
     text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
@@ -87,7 +96,7 @@ def load(folder: str | Path, pipe: BagelPipeline, allow_other_checkpoint: bool =
     """Rebuild a saved session on `pipe` by re-running its turns' appends (no generation)."""
     folder = Path(folder)
     manifest = read_manifest(folder, pipe, allow_other_checkpoint)
-    session = Session(pipe)
+    session = Session(pipe, limit=_limit(folder, manifest))
     for index, entry in enumerate(manifest["turns"]):
         _restore(session, folder, entry, index)
     return session
@@ -114,7 +123,10 @@ class ReplayReport:
 def replay(
     folder: str | Path, pipe: BagelPipeline, allow_other_checkpoint: bool = False
 ) -> ReplayReport:
-    """Re-run a saved session's turns with their seeds; compare every generated output."""
+    """Re-run a saved session's turns with their seeds; compare every generated output.
+
+    The recorded drop turns are re-applied where they happened; the replaying session
+    has no context limit of its own, so it drops nothing else."""
     folder = Path(folder)
     manifest = read_manifest(folder, pipe, allow_other_checkpoint)
     session, frames, texts, started = Session(pipe), [], [], time.perf_counter()
@@ -171,7 +183,16 @@ def read_manifest(folder: Path, pipe: BagelPipeline, allow_other_checkpoint: boo
         raise SessionFileError(f"{path}: field 'turns' must be a list")
     for index, entry in enumerate(turns):
         _check_turn(path, index, entry)
+    _limit(folder, manifest)
     return manifest
+
+
+def _limit(folder: Path, manifest: dict) -> ContextLimit:
+    limit = manifest.get("context_limit", {})  # absent before version 2
+    try:
+        return ContextLimit(**limit)
+    except (TypeError, BagelError) as err:
+        raise SessionFileError(f"{folder / MANIFEST}: context_limit: {err}") from err
 
 
 def _check_turn(path: Path, index: int, entry: object) -> None:
@@ -183,6 +204,13 @@ def _check_turn(path: Path, index: int, entry: object) -> None:
             f"{where}: role/kind {entry.get('role')!r}/{entry.get('kind')!r} "
             f"is not one of {sorted(ROLES_KINDS)}"
         )
+    if entry["kind"] == "drop":
+        dropped = entry.get("dropped")
+        if not isinstance(dropped, list) or not all(_is_part(p) for p in dropped):
+            raise SessionFileError(
+                f"{where}.dropped must be a list of [image turn index, 'vae' or 'vit']"
+            )
+        return
     if entry["kind"] == "image" and not isinstance(entry.get("image"), str):
         raise SessionFileError(f"{where}.image must be a file name")
     if entry["kind"] != "image" and not isinstance(entry.get("text"), str):
@@ -198,16 +226,32 @@ def _check_turn(path: Path, index: int, entry: object) -> None:
             raise SessionFileError(f"{where}.params: {err}") from err
 
 
+def _is_part(part: object) -> bool:
+    return (
+        isinstance(part, list)
+        and len(part) == 2
+        and isinstance(part[0], int)
+        and not isinstance(part[0], bool)
+        and part[1] in PARTS
+    )
+
+
 def _restore(session: Session, folder: Path, entry: dict, index: int) -> None:
     """Append a recorded turn as it happened, without generating anything."""
     role, kind, seed = entry["role"], entry["kind"], entry.get("seed", 0)
+    if kind == "drop":
+        try:
+            session._drop(tuple((i, part) for i, part in entry["dropped"]))
+        except BagelError as err:
+            raise SessionFileError(f"{folder / MANIFEST}: turns[{index}].dropped: {err}") from err
+        return
     params = GenerationParams(**entry["params"]) if entry.get("params") else None
-    before = session._marks()
+    before, rows = session._marks(), None
     if role == "user" and kind == "text":
         session._append_prompt(entry["text"])
     elif kind == "image":
         image = _open(folder, entry["image"], index)
-        session._append_image(image, seed)
+        rows = session._append_image(image, seed)
     else:  # a model reply or thinking: main context only
         session.pipe.append_text(session.main, entry["text"])
     session.turns.append(
@@ -220,6 +264,7 @@ def _restore(session: Session, folder: Path, entry: dict, index: int) -> None:
             seed=seed,
             seconds=entry.get("seconds", 0.0),
             before=before,
+            rows=rows,
         )
     )
 
