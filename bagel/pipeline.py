@@ -95,6 +95,14 @@ class BagelPipeline:
         also when only ViT tokens are wanted, as in the official inferencer)."""
         return self.vae_rule.resize(open_image(image))
 
+    def image_token_counts(self, width: int, height: int) -> tuple[int, int]:
+        """Rows (VAE, ViT) that `append_image` adds for an image of width x height,
+        markers included, without encoding it (for budgets checked before a turn)."""
+        vae_w, vae_h = self.vae_rule.size_for(width, height)
+        vit_w, vit_h = self.vit_rule.size_for(vae_w, vae_h)  # ViT sees the VAE-prepared image
+        step, patch = self.config.latent_downsample, self.config.vit.patch_size
+        return (vae_h // step) * (vae_w // step) + 2, (vit_h // patch) * (vit_w // patch) + 2
+
     def encode_latent(
         self,
         image: Image.Image,

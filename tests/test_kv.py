@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from bagel.kv import MIN_BLOCK_TOKENS, KVContext, KVLayout, allocated_bytes
@@ -90,3 +91,62 @@ def test_blocks_grow_geometrically():
     # each new block is as large as all rows before it: O(log n) blocks, not one per append
     assert len(ctx.spans) <= math.ceil(math.log2(4000 / MIN_BLOCK_TOKENS)) + 2
     assert ctx.spans[0][0].capacity == MIN_BLOCK_TOKENS
+
+
+def test_without_skips_rows_in_the_middle_without_copying():
+    ctx = KVContext(LAYOUT)
+    append(ctx, [1, 2, 3])
+    append(ctx, [4, 5, 6], rope_advance=1)
+    view = ctx.without([(4, 5), (1, 3)])  # any order
+    assert keys(view) == [1, 4, 6] and view.length == 3 and view.rope == ctx.rope == 4
+    assert {id(b) for b in view.blocks()} == {id(b) for b in ctx.blocks()}  # no copy
+    assert keys(ctx) == [1, 2, 3, 4, 5, 6]  # a view: the context itself is unchanged
+    assert keys(view.without([(0, 1)])) == [4, 6]  # ranges index the view's own tokens
+    assert keys(view.prefix(2, rope=4)) == [1, 4]
+
+
+def test_without_across_blocks_and_forks():
+    parent = KVContext(LAYOUT)
+    append(parent, [1, 2, 3])
+    child = parent.fork()
+    append(child, [4, 5])  # a second block
+    assert keys(child.without([(2, 4)])) == [1, 2, 5]  # one range over both blocks
+    assert child.without([(0, 5)]).length == 0 and child.without([(0, 5)]).spans == []
+
+
+def test_drop_in_place_keeps_appending_into_the_tail_block():
+    ctx = KVContext(LAYOUT)
+    append(ctx, [1, 2, 3, 4])
+    before = ctx.fork()  # e.g. kept for undo
+    ctx.drop([(1, 3)])
+    append(ctx, [5])
+    assert keys(ctx) == [1, 4, 5] and ctx.rope == 5
+    assert len(ctx.blocks()) == 2 and ctx.blocks()[0] is ctx.blocks()[1]  # same block
+    assert keys(before) == [1, 2, 3, 4]  # the skipped rows are still there for the fork
+    # dropping the tail: the next rows cannot go after it in the block (a fork's rows
+    # would be overwritten), so they go to a fresh block
+    ctx.drop([(2, 3)])
+    append(ctx, [6])
+    assert keys(ctx) == [1, 4, 6] and keys(before) == [1, 2, 3, 4]
+    assert len({id(b) for b in ctx.blocks()}) == 2
+
+
+def test_truncate_after_a_drop_then_restore_from_the_fork():
+    ctx = KVContext(LAYOUT)
+    append(ctx, [1, 2, 3, 4])
+    undo = ctx.fork()
+    ctx.drop([(0, 2)])
+    append(ctx, [7, 8])
+    ctx.truncate(1, rope=4)
+    assert keys(ctx) == [3]
+    restored = undo.prefix(3, rope=3)
+    append(restored, [9])
+    assert keys(restored) == [1, 2, 3, 9] and keys(undo) == [1, 2, 3, 4]
+
+
+def test_without_rejects_bad_ranges():
+    ctx = KVContext(LAYOUT)
+    append(ctx, [1, 2, 3])
+    for bad in ([(2, 1)], [(0, 4)], [(-1, 1)], [(0, 2), (1, 3)], [(1, 1)]):
+        with pytest.raises(ValueError, match="must be disjoint"):
+            ctx.without(bad)

@@ -154,10 +154,19 @@ def test_batched_cfg_branches_equal_separate_forwards(pipe, edit_setup):
     assert not torch.allclose(separate[0], separate[1])  # the branches really differ
 
 
+@pytest.mark.parametrize("size", [(64, 48), (30, 100), (200, 40)])
+def test_image_token_counts_match_what_the_appends_add(pipe, size):
+    ctx = pipe.new_context()
+    prepared = pipe.prepare_image(picture(4, size))
+    vae = pipe.append_latent(ctx, pipe.encode_latent(prepared, posterior_mean=True))
+    vit = pipe.append_vit(ctx, prepared)
+    assert pipe.image_token_counts(*size) == (vae, vit)
+
+
 def test_appending_never_moves_earlier_tokens(pipe):
     ctx = pipe.new_context()
     pipe.append_text(ctx, "first turn")
-    block, rows = ctx.spans[0]
+    block, _, rows = ctx.spans[0]
     snapshot = block.k[0][:, :rows].clone()
     pointer = block.k[0].data_ptr()
     pipe.append_text(ctx, "second turn")
@@ -255,7 +264,7 @@ def test_progress_callback_can_cancel_without_touching_contexts(pipe):
 
 
 def unchanged(ctx):
-    return (ctx.length, ctx.rope, [(id(b), r) for b, r in ctx.spans])
+    return (ctx.length, ctx.rope, [(id(b), a, z) for b, a, z in ctx.spans])
 
 
 def test_text_beyond_the_position_limit_is_refused_before_any_change(pipe):

@@ -13,16 +13,17 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from bagel.errors import InputError
 from bagel.kv import KVContext, KVLayout
-from workbench.params import GenerationParams
+from workbench.params import ContextLimit, GenerationParams
 from workbench.session import Session
 from workbench.store import SessionFileError, load, replay, save
 
 FAST = GenerationParams(num_timesteps=3, height=32, width=32, max_think_tokens=3, seed=4)
 
 
-def picture() -> Image.Image:
-    rng = np.random.default_rng(0)
+def picture(seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
 
 
@@ -39,6 +40,19 @@ def saved(pipe, tmp_path_factory):
 
 def marks(s):
     return s.main.length, s.main.rope, s.image_dropped.length, s.text_mark
+
+
+@pytest.fixture(scope="module")
+def saved_with_drops(pipe, tmp_path_factory):
+    # 32x32 images are 6 + 6 rows; the budget makes the generated image and the last
+    # text drop the oldest ViT rows first
+    s = Session(pipe, limit=ContextLimit(max_tokens=30, policy="drop_vit"))
+    s.add_image(picture(), seed=2)
+    s.add_text("a cat on a roof")
+    s.generate_image(FAST)
+    s.add_text("in the rain")
+    folder = save(s, tmp_path_factory.mktemp("saved") / "drops")
+    return s, folder
 
 
 def test_load_then_continue_equals_continuing_in_memory(pipe, saved):
@@ -59,6 +73,56 @@ def test_replay_is_identical_on_the_same_device(pipe, saved):
     assert report.identical and len(report.frames) == 1 and report.frames[0].psnr == float("inf")
     assert report.texts_equal == [(4, True)]
     assert json.loads((folder / "replay_report.json").read_text())["frames"][0]["max_abs_diff"] == 0
+
+
+def test_load_reapplies_the_drops(pipe, saved_with_drops):
+    original, folder = saved_with_drops
+    manifest = json.loads((folder / "session.json").read_text())
+    assert manifest["version"] == 2 and manifest["context_limit"]["policy"] == "drop_vit"
+    drops = [t for t in manifest["turns"] if t["kind"] == "drop"]
+    assert [d["dropped"] for d in drops] == [[[0, "vit"]], [[3, "vit"]]]
+    loaded = load(folder, pipe)
+    assert marks(loaded) == marks(original) and loaded.limit == original.limit
+    assert [(t.role, t.kind, t.dropped) for t in loaded.turns] == [
+        (t.role, t.kind, t.dropped) for t in original.turns
+    ]
+    # no ViT rows are left to drop, so continue without the budget on both sides
+    branch, loaded.limit = original.fork(), ContextLimit()
+    branch.limit = ContextLimit()
+    a, b = branch.generate_image(FAST), loaded.generate_image(FAST)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    loaded.rewind(len(loaded.turns) - 2)  # across both drops: back to image + text
+    fresh = Session(pipe)
+    fresh.add_image(picture(), seed=2)
+    fresh.add_text("a cat on a roof")
+    assert marks(loaded) == marks(fresh)
+    assert torch.equal(*(torch.cat([k for k, _ in s.main.chunks(1)], 1) for s in (loaded, fresh)))
+
+
+def test_replay_with_drops_is_identical(pipe, saved_with_drops):
+    report = replay(saved_with_drops[1], pipe)
+    assert report.identical and len(report.frames) == 1
+
+
+def test_a_session_without_drops_stays_version_1(saved):
+    assert json.loads((saved[1] / "session.json").read_text())["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["turns"][2].update(dropped=[[1, "vit"]]), r"turns\[2\].dropped: cannot drop"),
+        (lambda m: m["turns"][2].update(dropped=[[0, "pixels"]]), r"turns\[2\].dropped must be"),
+        (lambda m: m.update(context_limit={"policy": "lru"}), "context_limit: policy"),
+    ],
+)
+def test_bad_drops_and_limits(pipe, saved_with_drops, tmp_path, edit, message):
+    copy = shutil.copytree(saved_with_drops[1], tmp_path / "bad")
+    manifest = json.loads((copy / "session.json").read_text())
+    edit(manifest)
+    (copy / "session.json").write_text(json.dumps(manifest))
+    with pytest.raises(SessionFileError, match=message):
+        load(copy, pipe)
 
 
 def test_replay_reports_a_changed_frame(pipe, saved, tmp_path):
@@ -314,3 +378,20 @@ def test_from_tensors_owns_its_block():
     assert torch.equal(v[:, :3], vs[1])
     with pytest.raises(ValueError, match=r"k\[1\]: expected \[1, 3, 4\]"):
         KVContext.from_tensors(layout, [ks[0], ks[1][:, :2]], vs, rope=2)
+
+
+def test_snapshot_of_a_session_with_drops_keeps_its_image_rows_and_limit(
+    pipe, saved_with_drops, tmp_path
+):
+    original, _ = saved_with_drops
+    folder = save(original, tmp_path / "snap", snapshot=True)
+    resumed = load(folder, pipe)
+    assert resumed.limit == original.limit
+    assert resumed._image_rows() == original._image_rows()  # the policies see the images
+    assert [t.rows for t in resumed.turns] == [t.rows for t in original.turns]
+    # one gathered block vs the original's spans around the dropped rows: the attention
+    # is merged over other chunks, so equal up to float rounding
+    torch.testing.assert_close(next_logits(pipe, resumed), next_logits(pipe, original))
+    with pytest.raises(InputError, match="across a drop"):
+        resumed.rewind(len(resumed.turns) - 2)  # the dropped rows are not in the snapshot
+    assert marks(resumed) == marks(original)

@@ -46,3 +46,40 @@ class GenerationParams(SamplerParams):
     def generator(self) -> torch.Generator:
         """A fresh CPU generator for this turn: noise and sampling repeat per seed."""
         return torch.Generator().manual_seed(self.seed)
+
+
+POLICIES = ("refuse", "drop_vit", "keep_last_images")
+
+
+@dataclass(frozen=True)
+class ContextLimit:
+    """A token budget for a session's main context, and what to do when a turn would
+    pass it (docs/context-limits.md).
+
+    max_tokens: cached tokens the main context may hold after a turn; None: no budget
+        (only the model's position limit applies).
+    policy: "refuse" the turn; "drop_vit": first remove the ViT tokens of the oldest
+        images until it fits; "keep_last_images": before every turn, remove the VAE and
+        ViT tokens of images older than the last `keep_images` (then refuse if the turn
+        still does not fit).
+    """
+
+    max_tokens: int | None = None
+    policy: str = "refuse"
+    keep_images: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and not _positive_int(self.max_tokens):
+            raise InputError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if self.policy not in POLICIES:
+            raise InputError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.policy == "drop_vit" and self.max_tokens is None:
+            raise InputError("policy 'drop_vit' needs max_tokens (it drops only to fit it)")
+        if (self.policy == "keep_last_images") != (self.keep_images is not None):
+            raise InputError("keep_images is set with policy 'keep_last_images', and only then")
+        if self.keep_images is not None and not _positive_int(self.keep_images):
+            raise InputError(f"keep_images must be a positive integer, got {self.keep_images!r}")
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -9,13 +9,21 @@ by turn instead of rebuilding them per call:
 - image-dropped: a second, text-only context holding the user texts and think prompts
   (no images, no model replies, no thinking).
 
-Every verb validates its input before it changes anything, so a failing turn leaves the
-session exactly as it was.
+A `ContextLimit` bounds the main context's tokens: a turn that would pass it is refused,
+or old images' tokens are first dropped from main (and from the text-dropped context, a
+prefix of it) as a "drop" turn of the transcript. Dropped rows stay in their KV blocks,
+so rewinding across a drop restores exactly the earlier context.
+
+Every verb validates its input and checks the limits before it changes anything, and a
+verb that fails half-way (e.g. a cancelled generation) is undone, so a failing turn
+leaves the session exactly as it was.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +33,9 @@ from bagel.errors import InputError
 from bagel.kv import KVContext, allocated_bytes
 from bagel.pipeline import BagelPipeline, ProgressFn
 from bagel.tokenizer import GEN_THINK_PROMPT
-from workbench.params import GenerationParams
+from workbench.params import ContextLimit, GenerationParams
+
+ImagePart = tuple[int, str]  # (turn index of an image, "vae" or "vit")
 
 
 @dataclass(frozen=True)
@@ -44,8 +54,8 @@ class Mark:
 class Turn:
     """One entry of the transcript, with where the contexts stood before it."""
 
-    role: str  # "user" or "model"
-    kind: str  # "text", "image", "thinking" or "choice" (a constrained answer)
+    role: str  # "user", "model" or "session" (a drop made by the context limit)
+    kind: str  # "text", "image", "thinking", "choice" (a constrained answer) or "drop"
     text: str | None = None
     image: Image.Image | None = None
     params: GenerationParams | None = None
@@ -54,16 +64,48 @@ class Turn:
     before: tuple[Mark, Mark, Mark] | None = None  # main, text-dropped, image-dropped
     options: tuple[str, ...] | None = None  # a choice turn: the allowed answers ...
     scores: tuple[float, ...] | None = None  # ... and their log-probabilities
+    rows: tuple[tuple[int, int], tuple[int, int]] | None = None  # image: VAE, ViT rows in main
+    dropped: tuple[ImagePart, ...] = ()  # drop: the image parts it removed from main
+    undo: KVContext | None = field(default=None, repr=False, compare=False)  # drop: main before
 
 
 @dataclass(frozen=True)
 class Memory:
-    """Tokens and bytes of a session's KV storage."""
+    """Tokens and K/V bytes of one session (branch)."""
 
     main_tokens: int
     text_dropped_tokens: int
     image_dropped_tokens: int
-    allocated_bytes: int  # every block this session reads, shared blocks counted once
+    read_bytes: int  # the rows its contexts attend to (text-dropped rows are main's rows)
+    allocated_bytes: int  # blocks it keeps alive (contexts, undo of drops), each once
+    exclusive_bytes: int  # of those, blocks no other session of the report keeps alive
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    branches: tuple[Memory, ...]  # one per session, in the order given
+    total_bytes: int  # blocks any of the sessions keeps alive, shared ones counted once
+
+
+def memory_report(*sessions: Session) -> MemoryReport:
+    """Tokens and bytes per session and in total, shared KV blocks counted once."""
+    kept = [s._kept_contexts() for s in sessions]
+    everything = [ctx for contexts in kept for ctx in contexts]
+    total = allocated_bytes(*everything)
+    branches = []
+    for i, s in enumerate(sessions):
+        others = [ctx for j, contexts in enumerate(kept) if j != i for ctx in contexts]
+        branches.append(
+            Memory(
+                s.main.length,
+                s.text_mark.length,
+                s.image_dropped.length,
+                s.main.nbytes_used + s.image_dropped.nbytes_used,
+                allocated_bytes(*kept[i]),
+                total - allocated_bytes(*others),
+            )
+        )
+    return MemoryReport(tuple(branches), total)
 
 
 @dataclass
@@ -73,6 +115,7 @@ class Session:
     image_dropped: KVContext | None = None
     text_mark: Mark = Mark(0, 0)  # the text-dropped context: a prefix of main
     turns: list[Turn] = field(default_factory=list)
+    limit: ContextLimit = field(default_factory=ContextLimit)
 
     def __post_init__(self) -> None:
         self.main = self.main or self.pipe.new_context()
@@ -83,17 +126,19 @@ class Session:
     def add_text(self, text: str) -> None:
         """A user text: main and the image-dropped context; the text-dropped mark stays
         before it."""
-        self._check_text(text)
-        before = self._marks()
-        self._append_prompt(text)
-        self.turns.append(Turn("user", "text", text=text, before=before))
+        n = self._text_tokens(text)
+        with self._transaction(n, n):
+            self._user_text(text)
 
     def add_image(self, image: Image.Image | str | bytes, seed: int = 0) -> Image.Image:
         """A user image as VAE + ViT tokens; returns the prepared (resized RGB) image."""
         prepared = self.pipe.prepare_image(image)
-        before = self._marks()
-        self._append_image(prepared, seed)
-        self.turns.append(Turn("user", "image", image=prepared, seed=seed, before=before))
+        with self._transaction(sum(self.pipe.image_token_counts(*prepared.size)), 2):
+            before = self._marks()
+            rows = self._append_image(prepared, seed)
+            self.turns.append(
+                Turn("user", "image", image=prepared, seed=seed, before=before, rows=rows)
+            )
         return prepared
 
     # -- model turns --------------------------------------------------------------
@@ -105,6 +150,206 @@ class Session:
         input image would (clean VAE tokens at the rope it was generated at, then ViT)."""
         params = params or GenerationParams()
         height, width = self._size(params)
+        with self._transaction(sum(self.pipe.image_token_counts(width, height)), 2):
+            return self._generated_image(params, height, width, progress)
+
+    def ask(self, question: str, params: GenerationParams | None = None) -> str:
+        """Understanding: the question as a user text, then the model's reply, which
+        stays in the main context (not in the guidance contexts)."""
+        params = params or GenerationParams()
+        n = self._text_tokens(question) + self._reply_bound(params)
+        with self._transaction(n, n):
+            self._user_text(question)
+            return self._reply("text", params)
+
+    def choose(self, question: str, options: list[str]) -> tuple[str, list[float]]:
+        """Constrained understanding: the question as a user text, then the option whose
+        tokens the model finds most likely as its whole reply (the first on a tie), which
+        stays in the main context like a reply. Returns (answer, every option's score).
+
+        Scores are total log-probabilities (`BagelPipeline.score_continuations`); no text
+        is sampled, so the answer is always one of the options and replays exactly.
+        """
+        option_ids = self.pipe.check_options(options)
+        n = self._text_tokens(question) + max(len(ids) + 1 for ids in option_ids)
+        with self._transaction(n, n):
+            self._user_text(question)
+            return self._answer(list(options))
+
+    def think_then_generate(
+        self,
+        prompt: str,
+        params: GenerationParams | None = None,
+        progress: ProgressFn | None = None,
+    ) -> tuple[str, Image.Image]:
+        """Self-CoT: the planning system prompt and the prompt, the model's thinking (main
+        context only, as upstream), then the image."""
+        params = params or GenerationParams()
+        texts = self._text_tokens(GEN_THINK_PROMPT) + self._text_tokens(prompt)
+        texts += self._reply_bound(params)
+        height, width = self._size(params)
+        image = sum(self.pipe.image_token_counts(width, height))
+        with self._transaction(texts + image, texts + 2):
+            self._user_text(GEN_THINK_PROMPT)
+            self._user_text(prompt)
+            thought = self._reply("thinking", params)
+            return thought, self._generated_image(params, height, width, progress)
+
+    # -- branches -----------------------------------------------------------------
+
+    def fork(self) -> Session:
+        """A branch sharing this session's past (no KV copied); the two then diverge."""
+        return Session(
+            self.pipe,
+            self.main.fork(),
+            self.image_dropped.fork(),
+            self.text_mark,
+            list(self.turns),
+            self.limit,
+        )
+
+    def rewind(self, n: int = 1) -> None:
+        """Remove the last n turns: the contexts go back to where they stood, also across
+        drops (the dropped rows were never overwritten)."""
+        if not isinstance(n, int) or not 0 <= n <= len(self.turns):
+            raise InputError(f"cannot rewind {n!r} turns; the session has {len(self.turns)}")
+        if n == 0:
+            return
+        removed = self.turns[-n:]
+        drop = next((t for t in removed if t.kind == "drop"), None)  # the earliest
+        if drop is not None and drop.undo is None:
+            raise InputError("cannot rewind across a drop whose tokens were not kept")
+        main, text, image = removed[0].before
+        if drop is None:
+            self.main.truncate(main.length, main.rope)
+        else:  # only appends happened between the target and the drop
+            self.main = drop.undo.prefix(main.length, main.rope)
+        self.image_dropped.truncate(image.length, image.rope)
+        self.text_mark = text
+        del self.turns[-n:]
+
+    def memory(self) -> Memory:
+        """Tokens per context and K/V bytes of this session (see `memory_report` for
+        several branches with their shared storage counted once)."""
+        return memory_report(self).branches[0]
+
+    # -- internals ----------------------------------------------------------------
+
+    def _marks(self) -> tuple[Mark, Mark, Mark]:
+        return Mark.of(self.main), self.text_mark, Mark.of(self.image_dropped)
+
+    def _kept_contexts(self) -> list[KVContext]:
+        """Every context whose blocks this session keeps alive."""
+        undo = [t.undo for t in self.turns if t.undo is not None]
+        return [self.main, self.image_dropped, *undo]
+
+    @contextmanager
+    def _transaction(self, tokens: int, positions: int) -> Iterator[None]:
+        """Check that a verb adding up to `tokens` cached tokens and `positions` RoPE
+        positions fits (dropping image parts first if the policy says so), then run it;
+        if it fails half-way, undo everything it did."""
+        drops = self._plan(tokens, positions)
+        count, (_, text, image), main = len(self.turns), self._marks(), self.main.fork()
+        try:
+            if drops:
+                self._drop(drops)
+            yield
+        except BaseException:
+            del self.turns[count:]
+            self.main, self.text_mark = main, text
+            self.image_dropped.truncate(image.length, image.rope)
+            raise
+
+    def _plan(self, tokens: int, positions: int) -> tuple[ImagePart, ...]:
+        """The image parts to drop before a turn so that it fits; raises if it cannot."""
+        rope, limit = self.main.rope, self.pipe.config.llm.max_position_embeddings
+        where = f"position {rope} of the model's limit {limit}"
+        if rope + positions > limit:
+            raise InputError(
+                f"{positions} more positions do not fit: the session is at {where} "
+                "(dropping tokens does not help: kept tokens keep their positions)"
+            )
+        live, policy, budget = self._image_rows(), self.limit.policy, self.limit.max_tokens
+        drops: list[ImagePart] = []
+        if policy == "keep_last_images":
+            images = list(dict.fromkeys(index for index, _ in live))  # oldest first
+            old = set(images[: -self.limit.keep_images])
+            drops = [part for part in live if part[0] in old]
+
+        def length_after() -> int:
+            freed = sum(live[part][1] - live[part][0] for part in drops)
+            return self.main.length - freed + tokens
+
+        if budget is not None and policy == "drop_vit":
+            for part in live:
+                if length_after() <= budget:
+                    break
+                if part[1] == "vit":
+                    drops.append(part)
+        if budget is not None and length_after() > budget:
+            how = {
+                "refuse": "policy 'refuse'",
+                "drop_vit": "even without the ViT tokens of every earlier image",
+                "keep_last_images": f"even keeping only the last {self.limit.keep_images} images",
+            }[policy]
+            raise InputError(
+                f"this turn needs {tokens} tokens and does not fit the session's budget of "
+                f"{budget} tokens: the main context holds {self.main.length} ({how}); the "
+                f"session is at {where}"
+            )
+        return tuple(drops)
+
+    def _image_rows(self) -> dict[ImagePart, tuple[int, int]]:
+        """Where each image part still in main sits now, oldest first."""
+        live: dict[ImagePart, tuple[int, int]] = {}
+        for index, turn in enumerate(self.turns):
+            if turn.kind == "drop":
+                cut = [live.pop(part) for part in turn.dropped]
+                live = {part: _shift(rows, cut) for part, rows in live.items()}
+            elif turn.rows is not None:
+                live[(index, "vae")], live[(index, "vit")] = turn.rows
+        return live
+
+    def _drop(self, parts: tuple[ImagePart, ...]) -> None:
+        """Remove image parts from main (and the text-dropped prefix) as a "drop" turn."""
+        live = self._image_rows()
+        missing = [part for part in parts if part not in live]
+        if missing or len(set(parts)) != len(parts) or not parts:
+            raise InputError(f"cannot drop {list(parts)}: the image parts in main are {[*live]}")
+        cut = [live[part] for part in parts]
+        before, undo = self._marks(), self.main.fork()
+        self.main.drop(cut)
+        text = self.text_mark.length
+        text -= sum(max(0, min(stop, text) - start) for start, stop in cut)
+        self.text_mark = Mark(text, self.text_mark.rope)
+        self.turns.append(Turn("session", "drop", before=before, dropped=parts, undo=undo))
+
+    def _user_text(self, text: str) -> None:
+        before = self._marks()
+        self._append_prompt(text)
+        self.turns.append(Turn("user", "text", text=text, before=before))
+
+    def _append_prompt(self, text: str) -> None:
+        self.text_mark = Mark.of(self.main)  # the text-dropped context stops before a text
+        self.pipe.append_text(self.main, text)
+        self.pipe.append_text(self.image_dropped, text)
+
+    def _append_image(
+        self, image: Image.Image, seed: int
+    ) -> tuple[tuple[int, int], tuple[int, int]]:
+        """`pipe.append_image` in its two halves, to learn the rows of each; returns them."""
+        prepared = self.pipe.prepare_image(image)
+        generator = torch.Generator().manual_seed(seed)  # the VAE posterior sample
+        latent = self.pipe.encode_latent(prepared, generator)
+        start = self.main.length
+        vae = start + self.pipe.append_latent(self.main, latent)
+        vit = vae + self.pipe.append_vit(self.main, prepared)
+        self.text_mark = Mark.of(self.main)  # ... and resumes after an image
+        return (start, vae), (vae, vit)
+
+    def _generated_image(
+        self, params: GenerationParams, height: int, width: int, progress: ProgressFn | None
+    ) -> Image.Image:
         before, started = self._marks(), time.perf_counter()
         out = self.pipe.generate_image(
             self.main,
@@ -116,7 +361,7 @@ class Session:
             generator=params.generator(),
             progress=progress,
         )
-        self._append_image(out.image, params.seed)
+        rows = self._append_image(out.image, params.seed)
         self.turns.append(
             Turn(
                 "model",
@@ -126,95 +371,10 @@ class Session:
                 seed=params.seed,
                 seconds=time.perf_counter() - started,
                 before=before,
+                rows=rows,
             )
         )
         return out.image
-
-    def ask(self, question: str, params: GenerationParams | None = None) -> str:
-        """Understanding: the question as a user text, then the model's reply, which
-        stays in the main context (not in the guidance contexts)."""
-        params = params or GenerationParams()
-        self._check_text(question)
-        self._check_room(params.max_think_tokens)
-        self.add_text(question)
-        return self._reply("text", params)
-
-    def choose(self, question: str, options: list[str]) -> tuple[str, list[float]]:
-        """Constrained understanding: the question as a user text, then the option whose
-        tokens the model finds most likely as its whole reply (the first on a tie), which
-        stays in the main context like a reply. Returns (answer, every option's score).
-
-        Scores are total log-probabilities (`BagelPipeline.score_continuations`); no text
-        is sampled, so the answer is always one of the options and replays exactly.
-        """
-        self._check_text(question)
-        option_ids = self.pipe.check_options(options)
-        question_tokens = len(self.pipe.tokenizer.frame(question))
-        self._check_room(question_tokens + max(len(ids) + 1 for ids in option_ids))
-        self.add_text(question)
-        return self._answer(list(options))
-
-    def think_then_generate(
-        self,
-        prompt: str,
-        params: GenerationParams | None = None,
-        progress: ProgressFn | None = None,
-    ) -> tuple[str, Image.Image]:
-        """Self-CoT: the planning system prompt and the prompt, the model's thinking (main
-        context only, as upstream), then the image."""
-        params = params or GenerationParams()
-        self._check_text(prompt)
-        self._size(params)
-        self._check_room(params.max_think_tokens)
-        before = self._marks()
-        self._append_prompt(GEN_THINK_PROMPT)
-        self.turns.append(Turn("user", "text", text=GEN_THINK_PROMPT, before=before))
-        self.add_text(prompt)
-        thought = self._reply("thinking", params)
-        return thought, self.generate_image(params, progress)
-
-    # -- branches -----------------------------------------------------------------
-
-    def fork(self) -> Session:
-        """A branch sharing this session's past (no KV copied); the two then diverge."""
-        return Session(
-            self.pipe, self.main.fork(), self.image_dropped.fork(), self.text_mark, list(self.turns)
-        )
-
-    def rewind(self, n: int = 1) -> None:
-        """Drop the last n turns: the contexts are cut back to where they stood."""
-        if not isinstance(n, int) or not 0 <= n <= len(self.turns):
-            raise InputError(f"cannot rewind {n!r} turns; the session has {len(self.turns)}")
-        if n == 0:
-            return
-        main, text, image = self.turns[-n].before
-        self.main.truncate(main.length, main.rope)
-        self.image_dropped.truncate(image.length, image.rope)
-        self.text_mark = text
-        del self.turns[-n:]
-
-    def memory(self) -> Memory:
-        return Memory(
-            self.main.length,
-            self.text_mark.length,
-            self.image_dropped.length,
-            allocated_bytes(self.main, self.image_dropped),
-        )
-
-    # -- internals ----------------------------------------------------------------
-
-    def _marks(self) -> tuple[Mark, Mark, Mark]:
-        return Mark.of(self.main), self.text_mark, Mark.of(self.image_dropped)
-
-    def _append_prompt(self, text: str) -> None:
-        self.text_mark = Mark.of(self.main)  # the text-dropped context stops before a text
-        self.pipe.append_text(self.main, text)
-        self.pipe.append_text(self.image_dropped, text)
-
-    def _append_image(self, image: Image.Image, seed: int) -> None:
-        generator = torch.Generator().manual_seed(seed)  # the VAE posterior sample
-        self.pipe.append_image(self.main, image, generator=generator)
-        self.text_mark = Mark.of(self.main)  # ... and resumes after an image
 
     def _reply(self, kind: str, params: GenerationParams) -> str:
         before, started = self._marks(), time.perf_counter()
@@ -266,16 +426,18 @@ class Session:
         side = min(1024, self.pipe.config.vae_max_side)
         return side, side
 
-    def _check_text(self, text: str) -> None:
+    def _text_tokens(self, text: str) -> int:
         if not isinstance(text, str):
             raise InputError(f"text must be a str, got {type(text).__name__}")
-        n = len(self.pipe.tokenizer.frame(text))
-        self._check_room(n)
+        return len(self.pipe.tokenizer.frame(text))
 
-    def _check_room(self, tokens: int) -> None:
-        limit = self.pipe.config.llm.max_position_embeddings
-        if self.main.rope + tokens > limit:
-            raise InputError(
-                f"{tokens} more tokens do not fit: the session is at position "
-                f"{self.main.rope} of the model's limit {limit}"
-            )
+    @staticmethod
+    def _reply_bound(params: GenerationParams) -> int:
+        """Most tokens a reply adds: the generated ones, re-framed by the two markers."""
+        return params.max_think_tokens + 2
+
+
+def _shift(rows: tuple[int, int], cut: list[tuple[int, int]]) -> tuple[int, int]:
+    """Rows of a kept part after the disjoint ranges `cut` were removed from main."""
+    before = sum(stop - start for start, stop in cut if stop <= rows[0])
+    return rows[0] - before, rows[1] - before

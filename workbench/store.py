@@ -3,8 +3,9 @@
 A saved session is a directory:
 
     session.json      format version, checkpoint identity, dtype, device kind, package
-                      version, and every turn (role, kind, text, image file, parameters,
-                      seed, seconds)
+                      version, the context limit, and every turn (role, kind, text, image
+                      file, parameters, seed, seconds; a drop turn: the image parts it
+                      removed)
     images/NNNN.png   every input and output image, by turn index
     kv.safetensors    optional K/V snapshot: the main and image-dropped contexts, per
                       layer (`k.main.0`, `v.main.0`, …, `k.image_dropped.0`, …), with
@@ -40,12 +41,15 @@ from bagel.kv import KVContext
 from bagel.pipeline import BagelPipeline
 from workbench.files import write_atomic
 from workbench.metrics import psnr
-from workbench.params import GenerationParams
+from workbench.params import ContextLimit, GenerationParams
 from workbench.session import Mark, Session, Turn
 
 MANIFEST = "session.json"
 FORMAT = "bagel-workbench-session"
-VERSION = 1
+# 2: drop turns. A session without drops is still written as version 1 (older readers
+# load it as before); one with drops as 2, which older readers refuse instead of
+# silently rebuilding a context that still holds the dropped tokens.
+VERSION = 2
 ROLES_KINDS = {
     ("user", "text"),
     ("user", "image"),
@@ -53,7 +57,9 @@ ROLES_KINDS = {
     ("model", "thinking"),
     ("model", "image"),
     ("model", "choice"),
+    ("session", "drop"),
 }
+PARTS = ("vae", "vit")
 SNAPSHOT = "kv.safetensors"
 SNAPSHOT_FORMAT = "bagel-workbench-kv"
 SNAPSHOT_VERSION = 1
@@ -86,6 +92,8 @@ def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:
         }
         if turn.options is not None:
             entry["options"], entry["scores"] = list(turn.options), list(turn.scores)
+        if turn.kind == "drop":
+            entry["dropped"] = [list(part) for part in turn.dropped]
         if turn.image is not None:
             entry["image"] = f"images/{index:04d}.png"
             if not (folder / entry["image"]).exists():
@@ -94,11 +102,12 @@ def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:
     pipe = session.pipe
     manifest = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": VERSION if any(t.kind == "drop" for t in session.turns) else 1,
         "package_version": workbench.__version__,
         "checkpoint": pipe.identity,
         "dtype": _dtype_name(pipe.net.dtype),
         "device": pipe.device.type,
+        "context_limit": dataclasses.asdict(session.limit),
         "turns": turns,
     }
     if snapshot:
@@ -133,7 +142,7 @@ def load(
         session = _load_snapshot(folder, manifest, pipe, allow_other_checkpoint)
         if session is not None:
             return session
-    session = Session(pipe)
+    session = Session(pipe, limit=_limit(folder, manifest))
     for index, entry in enumerate(manifest["turns"]):
         _restore(session, folder, entry, index)
     return session
@@ -160,7 +169,10 @@ class ReplayReport:
 def replay(
     folder: str | Path, pipe: BagelPipeline, allow_other_checkpoint: bool = False
 ) -> ReplayReport:
-    """Re-run a saved session's turns with their seeds; compare every generated output."""
+    """Re-run a saved session's turns with their seeds; compare every generated output.
+
+    The recorded drop turns are re-applied where they happened; the replaying session
+    has no context limit of its own, so it drops nothing else."""
     folder = Path(folder)
     manifest = read_manifest(folder, pipe, allow_other_checkpoint)
     session, frames, texts, started = Session(pipe), [], [], time.perf_counter()
@@ -227,7 +239,16 @@ def read_manifest(folder: Path, pipe: BagelPipeline | None, allow_other_checkpoi
         raise SessionFileError(f"{path}: field 'turns' must be a list")
     for index, entry in enumerate(turns):
         _check_turn(path, index, entry)
+    _limit(folder, manifest)
     return manifest
+
+
+def _limit(folder: Path, manifest: dict) -> ContextLimit:
+    limit = manifest.get("context_limit", {})  # absent before version 2
+    try:
+        return ContextLimit(**limit)
+    except (TypeError, BagelError) as err:
+        raise SessionFileError(f"{folder / MANIFEST}: context_limit: {err}") from err
 
 
 def _check_turn(path: Path, index: int, entry: object) -> None:
@@ -239,6 +260,13 @@ def _check_turn(path: Path, index: int, entry: object) -> None:
             f"{where}: role/kind {entry.get('role')!r}/{entry.get('kind')!r} "
             f"is not one of {sorted(ROLES_KINDS)}"
         )
+    if entry["kind"] == "drop":
+        dropped = entry.get("dropped")
+        if not isinstance(dropped, list) or not all(_is_part(p) for p in dropped):
+            raise SessionFileError(
+                f"{where}.dropped must be a list of [image turn index, 'vae' or 'vit']"
+            )
+        return
     if entry["kind"] == "image" and not isinstance(entry.get("image"), str):
         raise SessionFileError(f"{where}.image must be a file name")
     if entry["kind"] != "image" and not isinstance(entry.get("text"), str):
@@ -265,19 +293,45 @@ def _check_turn(path: Path, index: int, entry: object) -> None:
             raise SessionFileError(f"{where}.params: {err}") from err
 
 
+def _is_part(part: object) -> bool:
+    return (
+        isinstance(part, list)
+        and len(part) == 2
+        and isinstance(part[0], int)
+        and not isinstance(part[0], bool)
+        and part[1] in PARTS
+    )
+
+
 def _restore(session: Session, folder: Path, entry: dict, index: int) -> None:
     """Append a recorded turn as it happened, without generating anything."""
-    turn = _turn(folder, entry, index, session._marks())
+    if entry["kind"] == "drop":
+        try:
+            session._drop(_parts(entry))
+        except BagelError as err:
+            raise SessionFileError(f"{folder / MANIFEST}: turns[{index}].dropped: {err}") from err
+        return
+    turn, rows = _turn(folder, entry, index, session._marks()), None
     if turn.role == "user" and turn.kind == "text":
         session._append_prompt(turn.text)
     elif turn.kind == "image":
-        session._append_image(turn.image, turn.seed)
-    else:  # a model reply or thinking: main context only
+        rows = session._append_image(turn.image, turn.seed)
+    else:  # a model reply, thinking or choice: main context only
         session.pipe.append_text(session.main, turn.text)
-    session.turns.append(turn)
+    session.turns.append(dataclasses.replace(turn, rows=rows))
 
 
-def _turn(folder: Path, entry: dict, index: int, before: tuple[Mark, Mark, Mark]) -> Turn:
+def _parts(entry: dict) -> tuple[tuple[int, str], ...]:
+    return tuple((i, part) for i, part in entry["dropped"])
+
+
+def _turn(
+    folder: Path,
+    entry: dict,
+    index: int,
+    before: tuple[Mark, Mark, Mark],
+    rows: tuple[tuple[int, int], tuple[int, int]] | None = None,
+) -> Turn:
     """A validated manifest entry as a Turn (its image read from the folder)."""
     kind = entry["kind"]
     return Turn(
@@ -291,6 +345,8 @@ def _turn(folder: Path, entry: dict, index: int, before: tuple[Mark, Mark, Mark]
         before=before,
         options=tuple(entry["options"]) if kind == "choice" else None,
         scores=tuple(entry["scores"]) if kind == "choice" else None,
+        rows=rows,
+        dropped=_parts(entry) if kind == "drop" else (),
     )
 
 
@@ -366,12 +422,25 @@ def _load_snapshot(
     _check_snapshot_meta(path, meta, pipe, manifest["turns"])
     ends, befores = _snapshot_marks(path, meta, len(manifest["turns"]))
     _check_snapshot_tensors(path, shapes, pipe.kv_layout, ends)
-    turns = [
-        _turn(folder, e, i, b)
-        for i, (e, b) in enumerate(zip(manifest["turns"], befores, strict=True))
-    ]
+    turns = []
+    for i, (e, b) in enumerate(zip(manifest["turns"], befores, strict=True)):
+        turn = _turn(folder, e, i, b)
+        if turn.kind == "image":  # its VAE and ViT rows in main, as _append_image gives them
+            vae, vit = pipe.image_token_counts(*turn.image.size)
+            start = b[0].length
+            turn = dataclasses.replace(
+                turn, rows=((start, start + vae), (start + vae, start + vae + vit))
+            )
+        turns.append(turn)  # drop turns come without their undo view: no rewind across them
     contexts = {name: _read_context(path, pipe, name, ends[name].rope) for name in STORED_CONTEXTS}
-    return Session(pipe, contexts["main"], contexts["image_dropped"], ends["text_dropped"], turns)
+    return Session(
+        pipe,
+        contexts["main"],
+        contexts["image_dropped"],
+        ends["text_dropped"],
+        turns,
+        _limit(folder, manifest),
+    )
 
 
 def _check_snapshot_meta(path: Path, meta: dict, pipe: BagelPipeline, turns: list) -> None:
