@@ -8,6 +8,11 @@ softmax of flash-decoding. Cached chunks are fully visible to every query row; t
 rows see each other causally (text) or fully (an image block), which is exactly the
 bottom-right-aligned mask of flash-attn over a cache.
 
+A window of noisy frames (diffusion forcing) packs several image blocks as new rows: a
+`FrameMask` makes frame j see itself fully and, block-causally, the frames before it
+(or none of them). The cache is still attended once for all rows; only the small
+new-row partial is split per frame.
+
 Layouts: q [H, Lq, D]; cached k/v chunks [Hkv, Lk, D] (views into the KV blocks);
 new k/v [Hkv, Lq, D]. Query head h uses KV head h // (H // Hkv).
 
@@ -21,6 +26,8 @@ Backends, chosen per device:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -32,6 +39,26 @@ except ImportError:  # pragma: no cover - depends on the machine
     _flash_attn_func = None
 
 BACKENDS = ("flash", "sdpa", "math")
+
+
+@dataclass(frozen=True)
+class FrameMask:
+    """The new rows are consecutive frames of these sizes (image blocks, markers included).
+
+    Frame j sees every cached row, all of its own rows and, if `see_earlier`, all rows of
+    frames 0..j-1 (block-causal); otherwise no other frame (block-diagonal).
+    """
+
+    sizes: tuple[int, ...]
+    see_earlier: bool = True
+
+    def spans(self) -> list[tuple[int, int, int]]:
+        """(first query row, end row, first visible new key row) of every frame."""
+        out, start = [], 0
+        for size in self.sizes:
+            out.append((start, start + size, 0 if self.see_earlier else start))
+            start += size
+        return out
 
 
 def default_backend(device: torch.device | str) -> str:
@@ -57,7 +84,13 @@ def check_backend(name: str, device: torch.device | str) -> str:
 
 
 def attend(
-    q: Tensor, cached: list[tuple[Tensor, Tensor]], k: Tensor, v: Tensor, causal: bool, backend: str
+    q: Tensor,
+    cached: list[tuple[Tensor, Tensor]],
+    k: Tensor,
+    v: Tensor,
+    causal: bool,
+    backend: str,
+    frames: FrameMask | None = None,
 ) -> Tensor:
     """Attention of q over the cached chunks (fully visible) and the new k/v.
 
@@ -67,6 +100,8 @@ def attend(
         k, v: [Hkv, Lq, D] keys and values of the query rows themselves.
         causal: new row i sees new rows 0..i (text); otherwise all new rows (images).
         backend: one of BACKENDS.
+        frames: the new rows are a window of frames masked per FrameMask (then `causal`
+            must be False).
     Returns:
         [H, Lq, D] in q's dtype.
     """
@@ -79,8 +114,16 @@ def attend(
         # docs/benchmarks.md). On the CPU the copy is what costs.
         cached = [(torch.cat([ck for ck, _ in cached], 1), torch.cat([cv for _, cv in cached], 1))]
     parts = [partial(q, ck, cv, False) for ck, cv in cached]
-    parts.append(partial(q, k, v, causal))
-    return merge_partials(parts).to(q.dtype)
+    if frames is None:
+        parts.append(partial(q, k, v, causal))
+        return merge_partials(parts).to(q.dtype)
+    assert not causal and sum(frames.sizes) == q.shape[1], "frames must tile the new rows"
+    out = []
+    for start, stop, first_key in frames.spans():
+        rows = [(o[:, start:stop], lse[:, start:stop]) for o, lse in parts]
+        rows.append(partial(q[:, start:stop], k[:, first_key:stop], v[:, first_key:stop], False))
+        out.append(merge_partials(rows))
+    return torch.cat(out, dim=1).to(q.dtype)
 
 
 def merge_partials(parts: list[Partial]) -> Tensor:

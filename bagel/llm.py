@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bagel.attention import attend
+from bagel.attention import FrameMask, attend
 from bagel.config import LLMConfig
 from bagel.kv import KVContext
 
@@ -107,6 +107,7 @@ class Forward:
     causal: bool  # among the new rows: causal (text) or bidirectional (image block)
     write: bool  # append the rows' K/V to the contexts (the caller commits)
     backend: str  # attention backend
+    frames: list[FrameMask] | None = None  # a window of frames: the mask per batch row
 
 
 def rope_cos_sin(
@@ -163,7 +164,15 @@ class MoTAttention(nn.Module):
         v = v.transpose(1, 2)  # [B, Hkv, T, D]
         out = torch.stack(
             [
-                attend(q[i], ctx.chunks(layer), k[i], v[i], fwd.causal, fwd.backend)
+                attend(
+                    q[i],
+                    ctx.chunks(layer),
+                    k[i],
+                    v[i],
+                    fwd.causal,
+                    fwd.backend,
+                    None if fwd.frames is None else fwd.frames[i],
+                )
                 for i, ctx in enumerate(fwd.contexts)
             ]
         )  # [B, H, T, D]
@@ -222,6 +231,7 @@ class MoTLanguageModel(nn.Module):
         causal: bool,
         write: bool,
         backend: str,
+        frames: list[FrameMask] | None = None,
     ) -> Tensor:
         """Run packed rows through all layers and the final (per-expert) norm.
 
@@ -232,6 +242,7 @@ class MoTLanguageModel(nn.Module):
             contexts: B contexts whose cached K/V the rows attend to.
             causal: causal among the new rows (text) or bidirectional (image block).
             write: append the rows' K/V to the contexts (the caller commits).
+            frames: the rows are a window of noisy frames; one FrameMask per context.
         Returns:
             [B, T, C] final hidden states.
         """
@@ -242,7 +253,7 @@ class MoTLanguageModel(nn.Module):
                 rope = rope_cos_sin(
                     positions.to(device), self.config.head_dim, self.config.rope_theta, x.dtype
                 )
-                fwd = Forward(routing.to(device), rope, contexts, causal, write, backend)
+                fwd = Forward(routing.to(device), rope, contexts, causal, write, backend, frames)
             x = layer(x.to(device), fwd, i)
         return routing.apply(
             x.to(self.model.norm.weight.device), self.model.norm, self.model.norm_moe_gen

@@ -3,7 +3,8 @@
 `BagelPipeline` holds the weights (`net`: ema.safetensors, `ae`: ae.safetensors), the
 tokenizer and the attention backend. Contexts (`KVContext`) are plain values the caller
 keeps; every verb validates its input before it touches a context, and a context is
-changed only by the append verbs (generation works on forks and read-only views).
+changed only by the append verbs (generation works on forks and read-only views) and by
+`predict_frames`, which commits each finished frame as an input image.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from bagel.attention import check_backend, default_backend
+from bagel.attention import FrameMask, check_backend, default_backend
 from bagel.embeddings import patchify_latent, unpatchify_latent
 from bagel.errors import InputError
 from bagel.flow import SamplerParams, cfg_combine, cfg_scales, euler_step, flow_timesteps
+from bagel.forcing import check_forcing, forcing_plan
 from bagel.image import open_image, to_pil, to_tensor, vae_rule, vit_rule
 from bagel.kv import KVContext, KVLayout
 from bagel.llm import Routing
@@ -27,6 +29,10 @@ from bagel.tokenizer import BagelTokenizer
 from bagel.vae import AutoEncoder
 
 ProgressFn = Callable[[int, int], None]  # (steps done, steps total); may raise to cancel
+
+# A committed frame takes two positions (its VAE block, then its ViT block), so frame j of
+# a window sits at rope + 2j: the position it would get after the frames before it commit.
+FRAME_ROPE_STRIDE = 2
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,10 @@ class TextOutput:
 class ImageOutput:
     image: Image.Image
     latent: Tensor  # [C, H/8, W/8] float32, the clean latent (t = 0)
+
+
+Contexts = tuple[KVContext, KVContext | None, KVContext | None]  # main, text- / image-dropped
+CommitFn = Callable[[int, ImageOutput], Contexts]  # (frame index, frame) -> contexts from now
 
 
 class BagelPipeline:
@@ -291,10 +301,7 @@ class BagelPipeline:
         """
         params = params or SamplerParams()
         h, w = self.check_image_size(height, width)
-        if params.cfg_text_scale > 1 and cfg_text_ctx is None:
-            raise InputError("cfg_text_scale > 1 needs cfg_text_ctx (the text-dropped context)")
-        if params.cfg_text_scale > 1 and params.cfg_img_scale > 1 and cfg_img_ctx is None:
-            raise InputError("cfg_img_scale > 1 needs cfg_img_ctx (the image-dropped context)")
+        self._check_guidance(params, cfg_text_ctx, cfg_img_ctx)
         for c in (ctx, cfg_text_ctx, cfg_img_ctx):
             if c is not None:
                 self._check_positions(c, 1, "a generated image")
@@ -302,30 +309,101 @@ class BagelPipeline:
         t = flow_timesteps(params.num_timesteps, params.timestep_shift)
         n = h * w
         routing = Routing.latent_spans(n + 2, [(1, n + 1)], self.device)
+        contexts = [ctx, cfg_text_ctx, cfg_img_ctx]
         for i in range(params.num_timesteps - 1):
-            text_scale, img_scale = cfg_scales(float(t[i]), params)
-            branches = [ctx]
-            if text_scale > 1:  # the image branch matters only under text guidance
-                branches.append(cfg_text_ctx)
-                if img_scale > 1:
-                    branches.append(cfg_img_ctx)
+            branches = contexts[: self._branch_count([float(t[i])], params)]
             v = self.velocity(x, t[i], (h, w), branches, routing)
-            v = cfg_combine(
-                v[0],
-                v[1] if len(v) > 1 else None,
-                v[2] if len(v) > 2 else None,
-                text_scale,
-                img_scale,
-                params.cfg_renorm_type,
-                params.cfg_renorm_min,
-            )
-            x = euler_step(x, v, (t[i] - t[i + 1]).to(x.device))
+            x = euler_step(x, self._guide(v, float(t[i]), params), (t[i] - t[i + 1]).to(x.device))
             if progress is not None:
                 progress(i + 1, params.num_timesteps - 1)
-        latent = unpatchify_latent(
-            x, h, w, self.config.latent_channels, self.config.latent_patch_size
-        ).float()
-        return ImageOutput(self.decode_latent(latent), latent)
+        return self._image_output(x, h, w)
+
+    def predict_frames(
+        self,
+        ctx: KVContext,
+        n_frames: int,
+        height: int,
+        width: int,
+        params: SamplerParams | None = None,
+        *,
+        window: int = 1,
+        schedule: str = "autoregressive",
+        cfg_text_ctx: KVContext | None = None,
+        cfg_img_ctx: KVContext | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        commit: CommitFn | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[ImageOutput]:
+        """Predict the next frames after `ctx` with diffusion forcing (see bagel/forcing.py).
+
+        A window of up to `window` frames is denoised in one packed forward, each frame at
+        its own timestep; frame j sees the context, the noisy frames before it and itself.
+        When the head frame reaches t = 0 it is committed, and a fresh noise frame joins.
+        With window 1 every frame equals `generate_image` after the frames before it.
+
+        Args:
+            ctx, cfg_text_ctx, cfg_img_ctx, params, height, width, generator: as in
+                `generate_image`. In the image-dropped branch the frames do not see each
+                other (it holds no images) and all sit at its rope.
+            n_frames: frames to make; window: most frames under way at once;
+                schedule: "autoregressive" (window 1), "pyramid" or "uniform".
+            noise: [n_frames, C, H/8, W/8] initial latents; otherwise each frame's noise is
+                drawn from `generator` (as `generate_image` does) when it joins.
+            commit: called as commit(frame index, ImageOutput) when a frame is done; it
+                appends the frame and returns the contexts (main, text-dropped,
+                image-dropped) the remaining frames use. Default: `append_image(ctx,
+                frame.image, generator=generator)`; the text-dropped context then follows
+                main (a prefix view of it, as after any image) and the image-dropped
+                context stays as it is.
+            progress: called after every iteration (done, total); an exception it raises
+                stops the sampling; frames committed before that stay committed.
+        Returns:
+            the frames in order.
+        """
+        params = params or SamplerParams()
+        check_forcing(schedule, window, n_frames)
+        h, w = self.check_image_size(height, width)
+        self._check_guidance(params, cfg_text_ctx, cfg_img_ctx)
+        self._check_positions(ctx, FRAME_ROPE_STRIDE * n_frames, f"{n_frames} frames")
+        for c in (cfg_text_ctx, cfg_img_ctx):
+            if c is not None:
+                self._check_positions(c, FRAME_ROPE_STRIDE * min(window, n_frames), "a window")
+        noises = self._frame_noises(noise, n_frames, h, w)
+        plan = forcing_plan(schedule, n_frames, window, params.num_timesteps)
+        commit = commit or self._commit_as_input(ctx, cfg_img_ctx, generator)
+        contexts: Contexts = (ctx, cfg_text_ctx, cfg_img_ctx)
+        t = flow_timesteps(params.num_timesteps, params.timestep_shift)
+        last = params.num_timesteps - 2  # a frame's last step index (it then reaches t = 0)
+        x: dict[int, Tensor] = {}  # the latents [N, 64] of the frames under way
+        frames_out: list[ImageOutput] = []
+        for done, frames in enumerate(plan, 1):
+            for f, _ in frames:  # a fresh noise frame joins the tail
+                if f not in x:
+                    x[f] = (
+                        noises[f]
+                        if noises is not None
+                        else self._initial_noise(h, w, None, generator)
+                    )
+            steps = [i for _, i in frames]
+            count = self._branch_count([float(t[i]) for i in steps], params)
+            v = self.frames_velocity(
+                torch.stack([x[f] for f, _ in frames]),
+                t[steps],
+                (h, w),
+                list(contexts[:count]),
+                [True, True, False][:count],  # the image-dropped branch holds no images
+            )  # [B, W, N, 64]
+            for j, (f, i) in enumerate(frames):
+                v_j = self._guide(v[:, j], float(t[i]), params)
+                x[f] = euler_step(x[f], v_j, (t[i] - t[i + 1]).to(x[f].device))
+            for f, i in frames:
+                if i == last:  # at t = 0: the head frame enters the context
+                    frames_out.append(self._image_output(x.pop(f), h, w))
+                    contexts = commit(f, frames_out[-1])
+            if progress is not None:
+                progress(done, len(plan))
+        return frames_out
 
     def decode_latent(self, latent: Tensor) -> Image.Image:
         """[C, H/8, W/8] → RGB image (clamp, ×255, truncate)."""
@@ -344,10 +422,59 @@ class BagelPipeline:
         routing: Routing,
     ) -> Tensor:
         """One forward of the noisy query block against every branch at once → [B, N, 64]."""
+        rows = x.shape[0] + 2
+        positions = torch.stack([torch.full((rows,), c.rope) for c in branches])
+        return self._latent_forward(x[None], t.reshape(1), grid, branches, routing, positions)[:, 0]
+
+    def frames_velocity(
+        self,
+        x: Tensor,
+        t: Tensor,
+        grid: tuple[int, int],
+        branches: list[KVContext],
+        see_earlier: list[bool],
+    ) -> Tensor:
+        """One packed forward of a window of noisy frames against every branch at once.
+
+        Args:
+            x: [W, N, 64] latents; t: [W] their timesteps.
+            branches: B contexts; see_earlier: per branch, whether frame j sees frames < j
+                (then it sits at the branch's rope + 2j) or none (all frames at its rope).
+        Returns:
+            [B, W, N, 64] velocities.
+        """
+        frames, rows = x.shape[0], x.shape[1] + 2  # each frame: markers + N latent rows
+        spans = [(j * rows + 1, (j + 1) * rows - 1) for j in range(frames)]
+        routing = Routing.latent_spans(frames * rows, spans, self.device)
+        positions = torch.stack(
+            [
+                (
+                    c.rope + (FRAME_ROPE_STRIDE if see else 0) * torch.arange(frames)
+                ).repeat_interleave(rows)
+                for c, see in zip(branches, see_earlier, strict=True)
+            ]
+        )  # [B, W·(N+2)]
+        masks = [FrameMask((rows,) * frames, see) for see in see_earlier]
+        return self._latent_forward(x, t, grid, branches, routing, positions, masks)
+
+    def _latent_forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        grid: tuple[int, int],
+        branches: list[KVContext],
+        routing: Routing,
+        positions: Tensor,
+        masks: list[FrameMask] | None = None,
+    ) -> Tensor:
+        """W noisy image blocks [W, N, 64] at times [W] → velocities [B, W, N, 64]."""
         with torch.inference_mode():
-            tokens = self.net.latent_tokens(x, t.reshape(1), grid)
-            query = self._wrap_image(tokens)  # [N+2, C]
-            positions = torch.stack([torch.full((query.shape[0],), c.rope) for c in branches])
+            query = torch.cat(
+                [
+                    self._wrap_image(self.net.latent_tokens(xj, tj.reshape(1), grid))
+                    for xj, tj in zip(x, t, strict=True)
+                ]
+            )  # [W·(N+2), C]: per frame <|vision_start|>, N latents, <|vision_end|>
             hidden = self.net.language_model(
                 query.expand(len(branches), -1, -1),
                 positions,
@@ -356,8 +483,52 @@ class BagelPipeline:
                 causal=False,
                 write=False,
                 backend=self.backend,
+                frames=masks,
             )
-            return self.net.llm2vae(hidden[:, 1:-1].to(self.device))
+            hidden = hidden.unflatten(1, (x.shape[0], -1))[:, :, 1:-1]  # [B, W, N, C]
+            return self.net.llm2vae(hidden.to(self.device))
+
+    @staticmethod
+    def _branch_count(times: list[float], params: SamplerParams) -> int:
+        """How many of (main, text-dropped, image-dropped) steps at these times need: the
+        image branch matters only under text guidance."""
+        scales = [cfg_scales(t, params) for t in times]
+        if not any(text > 1 for text, _ in scales):
+            return 1
+        return 3 if any(text > 1 and img > 1 for text, img in scales) else 2
+
+    @staticmethod
+    def _guide(v: Tensor, t: float, params: SamplerParams) -> Tensor:
+        """CFG of one frame at time t from its branch velocities v [B, N, 64]."""
+        text_scale, img_scale = cfg_scales(t, params)
+        return cfg_combine(
+            v[0],
+            v[1] if len(v) > 1 else None,
+            v[2] if len(v) > 2 else None,
+            text_scale,
+            img_scale,
+            params.cfg_renorm_type,
+            params.cfg_renorm_min,
+        )
+
+    def _image_output(self, x: Tensor, h: int, w: int) -> ImageOutput:
+        """Latent tokens [N, 64] at t = 0 → the latent [C, H/8, W/8] and its image."""
+        latent = unpatchify_latent(
+            x, h, w, self.config.latent_channels, self.config.latent_patch_size
+        ).float()
+        return ImageOutput(self.decode_latent(latent), latent)
+
+    def _commit_as_input(
+        self, ctx: KVContext, cfg_img_ctx: KVContext | None, generator: torch.Generator | None
+    ) -> CommitFn:
+        """The default commit of predict_frames: the frame re-enters `ctx` as an input image
+        (VAE + ViT); the text-dropped context follows main, the image-dropped one stays."""
+
+        def commit(index: int, frame: ImageOutput) -> Contexts:
+            self.append_image(ctx, frame.image, generator=generator)
+            return ctx, ctx.prefix(ctx.length, ctx.rope), cfg_img_ctx
+
+        return commit
 
     def _prefill(
         self,
@@ -399,6 +570,31 @@ class BagelPipeline:
         if generator is not None:
             probs = probs.to(generator.device)
         return int(torch.multinomial(probs, 1, generator=generator))
+
+    def _check_guidance(
+        self,
+        params: SamplerParams,
+        cfg_text_ctx: KVContext | None,
+        cfg_img_ctx: KVContext | None,
+    ) -> None:
+        if params.cfg_text_scale > 1 and cfg_text_ctx is None:
+            raise InputError("cfg_text_scale > 1 needs cfg_text_ctx (the text-dropped context)")
+        if params.cfg_text_scale > 1 and params.cfg_img_scale > 1 and cfg_img_ctx is None:
+            raise InputError("cfg_img_scale > 1 needs cfg_img_ctx (the image-dropped context)")
+
+    def _frame_noises(
+        self, noise: Tensor | None, n_frames: int, h: int, w: int
+    ) -> list[Tensor] | None:
+        """Validate and patchify the given per-frame noise [n_frames, C, H/8, W/8]."""
+        if noise is None:
+            return None
+        if not isinstance(noise, Tensor) or noise.dim() != 4 or noise.shape[0] != n_frames:
+            shape = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
+            raise InputError(
+                f"noise must be a tensor of shape ({n_frames}, C, H/8, W/8), one latent per "
+                f"frame, got {shape}"
+            )
+        return [self._initial_noise(h, w, n, None) for n in noise]
 
     def _initial_noise(
         self, h: int, w: int, noise: Tensor | None, generator: torch.Generator | None
