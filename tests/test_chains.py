@@ -165,12 +165,48 @@ def test_predict_autoregressive_with_and_without_an_instruction(session):
     assert session.main.length == 5 * per_image + 2 * text_tokens(session, "The next moment.")
 
 
-def test_predict_forcing_is_not_there_yet_and_changes_nothing(session):
+def test_predict_forcing_window_1_makes_the_autoregressive_frames(pipe, session):
+    other = Session(pipe)
+    other.add_image(picture())
+    forced = chains.predict(session, 3, FAST, mode="forcing")
+    stepwise = chains.predict(other, 3, FAST)
+    assert [f.label for f in forced.frames] == ["t+1", "t+2", "t+3"]
+    for a, b in zip(forced.frames, stepwise.frames, strict=True):
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert state(session) == state(other)
+    assert [t.forcing.index for t in session.turns[1:]] == [0, 1, 2]
+
+
+def test_predict_forcing_pyramid_saves_and_replays_identically(pipe, session, tmp_path):
     before = state(session)
-    with pytest.raises(NotImplementedError, match="bagel/forcing"):
-        chains.predict(session, 3, FAST, mode="forcing", window=2, schedule="pyramid")
+    result = chains.predict(
+        session, 3, FAST, mode="forcing", window=2, schedule="pyramid", instruction="Next."
+    )
+    assert [s.kind for s in result.trace] == ["instruction", "image", "image", "image"]
+    assert len(result.frames) == 3 and state(session)[4] == before[4] + 4
+    folder = save(session, tmp_path / "forced")
+    loaded = load(folder, pipe)
+    assert [t.forcing for t in loaded.turns] == [t.forcing for t in session.turns]
+    report = replay(folder, pipe)
+    assert report.identical and [f.turn for f in report.frames] == [2, 3, 4]
+
+
+def test_predict_forcing_cancelled_or_bad_changes_nothing(session):
+    before = state(session)
+
+    def cancel(done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        chains.predict(
+            session, 3, FAST, mode="forcing", window=2, schedule="uniform", progress=cancel
+        )
+    assert state(session) == before
     with pytest.raises(InputError, match="apply to mode='forcing'"):
         chains.predict(session, 3, FAST, window=2)
+    with pytest.raises(InputError, match="window 1"):
+        chains.predict(session, 3, FAST, mode="forcing", window=2)
     assert state(session) == before
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from PIL import Image
 
 from bagel.errors import BagelError, InputError
+from bagel.forcing import check_forcing
 from bagel.pipeline import ProgressFn
 from workbench.params import GenerationParams
 from workbench.session import Session
@@ -173,9 +174,11 @@ def predict(
     """The next `frames` frames of the sequence in the session.
 
     mode "autoregressive": per frame, the instruction (if any), then the frame, with every
-    earlier frame in context (window 1, schedule "autoregressive"). mode "forcing"
-    (several frames denoised together, `window` of them, noise levels by `schedule`) is
-    not available yet: it raises NotImplementedError after validation.
+    earlier frame in context (window 1, schedule "autoregressive"). mode "forcing": the
+    instruction (if any) once, then the frames by diffusion forcing
+    (`Session.predict_frames`): up to `window` frames denoised together, their noise
+    levels staggered by `schedule`; with window 1 it makes the same frames as
+    autoregressive mode without an instruction.
     """
     params = _check_common(session, params, progress)
     _check_count("frames", frames)
@@ -185,14 +188,19 @@ def predict(
     if instruction is not None:
         _check_text("instruction", instruction)
     _require_image(session, "predict")
-    if mode == "forcing":
-        raise NotImplementedError("diffusion forcing lands with bagel/forcing")
-    if window != 1 or schedule != "autoregressive":
+    if mode == "autoregressive" and (window != 1 or schedule != "autoregressive"):
         raise InputError(
             f"window {window} / schedule {schedule!r} apply to mode='forcing'; "
             "autoregressive prediction is window 1, schedule 'autoregressive'"
         )
+    if mode == "forcing":
+        check_forcing(schedule, window, frames)
     with _Run(session, "predict", params, frames, progress) as run:
+        if mode == "forcing":
+            if instruction is not None:
+                run.text(instruction)
+            run.forced_frames(frames, window, schedule)
+            return run.result("done")
         for k in range(1, frames + 1):
             if instruction is not None:
                 run.text(instruction)
@@ -330,6 +338,16 @@ class _Run:
         self._log("image")
         self._frame(label)
 
+    def forced_frames(self, frames: int, window: int, schedule: str) -> None:
+        first = len(self.session.turns)
+        params = self._frame_params()
+        self.session.predict_frames(frames, params, window, schedule, self._progress)
+        for index in range(first, len(self.session.turns)):
+            turn = self.session.turns[index]
+            self._log_turn(index, "image" if turn.kind == "image" else turn.kind)
+            if turn.forcing is not None:
+                self._frame(f"t+{turn.forcing.index + 1}", index)
+
     def think_image(self, prompt: str, label: str) -> None:
         self.session.think_then_generate(prompt, self._frame_params(), self._denoise_progress())
         self._log("system", "instruction", "thinking", "image")
@@ -352,17 +370,20 @@ class _Run:
         """Frame k (from 0) of a chain samples with seed params.seed + k."""
         return replace(self.params, seed=self.params.seed + len(self.frames))
 
-    def _frame(self, label: str) -> None:
-        turn = len(self.session.turns) - 1
+    def _frame(self, label: str, turn: int | None = None) -> None:
+        turn = len(self.session.turns) - 1 if turn is None else turn
         self.frames.append(Frame(self.session.turns[turn].image, None, turn, label))
 
     def _log(self, *kinds: str) -> None:
         """Name the last len(kinds) turns of the session, in order."""
         first = len(self.session.turns) - len(kinds)
         for index, kind in enumerate(kinds, first):
-            turn = self.session.turns[index]
-            scores = dict(zip(turn.options, turn.scores, strict=True)) if turn.options else None
-            self.trace.append(TraceStep(turn.role, kind, turn.text, turn.image, index, scores))
+            self._log_turn(index, kind)
+
+    def _log_turn(self, index: int, kind: str) -> None:
+        turn = self.session.turns[index]
+        scores = dict(zip(turn.options, turn.scores, strict=True)) if turn.options else None
+        self.trace.append(TraceStep(turn.role, kind, turn.text, turn.image, index, scores))
 
     def _denoise_progress(self) -> ProgressFn | None:
         if self._progress is None:

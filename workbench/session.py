@@ -24,14 +24,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
 
+from bagel.embeddings import unpatchify_latent
 from bagel.errors import InputError
+from bagel.forcing import check_forcing
 from bagel.kv import KVContext, allocated_bytes
-from bagel.pipeline import BagelPipeline, ProgressFn
+from bagel.pipeline import FRAME_ROPE_STRIDE, BagelPipeline, ImageOutput, ProgressFn
 from bagel.tokenizer import GEN_THINK_PROMPT
 from workbench.params import ContextLimit, GenerationParams
 
@@ -51,6 +53,17 @@ class Mark:
 
 
 @dataclass(frozen=True)
+class Forcing:
+    """Which frame of which diffusion-forcing run an image turn is (replay re-runs the
+    whole run: with a window > 1 its frames were denoised together)."""
+
+    frames: int
+    window: int
+    schedule: str
+    index: int
+
+
+@dataclass(frozen=True)
 class Turn:
     """One entry of the transcript, with where the contexts stood before it."""
 
@@ -64,6 +77,7 @@ class Turn:
     before: tuple[Mark, Mark, Mark] | None = None  # main, text-dropped, image-dropped
     options: tuple[str, ...] | None = None  # a choice turn: the allowed answers ...
     scores: tuple[float, ...] | None = None  # ... and their log-probabilities
+    forcing: Forcing | None = None  # a frame of a diffusion-forcing run
     rows: tuple[tuple[int, int], tuple[int, int]] | None = None  # image: VAE, ViT rows in main
     dropped: tuple[ImagePart, ...] = ()  # drop: the image parts it removed from main
     undo: KVContext | None = field(default=None, repr=False, compare=False)  # drop: main before
@@ -152,6 +166,60 @@ class Session:
         height, width = self._size(params)
         with self._transaction(sum(self.pipe.image_token_counts(width, height)), 2):
             return self._generated_image(params, height, width, progress)
+
+    def predict_frames(
+        self,
+        frames: int,
+        params: GenerationParams | None = None,
+        window: int = 1,
+        schedule: str = "autoregressive",
+        progress: ProgressFn | None = None,
+    ) -> list[Image.Image]:
+        """The next `frames` frames by diffusion forcing (`BagelPipeline.predict_frames`):
+        up to `window` frames denoised together, each at its own noise level. Frame k uses
+        seed params.seed + k for its noise and VAE sample, so with window 1 it equals the
+        k-th of `frames` generate_image calls with those seeds. Each finished frame
+        re-enters the context as an image turn; a failure undoes the whole run."""
+        params = params or GenerationParams()
+        check_forcing(schedule, window, frames)
+        height, width = self._size(params)
+        per_frame = sum(self.pipe.image_token_counts(width, height))
+        noise = torch.stack([self._noise(params.seed + k, height, width) for k in range(frames)])
+
+        def commit(k: int, frame: ImageOutput) -> tuple[KVContext, KVContext, KVContext]:
+            before, seed = self._marks(), params.seed + k
+            rows = self._append_image(frame.image, seed)
+            self.turns.append(
+                Turn(
+                    "model",
+                    "image",
+                    image=frame.image,
+                    params=replace(params, seed=seed),
+                    seed=seed,
+                    before=before,
+                    forcing=Forcing(frames, window, schedule, k),
+                    rows=rows,
+                )
+            )
+            text = self.main.prefix(self.text_mark.length, self.text_mark.rope)
+            return self.main, text, self.image_dropped
+
+        with self._transaction(frames * per_frame, FRAME_ROPE_STRIDE * frames):
+            out = self.pipe.predict_frames(
+                self.main,
+                frames,
+                height,
+                width,
+                params.sampler(),
+                window=window,
+                schedule=schedule,
+                cfg_text_ctx=self.main.prefix(self.text_mark.length, self.text_mark.rope),
+                cfg_img_ctx=self.image_dropped,
+                noise=noise,
+                commit=commit,
+                progress=progress,
+            )
+        return [frame.image for frame in out]
 
     def ask(self, question: str, params: GenerationParams | None = None) -> str:
         """Understanding: the question as a user text, then the model's reply, which
@@ -425,6 +493,14 @@ class Session:
             return last.height, last.width
         side = min(1024, self.pipe.config.vae_max_side)
         return side, side
+
+    def _noise(self, seed: int, height: int, width: int) -> torch.Tensor:
+        """The initial latent generate_image draws for this seed, as [C, H/8, W/8]."""
+        cfg = self.pipe.config
+        p, (h, w) = cfg.latent_patch_size, self.pipe.check_image_size(height, width)
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(h * w, cfg.patch_latent_dim, generator=generator, dtype=torch.float32)
+        return unpatchify_latent(x, h, w, cfg.latent_channels, p)
 
     def _text_tokens(self, text: str) -> int:
         if not isinstance(text, str):

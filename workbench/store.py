@@ -37,12 +37,13 @@ from safetensors.torch import save_file
 
 import workbench
 from bagel.errors import BagelError
+from bagel.forcing import check_forcing
 from bagel.kv import KVContext
 from bagel.pipeline import BagelPipeline
 from workbench.files import write_atomic
 from workbench.metrics import psnr
 from workbench.params import ContextLimit, GenerationParams
-from workbench.session import Mark, Session, Turn
+from workbench.session import Forcing, Mark, Session, Turn
 
 MANIFEST = "session.json"
 FORMAT = "bagel-workbench-session"
@@ -94,6 +95,8 @@ def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:
             entry["options"], entry["scores"] = list(turn.options), list(turn.scores)
         if turn.kind == "drop":
             entry["dropped"] = [list(part) for part in turn.dropped]
+        if turn.forcing is not None:
+            entry["forcing"] = dataclasses.asdict(turn.forcing)
         if turn.image is not None:
             entry["image"] = f"images/{index:04d}.png"
             if not (folder / entry["image"]).exists():
@@ -178,7 +181,17 @@ def replay(
     session, frames, texts, started = Session(pipe), [], [], time.perf_counter()
     for index, entry in enumerate(manifest["turns"]):
         params = GenerationParams(**entry["params"]) if entry["params"] else None
-        if entry["role"] == "model" and entry["kind"] == "image":
+        forcing = entry.get("forcing")
+        if forcing is not None and forcing["index"] > 0:
+            continue  # regenerated with the first frame of its run
+        if forcing is not None:  # the frames of a run were denoised together: re-run it
+            images = session.predict_frames(
+                forcing["frames"], params, forcing["window"], forcing["schedule"]
+            )
+            for k, image in enumerate(images):
+                saved = open_turn_image(folder, manifest["turns"][index + k]["image"], index + k)
+                frames.append(_compare(index + k, image, saved))
+        elif entry["role"] == "model" and entry["kind"] == "image":
             image = session.generate_image(params)
             frames.append(_compare(index, image, open_turn_image(folder, entry["image"], index)))
         elif entry["kind"] == "choice":
@@ -286,11 +299,28 @@ def _check_turn(path: Path, index: int, entry: object) -> None:
         raise SessionFileError(f"{where}.params must be an object")
     if not isinstance(entry.get("seed", 0), int):
         raise SessionFileError(f"{where}.seed must be an integer")
+    if "forcing" in entry:
+        _check_forcing_entry(where, entry)
     if isinstance(entry.get("params"), dict):
         try:
             GenerationParams(**entry["params"])
         except (TypeError, BagelError) as err:
             raise SessionFileError(f"{where}.params: {err}") from err
+
+
+def _check_forcing_entry(where: str, entry: dict) -> None:
+    forcing = entry["forcing"]
+    fields = {f.name for f in dataclasses.fields(Forcing)}
+    if (entry["role"], entry["kind"]) != ("model", "image") or not isinstance(forcing, dict):
+        raise SessionFileError(f"{where}.forcing belongs to a model image turn, as an object")
+    if set(forcing) != fields:
+        raise SessionFileError(f"{where}.forcing must have exactly the fields {sorted(fields)}")
+    try:
+        check_forcing(forcing["schedule"], forcing["window"], forcing["frames"])
+    except BagelError as err:
+        raise SessionFileError(f"{where}.forcing: {err}") from err
+    if not isinstance(forcing["index"], int) or not 0 <= forcing["index"] < forcing["frames"]:
+        raise SessionFileError(f"{where}.forcing.index must be in 0..frames-1")
 
 
 def _is_part(part: object) -> bool:
@@ -347,6 +377,7 @@ def _turn(
         scores=tuple(entry["scores"]) if kind == "choice" else None,
         rows=rows,
         dropped=_parts(entry) if kind == "drop" else (),
+        forcing=Forcing(**entry["forcing"]) if "forcing" in entry else None,
     )
 
 
