@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 
 from bagel.errors import InputError
 from bagel.kv import KVContext, KVLayout
+from workbench.metrics import psnr
 from workbench.params import ContextLimit, GenerationParams
 from workbench.session import Session
 from workbench.store import SessionFileError, load, replay, save
@@ -395,3 +397,16 @@ def test_snapshot_of_a_session_with_drops_keeps_its_image_rows_and_limit(
     with pytest.raises(InputError, match="across a drop"):
         resumed.rewind(len(resumed.turns) - 2)  # the dropped rows are not in the snapshot
     assert marks(resumed) == marks(original)
+
+
+def test_saved_generated_frames_carry_their_consistency_metrics(pipe, tmp_path):
+    s = Session(pipe)
+    s.add_image(picture(), seed=2)
+    first, second = s.generate_image(FAST), s.generate_image(dataclasses.replace(FAST, seed=5))
+    entries = json.loads((save(s, tmp_path / "m") / "session.json").read_text())["turns"]
+    assert "metrics" not in entries[0]  # an input image: not a produced frame
+    m1, m2 = entries[1]["metrics"], entries[2]["metrics"]
+    assert m1 == {"psnr_prev": None, "ssim_prev": None, "drift": pytest.approx(1.0)}
+    assert m2["psnr_prev"] == pytest.approx(psnr(first, second))
+    assert m2["drift"] < 1.0 and -1.0 <= m2["drift"]
+    assert load(tmp_path / "m", pipe).turns[2].kind == "image"  # and it still loads

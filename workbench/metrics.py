@@ -20,6 +20,7 @@ the later one's size before comparing.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,11 +78,23 @@ def ssim(a: Image.Image, b: Image.Image) -> float:
 
 
 def siglip_features(pipe: BagelPipeline, image: Image.Image) -> torch.Tensor:
-    """[C_vit] float32 on the CPU: the mean of the SigLIP features of the image's patches."""
+    """[C_vit] float32 on the CPU: the mean of the SigLIP features of the image's patches.
+
+    Remembered per image object and model, so a session saved after every turn encodes
+    each frame once."""
+    known = _FEATURES.get(id(image))
+    if known is not None and known[0]() is image and known[1] is pipe:
+        return known[2]
     prepared = pipe.vit_rule.resize(pipe.prepare_image(image))
     with torch.inference_mode():
-        features = pipe.net.vit_features(to_tensor(prepared))  # [N, C_vit]
-    return features.float().mean(dim=0).cpu()
+        features = pipe.net.vit_features(to_tensor(prepared)).float().mean(dim=0).cpu()
+    _FEATURES[id(image)] = (weakref.ref(image), pipe, features)
+    weakref.finalize(image, _FEATURES.pop, id(image), None)  # forget it with the image
+    return features
+
+
+# PIL images are unhashable: keyed by id, with a weak reference to tell a reused id apart
+_FEATURES: dict[int, tuple[weakref.ref, BagelPipeline, torch.Tensor]] = {}
 
 
 def drift(pipe: BagelPipeline, frames: Sequence[Image.Image]) -> list[float]:

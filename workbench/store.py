@@ -5,7 +5,7 @@ A saved session is a directory:
     session.json      format version, checkpoint identity, dtype, device kind, package
                       version, the context limit, and every turn (role, kind, text, image
                       file, parameters, seed, seconds; a drop turn: the image parts it
-                      removed)
+                      removed; a generated frame: its consistency metrics)
     images/NNNN.png   every input and output image, by turn index
     kv.safetensors    optional K/V snapshot: the main and image-dropped contexts, per
                       layer (`k.main.0`, `v.main.0`, …, `k.image_dropped.0`, …), with
@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from bagel.forcing import check_forcing
 from bagel.kv import KVContext
 from bagel.pipeline import BagelPipeline
 from workbench.files import write_atomic
-from workbench.metrics import psnr
+from workbench.metrics import frame_metrics, psnr
 from workbench.params import ContextLimit, GenerationParams
 from workbench.session import Forcing, Mark, Session, Turn
 
@@ -102,6 +103,7 @@ def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:
             if not (folder / entry["image"]).exists():
                 write_atomic(folder / entry["image"], lambda t, im=turn.image: im.save(t, "PNG"))
         turns.append(entry)
+    _add_metrics(session, turns)
     pipe = session.pipe
     manifest = {
         "format": FORMAT,
@@ -120,6 +122,18 @@ def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:
     if not snapshot:
         (folder / SNAPSHOT).unlink(missing_ok=True)
     return folder
+
+
+def _add_metrics(session: Session, turns: list[dict]) -> None:
+    """Per generated frame: PSNR and SSIM to the previous generated frame, drift of its
+    SigLIP features from the first (workbench.metrics); written, never read back."""
+    generated = [i for i, t in enumerate(session.turns) if (t.role, t.kind) == ("model", "image")]
+    if not generated:
+        return
+    metrics = frame_metrics(session.pipe, [session.turns[i].image for i in generated])
+    for i, m in zip(generated, metrics, strict=True):
+        values = {"psnr_prev": m.psnr_prev, "ssim_prev": m.ssim_prev, "drift": m.drift}
+        turns[i]["metrics"] = {k: "inf" if v == math.inf else v for k, v in values.items()}
 
 
 def load(
