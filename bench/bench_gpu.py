@@ -7,7 +7,8 @@ Part 1 — faithfulness of the CUDA paths, on the tiny random checkpoint:
 - one denoising step (velocity, three CFG branches, a context of a few hundred tokens)
   on CUDA float32 and CUDA bfloat16 with the `sdpa` backend, against the CPU float32
   `math` backend (the exact reference);
-- a whole tiny generation (same noise) on CUDA bfloat16 against CPU float32;
+- a whole tiny generation (same noise) on CUDA bfloat16 against CPU float32, and three
+  frames of diffusion forcing (pyramid, window 2: the frame-masked attention);
 - the attention kernel alone at the 7B shapes (28 query heads, 4 KV heads, head dim
   128, a 1024x1024 query block of 4098 rows over three cached chunks) in bfloat16,
   `sdpa` against `math`.
@@ -135,6 +136,28 @@ def check_tiny(folder: Path) -> None:
     record(
         "tiny 20-step generation latent rel. error bf16",
         relative_error(latents["cuda_bf16_sdpa"], latents["cpu_f32_math"]),
+    )
+    forced = {}
+    for name in ("cpu_f32_math", "cuda_bf16_sdpa"):
+        pipe = pipes[name]
+        ctx = pipe.new_context()
+        pipe.append_text(ctx, "a ball rolling down a slope")
+        frames = pipe.predict_frames(
+            ctx,
+            3,
+            64,
+            64,
+            params,
+            window=2,
+            schedule="pyramid",
+            cfg_text_ctx=pipe.new_context(),
+            cfg_img_ctx=ctx.fork(),
+            generator=torch.Generator().manual_seed(2),
+        )
+        forced[name] = torch.stack([f.latent.cpu() for f in frames])
+    record(
+        "tiny diffusion forcing (3 frames, pyramid, window 2) latent rel. error bf16",
+        relative_error(forced["cuda_bf16_sdpa"], forced["cpu_f32_math"]),
     )
 
 
