@@ -1,12 +1,13 @@
-"""Attention of new query rows over a cached context, without copying the cache.
+"""Attention of new query rows over a cached context.
 
 A context's keys live in one or more chunks (blocks shared between forks, see kv.py).
-Instead of concatenating them with the new keys (the reference allocates a merged
-buffer per layer per call and scatters the whole past into it), each chunk is attended
-separately and the partial results are merged with their log-sum-exp — the split
-softmax of flash-decoding. Cached chunks are fully visible to every query row; the new
-rows see each other causally (text) or fully (an image block), which is exactly the
-bottom-right-aligned mask of flash-attn over a cache.
+The cache is attended as one buffer (the chunks concatenated when there are several),
+the new rows as a second part, and the two partial results are merged with their
+log-sum-exp — the split softmax of flash-decoding. The result thus depends on the
+cached tokens only, never on how they are split into blocks, so a replayed or resumed
+session reproduces its outputs exactly. Cached rows are fully visible to every query
+row; the new rows see each other causally (text) or fully (an image block), which is
+exactly the bottom-right-aligned mask of flash-attn over a cache.
 
 A window of noisy frames (diffusion forcing) packs several image blocks as new rows: a
 `FrameMask` makes frame j see itself fully and, block-causally, the frames before it
@@ -108,10 +109,11 @@ def attend(
     partial = _PARTIAL[backend]
     q = q.contiguous()  # once, so the per-chunk calls below reshape it as views
     cached = [(ck, cv) for ck, cv in cached if ck.shape[1] > 0]
-    if len(cached) > 1 and q.device.type == "cuda":
-        # On a GPU one more kernel launch and merge pass per chunk costs more than
-        # gathering the chunks into one buffer (HBM copies are cheap; measured in
-        # docs/benchmarks.md). On the CPU the copy is what costs.
+    if len(cached) > 1:
+        # One buffer for the whole cache: the result then depends on the cached tokens
+        # only, not on how forks, rewinds and drops split them into blocks (a replay or a
+        # resumed snapshot reproduces a session bit for bit), and on a GPU it is also
+        # faster than a kernel and a merge pass per block (docs/benchmarks.md).
         cached = [(torch.cat([ck for ck, _ in cached], 1), torch.cat([cv for _, cv in cached], 1))]
     parts = [partial(q, ck, cv, False) for ck, cv in cached]
     if frames is None:
