@@ -414,7 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="default: SESSION_DIR-export beside it")
     for name in sorted(FORMATS):
         p.add_argument(
-            f"--{name}", dest=f"format_{name}", action="store_true", help="(none named: all)"
+            f"--{name}",
+            dest=f"format_{name}",
+            action="store_true",
+            help=f"write {name} (no format named: all)",
         )
     p.add_argument("--fps", type=float, default=4.0, help="gif and mp4 frame rate")
     p.add_argument(
