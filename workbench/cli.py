@@ -1,7 +1,14 @@
 """The `workbench` command: a dispatch table of subcommands, no work at import time.
 
-Exit codes: 0 ok, 2 bad input (a file, argument or checkpoint the user can fix),
-1 any other failure.
+Exit codes:
+    0    ok (for `replay`: every frame and text reproduced exactly)
+    1    failure: an unexpected error (printed with its traceback), a scenario of
+         `run` / `demo` that failed once running (the others still run), or a `replay`
+         that differs
+    2    bad input: a file, argument, folder or checkpoint the user can fix (one line
+         naming it); `run` and `demo` check every scenario, output folder and the model
+         before running any, so then nothing has run or been written
+    130  interrupted (Ctrl-C), after the steps that finished were saved
 """
 
 from __future__ import annotations
@@ -10,22 +17,327 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bagel.pipeline import BagelPipeline
+    from workbench.scenario import Scenario
 
 DEFAULT_TINY = Path(".cache/tiny-bagel")
+EXAMPLES = Path(__file__).resolve().parent.parent / "scenarios"  # a source checkout's
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 RANDOM_WEIGHTS_NOTE = (
     "NOTE: this is a tiny checkpoint with RANDOM weights: its images are noise and its "
     "answers gibberish. Point --model at a real BAGEL-7B-MoT folder (or hub id, when "
     "online) for real output."
 )
+REAL_MODEL_HINT = (
+    "With the real model: workbench run scenarios/*.yaml --model /path/to/BAGEL-7B-MoT "
+    "--device cuda. The examples take 6 timesteps, sized for the tiny model; for full "
+    "quality set num_timesteps: 50 in a copy of a file (docs/scenarios.md)."
+)
+
+
+# -- run and demo -----------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate every scenario file, load the model once, run each into --out/<file stem>/."""
+    from workbench.scenario import load_scenario
+
+    scenarios = [load_scenario(path) for path in args.scenarios]
+    return _run_batch(scenarios, Path(args.out), args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Every example scenario of scenarios/, on the tiny checkpoint unless --model."""
+    from bagel.errors import InputError
+    from workbench.scenario import load_scenario
+
+    paths = sorted(EXAMPLES.glob("*.yaml"))
+    if not paths:
+        raise InputError(f"{EXAMPLES}: no example scenarios (the demo runs a source checkout's)")
+    code = _run_batch([load_scenario(path) for path in paths], Path(args.out), args)
+    if args.model is None:
+        print(RANDOM_WEIGHTS_NOTE)
+    print(REAL_MODEL_HINT)
+    return code
+
+
+@dataclass
+class _Row:
+    name: str
+    frames: int | None  # generated images; None when the scenario failed
+    seconds: float
+    folder: Path
+
+
+def _run_batch(scenarios: list[Scenario], out: Path, args: argparse.Namespace) -> int:
+    """Check every output folder and the one model all the scenarios share, load it, check
+    each scenario against it; only then run them, one after another. A scenario that fails
+    is reported and the next one runs (exit code 1)."""
+    from workbench.scenario import check_for_model, check_out_dir
+
+    targets = _targets(scenarios, out)
+    for scenario, folder in targets:
+        check_out_dir(folder, scenario)
+    model = _pick(scenarios, "model", args.model)
+    device = _pick(scenarios, "device", args.device) or "cpu"
+    pipe = _load(model, device, _pick(scenarios, "dtype", args.dtype))
+    for scenario in scenarios:
+        check_for_model(scenario, pipe)
+    rows: list[_Row] = []
+    try:
+        for scenario, folder in targets:
+            rows.append(_run_one(scenario, pipe, folder))
+    finally:  # on Ctrl-C too: what finished
+        _print_table(rows)
+    return EXIT_OK if all(row.frames is not None for row in rows) else EXIT_FAILED
+
+
+def _targets(scenarios: list[Scenario], out: Path) -> list[tuple[Scenario, Path]]:
+    """Each scenario's folder, out/<file stem>; out itself must not be a run or session."""
+    from workbench.scenario import RUN_MANIFEST, ScenarioError
+    from workbench.store import MANIFEST
+
+    for name in (MANIFEST, RUN_MANIFEST):
+        if (out / name).exists():
+            raise ScenarioError(
+                out / name,
+                None,
+                "--out",
+                f"{out} holds a saved session or a scenario run; each scenario writes to "
+                "--out/<scenario file name>/, so choose another folder",
+            )
+    targets = [(scenario, out / scenario.source.stem) for scenario in scenarios]
+    for i, (scenario, folder) in enumerate(targets):
+        for other, taken in targets[:i]:
+            if taken == folder:
+                raise ScenarioError(
+                    scenario.source,
+                    None,
+                    None,
+                    f"would write to {folder} like {other.source}; run them separately",
+                )
+    return targets
+
+
+def _pick(scenarios: list[Scenario], key: str, override: str | None) -> str | None:
+    """The command line's value, else the one value the scenarios agree on (None: unset).
+    Scenarios that name different models, devices or dtypes are refused, not grouped."""
+    from bagel.errors import InputError
+
+    if override is not None:
+        return override
+    values = {getattr(s, key) for s in scenarios}
+    if len(values) > 1:
+        named = "; ".join(f"{s.source.name}: {getattr(s, key) or 'unset'}" for s in scenarios)
+        raise InputError(
+            f"the scenarios name different {key}s ({named}); run them in separate "
+            f"commands, or pass --{key} for all"
+        )
+    return values.pop()
+
+
+def _run_one(scenario: Scenario, pipe: BagelPipeline, folder: Path) -> _Row:
+    from bagel.errors import BagelError
+    from workbench.scenario import run_scenario
+
+    started, name = time.perf_counter(), scenario.source.stem
+    bars = _Bars(scenario)
+    try:
+        with bars:
+            result = run_scenario(scenario, pipe, folder, bars.part_done, bars.denoised)
+    except KeyboardInterrupt:
+        print(f"interrupted: {name}: {_saved(scenario, folder, bars.done)}", file=sys.stderr)
+        raise
+    except BagelError as err:  # e.g. a chain refusing a request: the message says why
+        print(f"error: {err}", file=sys.stderr)
+        return _Row(name, None, time.perf_counter() - started, folder)
+    except Exception:
+        traceback.print_exc()
+        print(f"error: {name} failed (traceback above)", file=sys.stderr)
+        return _Row(name, None, time.perf_counter() - started, folder)
+    frames = sum(t.role == "model" and t.kind == "image" for t in result.session.turns)
+    seconds = time.perf_counter() - started
+    exported = f", export {result.exported}" if result.exported else ""
+    print(f"{name}: {frames} frames in {seconds:.1f} s; session {result.session_dir}{exported}")
+    return _Row(name, frames, seconds, folder)
+
+
+def _saved(scenario: Scenario, folder: Path, done: int) -> str:
+    """What an interrupted run left: `done` parts (the start, then steps) were saved."""
+    from workbench.scenario import Start
+
+    if done == 0:
+        return "nothing had finished; nothing saved"
+    steps, has_start = len(scenario.steps), scenario.start != Start()
+    what = f"the start and {done - 1}" if has_start else f"{done}"
+    session = folder / "session"
+    return (
+        f"{what} of {steps} steps saved in {session} (it loads and replays; "
+        f"`workbench export {session}` exports it)"
+    )
+
+
+class _Bars:
+    """Two tqdm bars on stderr, shown when it is a terminal: one over a scenario's start
+    and steps, named as in its errors, and one over the denoising steps of the current one.
+    """
+
+    def __init__(self, scenario: Scenario):
+        from workbench.scenario import Start
+
+        self.labels = ["start"] if scenario.start != Start() else []
+        self.labels += [f"steps[{i}].{step.chain}" for i, step in enumerate(scenario.steps)]
+        self.name, self.done = scenario.source.stem, 0
+
+    def __enter__(self) -> _Bars:
+        from tqdm import tqdm
+
+        self.outer = tqdm(total=len(self.labels), desc=self.name, unit="step", disable=None)
+        self.outer.set_postfix_str(self.labels[0])
+        self.inner = tqdm(desc="denoising", unit="it", leave=False, disable=None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.inner.close()
+        self.outer.close()
+
+    def part_done(self, done: int, total: int, at: str) -> None:
+        """run_scenario's progress: `done` of the start and steps are finished and saved."""
+        self.done = done
+        self.outer.set_postfix_str(self.labels[done] if done < total else "done", refresh=False)
+        self.outer.update(done - self.outer.n)
+        self.inner.reset()
+
+    def denoised(self, done: int, total: int) -> None:
+        if self.inner.total != total:
+            self.inner.reset(total=total)
+        self.inner.update(done - self.inner.n)
+
+
+def _print_table(rows: list[_Row]) -> None:
+    if not rows:
+        return
+    width = max(len("scenario"), *(len(row.name) for row in rows))
+    print(f"\n{'scenario':<{width}}  {'frames':>6}  {'seconds':>7}  output")
+    for row in rows:
+        frames, failed = ("-", "  (failed)") if row.frames is None else (str(row.frames), "")
+        print(f"{row.name:<{width}}  {frames:>6}  {row.seconds:>7.1f}  {row.folder}{failed}")
+
+
+# -- replay and export ------------------------------------------------------------------
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Regenerate a saved session's outputs and compare them; 0 identical, 1 not."""
+    from workbench.store import replay
+
+    folder = Path(args.session)
+    report = replay(folder, _load_for_session(folder, args))
+    frames, texts = report.frames, report.texts_equal
+    differ = [f for f in frames if f.max_abs_diff]
+    texts_differ = [turn for turn, same in texts if not same]
+    outcome = (
+        "identical"
+        if report.identical
+        else (f"{len(differ)} frame(s) and {len(texts_differ)} text(s) differ")
+    )
+    print(
+        f"replayed {len(frames)} frame(s) and {len(texts)} text(s) in {report.seconds:.1f} s: "
+        f"{outcome}"
+    )
+    for f in differ:
+        print(f"  turn {f.turn}: max abs diff {f.max_abs_diff}/255, PSNR {f.psnr:.1f} dB")
+    if texts_differ:
+        print(f"  texts differ at turns {texts_differ}")
+    print(f"report: {folder / 'replay_report.json'}")
+    return EXIT_OK if report.identical else EXIT_FAILED
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a saved session's frames; every format unless some are named."""
+    from workbench.export import FORMATS, export_session
+
+    folder = Path(args.session)
+    formats = [name for name in sorted(FORMATS) if getattr(args, f"format_{name}")]
+    formats = formats or sorted(FORMATS)
+    out = Path(args.out) if args.out else _beside(folder, "-export")
+    pipe = None if args.model is None else _load_for_session(folder, args)
+    path = export_session(
+        folder,
+        out,
+        formats,
+        pipe=pipe,
+        fps=args.fps,
+        include=args.include,
+        overwrite=args.overwrite,
+    )
+    print(f"exported {', '.join(formats)} to {path}: {', '.join(_listing(path))}")
+    if pipe is None:
+        print("(no drift metric: pass --model with the session's checkpoint for it)")
+    return EXIT_OK
+
+
+def _load_for_session(folder: Path, args: argparse.Namespace) -> BagelPipeline:
+    """--model (default: the tiny checkpoint) on the session's own device kind and dtype
+    unless --device / --dtype say otherwise."""
+    from workbench.store import read_manifest
+
+    manifest = read_manifest(folder, None, allow_other_checkpoint=True)
+    device = args.device or manifest.get("device") or "cpu"
+    return _load(args.model, device, args.dtype or manifest.get("dtype"))
+
+
+def _beside(folder: Path, suffix: str) -> Path:
+    folder = folder.resolve()
+    return folder.with_name(folder.name + suffix)
+
+
+def _listing(folder: Path) -> list[str]:
+    return [p.name + ("/" if p.is_dir() else "") for p in sorted(folder.iterdir())]
+
+
+# -- model loading ----------------------------------------------------------------------
+
+
+def _load(model: str | Path | None, device: str, dtype: str | None) -> BagelPipeline:
+    """Load `model`; None is the tiny random checkpoint in DEFAULT_TINY (made if missing)."""
+    from bagel.checkpoint import load
+
+    if model is None:
+        model = _tiny()
+    print(f"loading {model} on {device}", flush=True)
+    started = time.perf_counter()
+    pipe = load(model, device=device, dtype=dtype)
+    print(f"loaded in {time.perf_counter() - started:.1f} s", flush=True)
+    return pipe
+
+
+def _tiny() -> Path:
+    from bagel.checkpoint import REQUIRED_FILES
+    from bagel.tiny import make_tiny
+
+    if not all((DEFAULT_TINY / name).is_file() for name in REQUIRED_FILES):
+        print(f"making a tiny random checkpoint in {DEFAULT_TINY}", flush=True)
+        make_tiny(DEFAULT_TINY)
+    print(RANDOM_WEIGHTS_NOTE, flush=True)
+    return DEFAULT_TINY
+
+
+# -- make-tiny and info -----------------------------------------------------------------
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
     from bagel.tiny import make_tiny
 
     print(make_tiny(args.folder, seed=args.seed))
-    return 0
+    return EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -51,79 +363,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "weights": counts,
     }
     print(json.dumps(info, indent=2))
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Text-to-image, one edit of that image, one answer about it; files in --out."""
-    import torch
-
-    from bagel.checkpoint import load
-    from bagel.flow import SamplerParams
-    from bagel.interleave import interleave_inference
-    from bagel.tiny import make_tiny
-
-    model = args.model
-    if model is None:
-        model = DEFAULT_TINY
-        if not (model / "ema.safetensors").exists():
-            print(f"making a tiny random checkpoint in {model}")
-            make_tiny(model)
-        print(RANDOM_WEIGHTS_NOTE)
-    pipe = load(model, device=args.device, dtype=args.dtype)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    side = min(args.size, pipe.config.vae_max_side)
-    generator = torch.Generator().manual_seed(args.seed)
-    started = time.perf_counter()
-
-    with _progress("text to image", args.steps - 1) as step:
-        t2i = interleave_inference(
-            pipe,
-            [args.prompt],
-            image_size=(side, side),
-            params=SamplerParams(num_timesteps=args.steps),
-            generator=generator,
-            progress=step,
-        )
-    _save(t2i.image, out / "1_text_to_image.png")
-    with _progress("edit", args.steps - 1) as step:
-        edit = interleave_inference(
-            pipe,
-            [t2i.image, args.edit],
-            params=SamplerParams.edit(num_timesteps=args.steps),
-            generator=generator,
-            progress=step,
-        )
-    _save(edit.image, out / "2_edit.png")
-    answer = interleave_inference(
-        pipe, [edit.image, args.question], understanding=True, max_think_tokens=args.max_tokens
-    )
-    (out / "3_answer.txt").write_text(answer.text + "\n")
-    print(f"3_answer.txt: {answer.text!r}")
-    print(f"done in {time.perf_counter() - started:.1f} s; files in {out}")
-    return 0
-
-
-def _save(image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
-    print(f"{path.name}: {image.width}x{image.height}")
-
-
-def _progress(label: str, total: int):
-    """A tqdm bar whose update function fits the pipeline's progress callback."""
-    from contextlib import contextmanager
-
-    from tqdm import tqdm
-
-    @contextmanager
-    def bar():
-        with tqdm(total=total, desc=label, unit="step", leave=False) as t:
-            yield lambda done, _total: t.update(done - t.n)
-
-    return bar()
+    return EXIT_OK
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -133,9 +373,62 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+# -- the parser -------------------------------------------------------------------------
+
+
+def _model_options(p: argparse.ArgumentParser, model_help: str) -> None:
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from workbench.export import FORMATS
+
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    tiny = f"checkpoint folder or hub id (default: the scenario's, else a tiny random one in {DEFAULT_TINY})"
+
+    p = sub.add_parser("run", help="run scenario files, one after another, on one model")
+    p.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
+    p.add_argument("--out", default="runs", help="each scenario writes to OUT/<file name>/")
+    _model_options(p, tiny)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run every example scenario (tiny random model by default)")
+    p.add_argument("--out", default="demo-output", help="each scenario writes to OUT/<file name>/")
+    _model_options(p, f"checkpoint folder or hub id (default: a tiny random one in {DEFAULT_TINY})")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("replay", help="regenerate a saved session and compare every output")
+    p.add_argument("session", type=Path, metavar="SESSION_DIR")
+    _model_options(
+        p,
+        f"the session's checkpoint (default: the tiny one in {DEFAULT_TINY}); "
+        "device and dtype default to the session's",
+    )
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("export", help="export a saved session's frames (no model needed)")
+    p.add_argument("session", type=Path, metavar="SESSION_DIR")
+    p.add_argument("--out", default=None, help="default: SESSION_DIR-export beside it")
+    for name in sorted(FORMATS):
+        p.add_argument(
+            f"--{name}",
+            dest=f"format_{name}",
+            action="store_true",
+            help=f"write {name} (no format named: all)",
+        )
+    p.add_argument("--fps", type=float, default=4.0, help="gif and mp4 frame rate")
+    p.add_argument(
+        "--include",
+        choices=("generated", "all"),
+        default="generated",
+        help="the model's images only, or input images too",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    _model_options(p, "the session's checkpoint, for the drift metric (default: no drift)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("make-tiny", help="write a tiny random checkpoint in the official layout")
     p.add_argument("folder", type=Path)
@@ -145,20 +438,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a checkpoint folder without loading its weights")
     p.add_argument("model")
     p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("demo", help="text-to-image, an edit and an answer on the embedded default")
-    p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: tiny)")
-    p.add_argument("--out", default="out/demo")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--size", type=int, default=1024, help="square side (capped by the model)")
-    p.add_argument("--prompt", default="a red fox in a snowy forest at dawn")
-    p.add_argument("--edit", default="make it night, with a full moon")
-    p.add_argument("--question", default="What is in this picture?")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -171,7 +450,10 @@ def main(argv: list[str] | None = None) -> int:
         return command(args)
     except BagelError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 1
+        return EXIT_INTERRUPTED
+    except Exception:
+        traceback.print_exc()
+        return EXIT_FAILED

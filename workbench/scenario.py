@@ -38,7 +38,7 @@ from workbench.session import Session
 from workbench.store import save
 
 if TYPE_CHECKING:
-    from bagel.pipeline import BagelPipeline
+    from bagel.pipeline import BagelPipeline, ProgressFn
 
 CHAINS = ("navigate", "rotate", "predict", "story", "edit", "agent")
 MAX_COUNT = 256  # frames, steps, rounds or actions in one step
@@ -634,6 +634,7 @@ def run_scenario(
     pipe: BagelPipeline,
     out_dir: str | Path,
     progress: StepProgress | None = None,
+    denoise_progress: ProgressFn | None = None,
 ) -> RunResult:
     """Run a loaded scenario on `pipe`: the start, every step with a save after each,
     then the export.
@@ -646,21 +647,24 @@ def run_scenario(
 
     Args:
         progress: called after the start and after each step with (done, total, field).
+        denoise_progress: called during the start's and each step's denoising with
+            (steps done, total) of that part (a chain's total is over the whole chain).
     """
     out_dir = Path(out_dir)
     check_for_model(scenario, pipe)
     chains = _chains()
     export = _export_module().export_session
-    _claim(out_dir, scenario)
+    check_out_dir(out_dir, scenario)
+    _claim(out_dir)
     session, session_dir, results = Session(pipe), out_dir / "session", []
     units = [("start", None)] if scenario.start != Start() else []
     units += [(f"steps[{i}].{s.chain}", s) for i, s in enumerate(scenario.steps)]
     for done, (at, step) in enumerate(units, 1):
         try:
             if step is None:
-                _begin(session, scenario)
+                _begin(session, scenario, denoise_progress)
             else:
-                results.append(_call(chains, session, step))
+                results.append(_call(chains, session, step, denoise_progress))
         except BagelError as err:
             raise ScenarioError(
                 scenario.source, step.line if step else scenario.lines.get(at), at, str(err)
@@ -703,26 +707,30 @@ def check_for_model(scenario: Scenario, pipe: BagelPipeline) -> None:
                 raise scenario.error(at, str(err)) from err
 
 
-def _begin(session: Session, scenario: Scenario) -> None:
+def _begin(session: Session, scenario: Scenario, progress: ProgressFn | None) -> None:
     if scenario.start.image is not None:
         session.add_image(scenario.start.image, seed=scenario.seed)
     else:
         session.add_text(scenario.start.prompt)
-        session.generate_image(scenario.defaults)
+        session.generate_image(scenario.defaults, progress)
 
 
-def _call(chains, session: Session, step: Step):
+def _call(chains, session: Session, step: Step, progress: ProgressFn | None):
     args = dict(step.args)
     if step.chain == "story":
         args["beats"] = [
             chains.Beat(b.text, None if b.image is None else str(b.image)) for b in args["beats"]
         ]
+    if progress is not None:
+        args["progress"] = progress
     return getattr(chains, step.chain)(session, **args, params=step.params)
 
 
-def _claim(out_dir: Path, scenario: Scenario) -> None:
-    """Refuse a folder holding another session or run; clear this scenario's previous
-    session (a save keeps image files already present, so stale frames would survive)."""
+def check_out_dir(out_dir: str | Path, scenario: Scenario) -> None:
+    """Refuse an output folder that is a saved session or holds another run or session
+    (run_scenario checks it too; a caller running several scenarios checks them all first).
+    """
+    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ScenarioError(out_dir, None, "out_dir", "exists and is not a folder")
     if (out_dir / "session.json").exists():
@@ -741,6 +749,12 @@ def _claim(out_dir: Path, scenario: Scenario) -> None:
             "out_dir",
             f"holds {whose}, not of {scenario.source}; choose an empty or new output folder",
         )
+
+
+def _claim(out_dir: Path) -> None:
+    """Clear this scenario's previous session (a save keeps image files already present,
+    so stale frames would survive); create the folder."""
+    folder = out_dir / "session"
     if folder.exists():  # this scenario's own earlier run
         shutil.rmtree(folder)
     out_dir.mkdir(parents=True, exist_ok=True)
