@@ -213,6 +213,49 @@ class BagelPipeline:
         text = self.tokenizer.reply_text([self.tokenizer.bos_id, *out])
         return TextOutput(text, out, torch.stack(scores) if output_scores else None)
 
+    def score_continuations(self, ctx: KVContext, options: list[str]) -> list[float]:
+        """Total log-probability of each option as the model's whole reply after `ctx`.
+
+        An option scores log p(BPE(option), `<|im_end|>` | ctx, `<|im_start|>`): the
+        reply exactly as `append_text` would frame it, stop token included, so a choice
+        by argmax is a reply the model could have produced. Every option runs on its own
+        fork of `ctx`, which is left unchanged. Log-softmax over the full logits row,
+        padded vocabulary rows included, as `generate_text` decodes them.
+        """
+        option_ids = self.check_options(options)
+        longest = max(len(ids) for ids in option_ids)
+        self._check_positions(ctx, longest, f"an answer of {longest} tokens")
+        lm_head = self.net.language_model.lm_head
+        scores = []
+        for ids in option_ids:
+            inputs = [self.tokenizer.bos_id, *ids[:-1]]  # token i predicts ids[i]
+            n = len(inputs)
+            hidden = self._prefill(
+                ctx.fork(),
+                self.net.embed_tokens(torch.tensor(inputs)),
+                ctx.rope + torch.arange(n),
+                Routing.text(n),
+                causal=True,
+                rope_advance=n,
+            )
+            with torch.inference_mode():
+                logits = lm_head(hidden[0].to(lm_head.weight.device)).float()  # [n, vocab]
+            logp = torch.log_softmax(logits, dim=-1)
+            scores.append(float(logp[torch.arange(n), torch.tensor(ids)].sum()))
+        return scores
+
+    def check_options(self, options: list[str]) -> list[list[int]]:
+        """Validate the answers of a constrained choice; returns each one's token ids
+        followed by the stop token."""
+        if isinstance(options, str) or not isinstance(options, list | tuple) or not options:
+            raise InputError(f"options must be a non-empty list of strings, got {options!r}")
+        for option in options:
+            if not isinstance(option, str) or not option.strip():
+                raise InputError(f"every option must be a non-empty string, got {option!r}")
+        if len(set(options)) != len(options):
+            raise InputError(f"options must be distinct, got {list(options)}")
+        return [[*self.tokenizer.encode(o), self.tokenizer.eos_id] for o in options]
+
     def generate_image(
         self,
         ctx: KVContext,

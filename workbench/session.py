@@ -45,13 +45,15 @@ class Turn:
     """One entry of the transcript, with where the contexts stood before it."""
 
     role: str  # "user" or "model"
-    kind: str  # "text", "image" or "thinking"
+    kind: str  # "text", "image", "thinking" or "choice" (a constrained answer)
     text: str | None = None
     image: Image.Image | None = None
     params: GenerationParams | None = None
     seed: int = 0  # the VAE posterior sample of an image turn
     seconds: float = 0.0
     before: tuple[Mark, Mark, Mark] | None = None  # main, text-dropped, image-dropped
+    options: tuple[str, ...] | None = None  # a choice turn: the allowed answers ...
+    scores: tuple[float, ...] | None = None  # ... and their log-probabilities
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,21 @@ class Session:
         self.add_text(question)
         return self._reply("text", params)
 
+    def choose(self, question: str, options: list[str]) -> tuple[str, list[float]]:
+        """Constrained understanding: the question as a user text, then the option whose
+        tokens the model finds most likely as its whole reply (the first on a tie), which
+        stays in the main context like a reply. Returns (answer, every option's score).
+
+        Scores are total log-probabilities (`BagelPipeline.score_continuations`); no text
+        is sampled, so the answer is always one of the options and replays exactly.
+        """
+        self._check_text(question)
+        option_ids = self.pipe.check_options(options)
+        question_tokens = len(self.pipe.tokenizer.frame(question))
+        self._check_room(question_tokens + max(len(ids) + 1 for ids in option_ids))
+        self.add_text(question)
+        return self._answer(list(options))
+
     def think_then_generate(
         self,
         prompt: str,
@@ -220,6 +237,24 @@ class Session:
             )
         )
         return reply.text
+
+    def _answer(self, options: list[str]) -> tuple[str, list[float]]:
+        before, started = self._marks(), time.perf_counter()
+        scores = self.pipe.score_continuations(self.main, options)
+        answer = options[max(range(len(options)), key=scores.__getitem__)]
+        self.pipe.append_text(self.main, answer)
+        self.turns.append(
+            Turn(
+                "model",
+                "choice",
+                text=answer,
+                seconds=time.perf_counter() - started,
+                before=before,
+                options=tuple(options),
+                scores=tuple(scores),
+            )
+        )
+        return answer, scores
 
     def _size(self, params: GenerationParams) -> tuple[int, int]:
         if params.height is not None:

@@ -42,6 +42,7 @@ ROLES_KINDS = {
     ("model", "text"),
     ("model", "thinking"),
     ("model", "image"),
+    ("model", "choice"),
 }
 
 
@@ -63,6 +64,8 @@ def save(session: Session, folder: str | Path) -> Path:
             "seconds": round(turn.seconds, 4),
             "params": None if turn.params is None else _params_dict(turn.params),
         }
+        if turn.options is not None:
+            entry["options"], entry["scores"] = list(turn.options), list(turn.scores)
         if turn.image is not None:
             entry["image"] = f"images/{index:04d}.png"
             if not (folder / entry["image"]).exists():
@@ -123,6 +126,9 @@ def replay(
         if entry["role"] == "model" and entry["kind"] == "image":
             image = session.generate_image(params)
             frames.append(_compare(index, image, _open(folder, entry["image"], index)))
+        elif entry["kind"] == "choice":
+            answer, _ = session._answer(entry["options"])
+            texts.append((index, answer == entry["text"]))
         elif entry["role"] == "model":
             reply = session.pipe.generate_text(
                 session.main,
@@ -187,7 +193,18 @@ def _check_turn(path: Path, index: int, entry: object) -> None:
         raise SessionFileError(f"{where}.image must be a file name")
     if entry["kind"] != "image" and not isinstance(entry.get("text"), str):
         raise SessionFileError(f"{where}.text must be a string")
-    if entry["role"] == "model" and not isinstance(entry.get("params"), dict):
+    if entry["kind"] == "choice":
+        options = entry.get("options")
+        if (
+            not isinstance(options, list)
+            or not all(isinstance(o, str) and o.strip() for o in options)
+            or entry["text"] not in options
+        ):
+            raise SessionFileError(f"{where}.options must be a list holding the answer text")
+        scores = entry.get("scores")
+        if not isinstance(scores, list) or len(scores) != len(options):
+            raise SessionFileError(f"{where}.scores must be a list, one number per option")
+    elif entry["role"] == "model" and not isinstance(entry.get("params"), dict):
         raise SessionFileError(f"{where}.params must be an object")
     if not isinstance(entry.get("seed", 0), int):
         raise SessionFileError(f"{where}.seed must be an integer")
@@ -220,6 +237,8 @@ def _restore(session: Session, folder: Path, entry: dict, index: int) -> None:
             seed=seed,
             seconds=entry.get("seconds", 0.0),
             before=before,
+            options=tuple(entry["options"]) if kind == "choice" else None,
+            scores=tuple(entry["scores"]) if kind == "choice" else None,
         )
     )
 
