@@ -45,18 +45,27 @@ class Bagel(nn.Module):
     def embed_tokens(self, ids: Tensor) -> Tensor:
         return self.language_model.model.embed_tokens(ids.to(self.device))
 
+    def vit_features(self, pixels: Tensor) -> Tensor:
+        """[3, H, W] in [-1, 1] (H, W multiples of the patch) → [N, C_vit] SigLIP features.
+
+        The encoder's output (post-layernorm), before the connector and position table.
+        """
+        ids = self._vit_position_ids(pixels)
+        vit_device = self.vit_model.vision_model.post_layernorm.weight.device
+        patches = patchify_image(pixels.to(vit_device, self.dtype), self.config.vit.patch_size)
+        return self.vit_model(patches, ids.to(vit_device)).to(self.device)
+
     def vit_tokens(self, pixels: Tensor) -> Tensor:
         """[3, H, W] in [-1, 1] (H, W multiples of the patch) → [N, C] decoder tokens.
 
         SigLIP features, connector, plus BAGEL's 2-D sin-cos table (spec §4.4).
         """
+        ids = self._vit_position_ids(pixels)
+        return self.connector(self.vit_features(pixels)) + self.vit_pos_embed(ids)
+
+    def _vit_position_ids(self, pixels: Tensor) -> Tensor:
         p, side = self.config.vit.patch_size, self.config.vit.max_patches_per_side
-        h, w = pixels.shape[1] // p, pixels.shape[2] // p
-        ids = grid_position_ids(h, w, side, self.device)
-        vit_device = self.vit_model.vision_model.post_layernorm.weight.device
-        patches = patchify_image(pixels.to(vit_device, self.dtype), p)
-        features = self.vit_model(patches, ids.to(vit_device))
-        return self.connector(features.to(self.device)) + self.vit_pos_embed(ids)
+        return grid_position_ids(pixels.shape[1] // p, pixels.shape[2] // p, side, self.device)
 
     def latent_tokens(self, patches: Tensor, t: Tensor, grid: tuple[int, int]) -> Tensor:
         """Latent patches [N, 64] at flow time t ([1] or [N]) on an h×w grid → [N, C].

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import tempfile
 import time
@@ -30,6 +29,7 @@ from PIL import Image
 import workbench
 from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline
+from workbench.metrics import psnr
 from workbench.params import GenerationParams
 from workbench.session import Session, Turn
 
@@ -125,7 +125,7 @@ def replay(
         params = GenerationParams(**entry["params"]) if entry["params"] else None
         if entry["role"] == "model" and entry["kind"] == "image":
             image = session.generate_image(params)
-            frames.append(_compare(index, image, _open(folder, entry["image"], index)))
+            frames.append(_compare(index, image, open_turn_image(folder, entry["image"], index)))
         elif entry["kind"] == "choice":
             answer, _ = session._answer(entry["options"])
             texts.append((index, answer == entry["text"]))
@@ -149,8 +149,12 @@ def replay(
     return report
 
 
-def read_manifest(folder: Path, pipe: BagelPipeline, allow_other_checkpoint: bool) -> dict:
-    """Parse and validate session.json; errors name the file and the field."""
+def read_manifest(folder: Path, pipe: BagelPipeline | None, allow_other_checkpoint: bool) -> dict:
+    """Parse and validate session.json; errors name the file and the field.
+
+    The checkpoint must be `pipe`'s unless allow_other_checkpoint (or pipe is None:
+    reading only, as an export does).
+    """
     path = folder / MANIFEST
     if not path.is_file():
         raise SessionFileError(f"{path}: no saved session here")
@@ -166,7 +170,8 @@ def read_manifest(folder: Path, pipe: BagelPipeline, allow_other_checkpoint: boo
             f"{path}: format version {version!r} is newer than this "
             f"package reads ({VERSION}); upgrade bagel-workbench"
         )
-    if manifest.get("checkpoint") != pipe.identity and not allow_other_checkpoint:
+    other = pipe is not None and manifest.get("checkpoint") != pipe.identity
+    if other and not allow_other_checkpoint:
         raise SessionFileError(
             f"{path}: saved with checkpoint {manifest.get('checkpoint')}, "
             f"but the loaded model is {pipe.identity}; pass "
@@ -223,7 +228,7 @@ def _restore(session: Session, folder: Path, entry: dict, index: int) -> None:
     if role == "user" and kind == "text":
         session._append_prompt(entry["text"])
     elif kind == "image":
-        image = _open(folder, entry["image"], index)
+        image = open_turn_image(folder, entry["image"], index)
         session._append_image(image, seed)
     else:  # a model reply or thinking: main context only
         session.pipe.append_text(session.main, entry["text"])
@@ -243,7 +248,8 @@ def _restore(session: Session, folder: Path, entry: dict, index: int) -> None:
     )
 
 
-def _open(folder: Path, name: str, index: int) -> Image.Image:
+def open_turn_image(folder: Path, name: str, index: int) -> Image.Image:
+    """The image file of turns[index], which must lie inside the session folder."""
     path = (folder / name).resolve()
     if not path.is_relative_to(folder.resolve()):
         raise SessionFileError(
@@ -261,11 +267,7 @@ def _compare(index: int, image: Image.Image, saved: Image.Image) -> FrameDiff:
     b = np.asarray(saved, dtype=np.int16)
     if a.shape != b.shape:
         return FrameDiff(index, 255, 0.0)
-    diff = np.abs(a - b)
-    mse = float((diff.astype(np.float64) ** 2).mean())
-    return FrameDiff(
-        index, int(diff.max()), math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
-    )
+    return FrameDiff(index, int(np.abs(a - b).max()), psnr(image, saved))
 
 
 def _params_dict(params: GenerationParams) -> dict:
