@@ -68,7 +68,7 @@ def sidebar_model(opts: AppOptions) -> LoadedModel | None:
         return None
     st.sidebar.caption(f"Model: `{model.name}` on {model.pipe.device.type}")
     if model.random_weights:
-        st.warning(RANDOM_WEIGHTS_BANNER, icon="⚠️")
+        st.warning(RANDOM_WEIGHTS_BANNER, icon=":material/warning:")
     if model.gate.busy and st.session_state.get("job") is None:
         st.sidebar.info(
             f"Another user is generating on this model ({model.gate.waiting} waiting): "
@@ -209,8 +209,9 @@ def _job_fragment() -> None:
     if job.state == "queued":
         ahead = job.position or 0
         st.info(
-            f"⏳ Waiting in line: another user is generating on this model "
-            f"({ahead} ahead of you). **{job.title}** starts when they are done."
+            f"Waiting in line: another user is generating on this model "
+            f"({ahead} ahead of you). **{job.title}** starts when they are done.",
+            icon=":material/hourglass_top:",
         )
     else:
         done, total = job.steps_done, job.steps_total

@@ -121,12 +121,16 @@ def _regenerate(model, ws: Workspace, branch: Branch, params) -> None:
     st.markdown("**Regenerate a beat as a new branch**")
     count = len(branch.steps)
     beat = st.number_input("Beat", 1, count, count, key="regen_beat")
+    shots = branch.steps[beat - 1].shots
+    used = branch.session.turns[shots[0].turn].seed if shots else None
+    if used is not None:
+        st.caption(f"Beat {beat} was made with seed {used}.")
     seed = st.number_input(
         "Seed for the new branch",
         0,
         2**31 - 1,
-        (params.seed + 1) if params else 1,
-        key="regen_seed",
+        (used if used is not None else params.seed if params else 0) + 1,
+        key=f"regen_seed_{beat}",
     )
     if st.button("Regenerate", key="regenerate", disabled=common.busy() or params is None):
         new = GenerationParams(**{**vars(params), "seed": int(seed)})
@@ -169,7 +173,7 @@ def _compare(ws: Workspace) -> None:
     b = right.selectbox("Branch B", names, index=len(names) - 1, key="compare_b")
     shots_a, shots_b = ws.branches[a].shots, ws.branches[b].shots
     for i in range(max(len(shots_a), len(shots_b))):
-        left, middle, right = st.columns([4, 2, 4])
+        left, middle, right, _ = st.columns([2, 1, 2, 3])
         if i < len(shots_a):
             left.image(shots_a[i].image, caption=f"{a}: {i + 1}", width="stretch")
         if i < len(shots_b):

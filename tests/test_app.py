@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from workbench.metrics import psnr
+
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TIMEOUT = 180  # the first run loads the model
 
@@ -148,11 +150,14 @@ def test_story_beats_regenerate_compare_and_edit_with_thinking(app):
     assert [s.text for s in story.steps] == ["a fox finds a lantern", "the fox sleeps"]
     assert story.steps[0].reference is not None and "2 frames" in _texts(app.caption)
     assert app.session_state["story_pending"] == []
-    app.number_input(key="regen_beat").set_value(2)
+    app.number_input(key="regen_beat").set_value(2).run()
+    assert "Beat 2 was made with seed 1." in _texts(app.caption)  # a chain's frame k: seed + k
+    assert app.number_input(key="regen_seed_2").value == 2
     app.button(key="regenerate").click()
     settle(app.run())
     assert [b.name for b in ws.of_page("story")] == ["story-1", "story-2"]
-    assert ws.branches["story-2"].shots[0].image is ws.branches["story-1"].shots[0].image
+    one, two = ws.branches["story-1"].shots, ws.branches["story-2"].shots
+    assert two[0].image is one[0].image and psnr(two[1].image, one[1].image) < 30
     assert app.selectbox(key="compare_a").value == "story-1"
     assert any("PSNR" in m.value or "identical" in m.value for m in app.markdown)
     app.text_input(key="edit_instruction").set_value("make it night")
