@@ -101,8 +101,10 @@ def sidebar_knobs(max_side: int) -> GenerationParams | None:
     bar = st.sidebar
     bar.subheader("Generation")
     left, right = bar.columns(2)
-    left.button("T2I defaults", on_click=_reset_knobs, args=(GenerationParams(),))
-    right.button("Edit defaults", on_click=_reset_knobs, args=(GenerationParams.edit(),))
+    left.button("T2I defaults", key="knob_t2i", on_click=_reset_knobs, args=(GenerationParams(),))
+    right.button(
+        "Edit defaults", key="knob_edit", on_click=_reset_knobs, args=(GenerationParams.edit(),)
+    )
     steps = bar.number_input("Denoising steps", 2, 250, key="knob_steps")
     cfg_text = bar.number_input(
         "Text guidance (cfg_text_scale)", 0.0, 20.0, step=0.5, key="knob_cfg_text"
@@ -191,7 +193,6 @@ def finish_job() -> None:
         notify("info", f"Cancelled {job.title}: the session is as it was before.")
     else:
         notify("error", f"{job.title} failed: {job.error}")
-    show_notice()
 
 
 def job_panel() -> None:

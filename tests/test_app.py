@@ -93,7 +93,7 @@ def test_random_weights_banner_and_defaults(app):
     knobs = {k: app.sidebar.number_input(key=k).value for k in ("knob_cfg_text", "knob_cfg_img")}
     assert knobs == {"knob_cfg_text": 4.0, "knob_cfg_img": 1.5}  # the documented defaults
     assert app.sidebar.slider(key="knob_interval").value == (0.4, 1.0)
-    app.sidebar.button[1].click().run()  # edit defaults
+    app.sidebar.button(key="knob_edit").click().run()
     assert app.sidebar.number_input(key="knob_cfg_img").value == 2.0
     assert app.sidebar.slider(key="knob_interval").value == (0.0, 1.0)
 
@@ -118,6 +118,29 @@ def test_world_start_forward_undo_fork(app):
     settle(app.run())
     assert [s.label for s in ws.branches["world-2"].shots] == ["start", "turn_left"]
     assert [s.label for s in ws.branches["world-1"].shots] == ["start"]
+
+
+def test_world_rotate_and_predict(app):
+    _start_world(app)
+    app.number_input(key="rot_steps").set_value(2)
+    app.button(key="rotate").click()
+    settle(app.run())
+    app.number_input(key="pred_frames").set_value(2)
+    app.button(key="predict").click()
+    settle(app.run())
+    branch = _world(app)
+    assert [s.label for s in branch.shots] == ["start", "30deg", "60deg", "t+1", "t+2"]
+    assert [m.index for m in branch.metrics] == [0, 1, 2, 3, 4] and "5 frames" in _texts(
+        app.caption
+    )
+    app.radio(key="pred_mode").set_value("forcing").run()
+    app.button(key="predict").click()
+    settle(app.run())
+    errors = [e.value for e in app.error]
+    if errors:  # diffusion forcing is not in every build of the chains yet: a message then
+        assert any("not available" in e for e in errors) and len(branch.shots) == 5
+    else:
+        assert len(branch.shots) == 7
 
 
 def test_world_from_an_uploaded_image_and_a_bad_upload(app):
@@ -284,3 +307,14 @@ def _gate(at: AppTest):
     model = cached_model(os.environ["WORKBENCH_MODEL"], "auto")
     assert model.pipe is at.session_state["workspace"].pipe
     return model.gate
+
+
+def test_a_model_that_does_not_load_gives_a_message(app, tmp_path):
+    app.sidebar.text_input(key="model_spec").set_value(str(tmp_path / "no-such-model")).run()
+    _ok(app)
+    assert any(
+        "Cannot load the model" in e.value and "no such checkpoint" in e.value for e in app.error
+    )
+    assert not app.header  # no page without a model
+    app.sidebar.text_input(key="model_spec").set_value(os.environ["WORKBENCH_MODEL"]).run()
+    assert [h.value for h in app.header] == ["Story"]
