@@ -130,7 +130,7 @@ def _regenerate(model, ws: Workspace, branch: Branch, params) -> None:
         0,
         2**31 - 1,
         (used if used is not None else params.seed if params else 0) + 1,
-        key=f"regen_seed_{beat}",
+        key=f"regen_seed_{branch.name}_{beat}",
     )
     if st.button("Regenerate", key="regenerate", disabled=common.busy() or params is None):
         new = GenerationParams(**{**vars(params), "seed": int(seed)})

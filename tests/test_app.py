@@ -175,7 +175,7 @@ def test_story_beats_regenerate_compare_and_edit_with_thinking(app):
     assert app.session_state["story_pending"] == []
     app.number_input(key="regen_beat").set_value(2).run()
     assert "Beat 2 was made with seed 1." in _texts(app.caption)  # a chain's frame k: seed + k
-    assert app.number_input(key="regen_seed_2").value == 2
+    assert app.number_input(key="regen_seed_story-1_2").value == 2
     app.button(key="regenerate").click()
     settle(app.run())
     assert [b.name for b in ws.of_page("story")] == ["story-1", "story-2"]
