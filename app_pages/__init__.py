@@ -1,0 +1,1 @@
+"""Streamlit pages of the browser app (widgets only; the logic is in workbench.app)."""

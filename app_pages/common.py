@@ -1,0 +1,273 @@
+"""Widgets every page shares: the model and knob sidebar, the job panel, notices,
+branch pickers and the downloads row. Logic lives in workbench.app."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import streamlit as st
+
+from bagel.errors import BagelError
+from workbench.app import actions
+from workbench.app.branches import Branch, Workspace
+from workbench.app.files import DOWNLOADS
+from workbench.app.jobs import Job
+from workbench.app.model import (
+    DEVICES,
+    RANDOM_WEIGHTS_BANNER,
+    AppOptions,
+    LoadedModel,
+    app_options,
+    load_model,
+)
+from workbench.params import GenerationParams
+
+POLL_SECONDS = 0.5  # how often the job panel redraws while a job runs
+DOWNLOAD_LABELS = {
+    "frames": "Frames (ZIP)",
+    "gif": "GIF",
+    "mp4": "MP4",
+    "sheet": "Contact sheet",
+    "story": "Story page",
+    "session": "Session archive",
+}
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
+def cached_model(model: str, device: str) -> LoadedModel:
+    """One pipeline (and one generation gate) per model, shared by every browser session."""
+    return load_model(model, device)
+
+
+def options() -> AppOptions:
+    """Command-line options after `--` (only under `streamlit run streamlit_app.py`)."""
+    ours = Path(sys.argv[0]).name == "streamlit_app.py"
+    return app_options(sys.argv[1:] if ours else [], os.environ)
+
+
+# -- sidebar --------------------------------------------------------------------------
+
+
+def sidebar_model(opts: AppOptions) -> LoadedModel | None:
+    with st.sidebar.expander("Model", expanded=False):
+        spec = st.text_input(
+            "Checkpoint folder or hub id",
+            value=opts.model,
+            key="model_spec",
+            placeholder="empty: the tiny default",
+            help="A BAGEL-7B-MoT folder, or a hub id when online. Empty: the tiny default.",
+        )
+        device = st.selectbox("Device", DEVICES, index=DEVICES.index(opts.device), key="device")
+    try:
+        model = cached_model(spec.strip(), device)
+    except (BagelError, OSError) as err:
+        st.error(f"Cannot load the model {spec.strip() or '(tiny default)'}: {err}")
+        return None
+    st.sidebar.caption(f"Model: `{model.name}` on {model.pipe.device.type}")
+    if model.random_weights:
+        st.warning(RANDOM_WEIGHTS_BANNER, icon=":material/warning:")
+    if model.gate.busy and st.session_state.get("job") is None:
+        st.sidebar.info(
+            f"Another user is generating on this model ({model.gate.waiting} waiting): "
+            "a new generation waits its turn."
+        )
+    return model
+
+
+def _knob_defaults(params: GenerationParams) -> dict[str, object]:
+    return {
+        "knob_steps": params.num_timesteps,
+        "knob_shift": params.timestep_shift,
+        "knob_cfg_text": params.cfg_text_scale,
+        "knob_cfg_img": params.cfg_img_scale,
+        "knob_interval": tuple(params.cfg_interval),
+        "knob_renorm": params.cfg_renorm_type,
+        "knob_seed": params.seed,
+        "knob_think_tokens": params.max_think_tokens,
+    }
+
+
+def _reset_knobs(params: GenerationParams) -> None:
+    st.session_state.update(_knob_defaults(params))
+
+
+def sidebar_knobs(max_side: int) -> GenerationParams | None:
+    """The generation knobs (defaults: the official text-to-image values)."""
+    for key, value in _knob_defaults(GenerationParams()).items():
+        st.session_state.setdefault(key, value)
+    bar = st.sidebar
+    bar.subheader("Generation")
+    left, right = bar.columns(2)
+    left.button("T2I defaults", key="knob_t2i", on_click=_reset_knobs, args=(GenerationParams(),))
+    right.button(
+        "Edit defaults", key="knob_edit", on_click=_reset_knobs, args=(GenerationParams.edit(),)
+    )
+    steps = bar.number_input("Denoising steps", 2, 250, key="knob_steps")
+    cfg_text = bar.number_input(
+        "Text guidance (cfg_text_scale)", 0.0, 20.0, step=0.5, key="knob_cfg_text"
+    )
+    cfg_img = bar.number_input(
+        "Image guidance (cfg_img_scale)", 0.0, 20.0, step=0.25, key="knob_cfg_img"
+    )
+    interval = bar.slider("Guidance interval (t)", 0.0, 1.0, step=0.05, key="knob_interval")
+    shift = bar.number_input("Timestep shift", 0.1, 20.0, step=0.5, key="knob_shift")
+    renorm = bar.selectbox("Renorm", ("global", "channel", "text_channel"), key="knob_renorm")
+    seed = bar.number_input("Seed", 0, 2**31 - 1, key="knob_seed")
+    think = bar.number_input("Max thinking tokens", 1, 4096, key="knob_think_tokens")
+    auto = bar.checkbox(
+        "Automatic size",
+        value=True,
+        key="knob_auto_size",
+        help="The last image's size; for a first image the largest square up to 1024.",
+    )
+    height = width = None
+    if not auto:
+        side = min(512, max_side)
+        height = int(bar.number_input("Height", 16, max_side, side, step=16, key="knob_height"))
+        width = int(bar.number_input("Width", 16, max_side, side, step=16, key="knob_width"))
+    try:
+        return GenerationParams(
+            num_timesteps=int(steps),
+            timestep_shift=float(shift),
+            cfg_text_scale=float(cfg_text),
+            cfg_img_scale=float(cfg_img),
+            cfg_interval=tuple(interval),
+            cfg_renorm_type=renorm,
+            seed=int(seed),
+            max_think_tokens=int(think),
+            height=height,
+            width=width,
+        )
+    except BagelError as err:
+        bar.error(str(err))
+        return None
+
+
+# -- workspace, notices, jobs ---------------------------------------------------------
+
+
+def workspace(model: LoadedModel) -> Workspace:
+    """This browser session's branches (a new set when the model changes)."""
+    ws = st.session_state.get("workspace")
+    if ws is None or ws.pipe is not model.pipe:
+        ws = st.session_state["workspace"] = Workspace(model.pipe)
+    return ws
+
+
+def notify(kind: str, text: str) -> None:
+    """A message shown once, at the top of the next run."""
+    st.session_state["notice"] = (kind, text)
+
+
+def show_notice() -> None:
+    kind, text = st.session_state.pop("notice", (None, None))
+    if kind is not None:
+        getattr(st, kind)(text)
+
+
+def busy() -> bool:
+    return st.session_state.get("job") is not None
+
+
+def start_job(model: LoadedModel, title: str, work, on_done: Callable[[object], None]) -> None:
+    """Run `work` in the background (after other users' jobs on this model); `on_done`
+    gets its result in a later run of this page."""
+    st.session_state["job"] = Job(title, work, model.gate).start()
+    st.session_state["job_done"] = on_done
+    st.rerun()
+
+
+def finish_job() -> None:
+    """Apply a finished job's result (or say why there is none)."""
+    job: Job | None = st.session_state.get("job")
+    if job is None or not job.finished:
+        return
+    on_done = st.session_state.pop("job_done")
+    del st.session_state["job"]
+    if job.state == "done":
+        on_done(job.result)
+    elif job.state == "cancelled":
+        notify("info", f"Cancelled {job.title}: the session is as it was before.")
+    else:
+        notify("error", f"{job.title} failed: {job.error}")
+
+
+def job_panel() -> None:
+    if st.session_state.get("job") is not None:
+        _job_fragment()
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _job_fragment() -> None:
+    job: Job | None = st.session_state.get("job")
+    if job is None:
+        return
+    if job.finished:
+        st.rerun(scope="app")
+    if job.state == "queued":
+        ahead = job.position or 0
+        st.info(
+            f"Waiting in line: another user is generating on this model "
+            f"({ahead} ahead of you). **{job.title}** starts when they are done.",
+            icon=":material/hourglass_top:",
+        )
+    else:
+        done, total = job.steps_done, job.steps_total
+        text = f"{job.title}: step {done} of {total}" if total else f"{job.title}…"
+        st.progress(done / total if total else 0.0, text=text)
+    st.button(
+        "Cancel",
+        key="cancel_job",
+        on_click=job.cancel,
+        disabled=job.cancel_requested,
+        help="Stops after the current denoising step; the session stays as it was.",
+    )
+
+
+# -- shared pieces of pages -----------------------------------------------------------
+
+
+def branch_picker(ws: Workspace, page: str) -> Branch:
+    """Choose the page's current branch."""
+    current = ws.branch(page)
+    names = [b.name for b in ws.of_page(page)]
+    if len(names) > 1:
+        picked = st.selectbox(
+            "Branch", names, index=names.index(current.name), key=f"{page}_branch"
+        )
+        ws.current[page] = picked
+    return ws.branches[ws.current[page]]
+
+
+def downloads_row(model: LoadedModel, branch: Branch, key: str) -> None:
+    """Prepare every download of the branch in one job, then offer them."""
+    ready = st.session_state.setdefault("downloads", {}).get(branch.name)
+    if ready is None or ready[0] != branch.revision:
+        if st.button(
+            "Prepare downloads (frames ZIP, GIF, MP4, contact sheet, session)",
+            key=f"{key}_prepare",
+            disabled=busy() or not branch.shots,
+        ):
+
+            def on_done(data: dict[str, bytes], name=branch.name, revision=branch.revision):
+                st.session_state["downloads"][name] = (revision, data)
+
+            start_job(model, f"exporting {branch.name}", actions.downloads(branch), on_done)
+        return
+    columns = st.columns(len(DOWNLOADS))
+    for column, (what, (file_name, mime)) in zip(columns, DOWNLOADS.items(), strict=True):
+        column.download_button(
+            DOWNLOAD_LABELS[what],
+            ready[1][what],
+            file_name=f"{branch.name}-{file_name}",
+            mime=mime,
+            key=f"{key}_dl_{what}",
+            on_click="ignore",
+        )
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

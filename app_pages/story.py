@@ -1,0 +1,193 @@
+"""Story: beats (text and an optional reference image) become a strip of frames;
+regenerate a beat as a branch, compare branches, edit the last frame with thinking."""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+from PIL import Image
+
+from app_pages import common
+from bagel.errors import BagelError
+from workbench import chains
+from workbench.app import actions
+from workbench.app.branches import Branch, Workspace
+from workbench.app.files import IMAGE_TYPES, MAX_IMAGE_MB, read_image
+from workbench.app.model import LoadedModel
+from workbench.metrics import psnr, ssim
+from workbench.params import GenerationParams
+
+COLUMNS = 4
+
+
+def page(model: LoadedModel, params: GenerationParams | None) -> None:
+    st.header("Story")
+    ws = common.workspace(model)
+    branch = common.branch_picker(ws, "story")
+    _new_beats(model, ws, branch, params)
+    _strip(branch)
+    if branch.shots:
+        regenerate, edit, history = st.columns(3)
+        with regenerate.container(border=True):
+            _regenerate(model, ws, branch, params)
+        with edit.container(border=True):
+            _edit(model, ws, branch, params)
+        with history.container(border=True):
+            _history(ws, branch)
+    if len(ws.of_page("story")) > 1:
+        _compare(ws)
+    if branch.shots:
+        st.subheader("Downloads")
+        common.downloads_row(model, branch, "story")
+
+
+def _run(model: LoadedModel, ws: Workspace, title: str, work) -> None:
+    common.start_job(model, title, work, lambda outcome: actions.apply(ws, outcome))
+
+
+def _new_beats(model: LoadedModel, ws: Workspace, branch: Branch, params) -> None:
+    pending: list[chains.Beat] = st.session_state.setdefault("story_pending", [])
+    with st.form("beat_form", clear_on_submit=True):
+        st.markdown("**Add a beat**")
+        text = st.text_area("Beat text", key="beat_text", placeholder="A fox finds a lantern…")
+        upload = st.file_uploader(
+            "Reference image (optional)",
+            type=list(IMAGE_TYPES),
+            key="beat_image",
+            max_upload_size=MAX_IMAGE_MB,
+        )
+        if st.form_submit_button("Add beat"):
+            _add_beat(model, pending, text, upload)
+    for i, beat in enumerate(pending):
+        left, right = st.columns([6, 1])
+        left.markdown(
+            f"{len(branch.steps) + i + 1}. {beat.text}"
+            + (" *(with reference)*" if beat.image else "")
+        )
+        if right.button("Remove", key=f"pending_remove_{i}"):
+            pending.pop(i)
+            st.rerun()
+    caption = st.checkbox("Caption each frame (the model describes it)", key="story_caption")
+    label = f"Generate {len(pending)} beat{'s' * (len(pending) != 1)}"
+    if st.button(
+        label,
+        key="story_generate",
+        type="primary",
+        disabled=common.busy() or not pending or params is None,
+    ):
+        beats = list(pending)
+        pending.clear()
+        _run(model, ws, label.lower(), actions.story(branch, beats, params, caption))
+
+
+def _add_beat(model: LoadedModel, pending: list, text: str, upload) -> None:
+    if not text.strip():
+        st.error("A beat needs some text.")
+        return
+    image = None
+    if upload is not None:
+        try:
+            image = read_image(upload.name, upload.getvalue(), model.pipe)
+        except BagelError as err:
+            st.error(str(err))
+            return
+    pending.append(chains.Beat(text.strip(), image))
+
+
+def _strip(branch: Branch) -> None:
+    shots = branch.shots
+    if not shots:
+        st.info("No frames yet: add beats, then generate them.")
+        return
+    st.subheader(f"Strip of {branch.name}")
+    st.caption(common.count(len(shots), "frame"))
+    for row in range(0, len(shots), COLUMNS):
+        columns = st.columns(COLUMNS)
+        for column, index in zip(columns, range(row, min(row + COLUMNS, len(shots))), strict=False):
+            shot = shots[index]
+            step = next(s for s in branch.steps if shot in s.shots)
+            column.image(
+                shot.image, caption=f"{index + 1}. {step.text or shot.label}", width="stretch"
+            )
+            if shot.caption:
+                column.caption(f"Model's caption: {shot.caption}")
+            if shot.thought:
+                with column.expander("Thought"):
+                    st.text(shot.thought)
+
+
+def _regenerate(model, ws: Workspace, branch: Branch, params) -> None:
+    st.markdown("**Regenerate a beat as a new branch**")
+    count = len(branch.steps)
+    beat = st.number_input("Beat", 1, count, count, key="regen_beat")
+    shots = branch.steps[beat - 1].shots
+    used = branch.session.turns[shots[0].turn].seed if shots else None
+    if used is not None:
+        st.caption(f"Beat {beat} was made with seed {used}.")
+    seed = st.number_input(
+        "Seed for the new branch",
+        0,
+        2**31 - 1,
+        (used if used is not None else params.seed if params else 0) + 1,
+        key=f"regen_seed_{branch.name}_{beat}",
+    )
+    if st.button("Regenerate", key="regenerate", disabled=common.busy() or params is None):
+        new = GenerationParams(**{**vars(params), "seed": int(seed)})
+        caption = any(s.caption for s in branch.shots)
+        work = actions.regenerate(branch, int(beat) - 1, new, caption)
+        _run(model, ws, f"regenerating beat {beat}", work)
+
+
+def _edit(model, ws: Workspace, branch: Branch, params) -> None:
+    st.markdown("**Edit the last frame**")
+    instruction = st.text_input("Instruction", key="edit_instruction", placeholder="make it night")
+    think = st.checkbox("Think first (shows the thought)", value=True, key="edit_think")
+    if st.button("Edit", key="edit", disabled=common.busy() or params is None):
+        if not instruction.strip():
+            st.error("Write an instruction first.")
+            return
+        _run(model, ws, "editing", actions.edit(branch, instruction.strip(), params, think))
+
+
+def _history(ws: Workspace, branch: Branch) -> None:
+    st.markdown("**History**")
+    if st.button(
+        "Undo last beat", key="story_undo", icon=":material/undo:", disabled=common.busy()
+    ):
+        branch.undo()
+        st.rerun()
+    if st.button(
+        "Fork this story", key="story_fork", icon=":material/call_split:", disabled=common.busy()
+    ):
+        fork = ws.fork(branch)
+        common.notify("success", f"Forked {branch.name} as {fork.name}.")
+        st.rerun()
+
+
+def _compare(ws: Workspace) -> None:
+    st.subheader("Compare branches")
+    names = [b.name for b in ws.of_page("story")]
+    left, right = st.columns(2)
+    a = left.selectbox("Branch A", names, index=0, key="compare_a")
+    b = right.selectbox("Branch B", names, index=len(names) - 1, key="compare_b")
+    shots_a, shots_b = ws.branches[a].shots, ws.branches[b].shots
+    for i in range(max(len(shots_a), len(shots_b))):
+        left, middle, right, _ = st.columns([2, 1, 2, 3])
+        if i < len(shots_a):
+            left.image(shots_a[i].image, caption=f"{a}: {i + 1}", width="stretch")
+        if i < len(shots_b):
+            right.image(shots_b[i].image, caption=f"{b}: {i + 1}", width="stretch")
+        if i < len(shots_a) and i < len(shots_b):
+            value, note = _difference(shots_a[i].image, shots_b[i].image)
+            middle.markdown(f"**Frame {i + 1}**  \n{value}  \n{note}")
+
+
+def _difference(a: Image.Image, b: Image.Image) -> tuple[str, str]:
+    """PSNR and SSIM of two frames, as text."""
+    p = psnr(a, b)
+    try:
+        note = f"SSIM {ssim(a, b):.3f}"
+    except BagelError:  # smaller than the SSIM window
+        note = "SSIM: too small"
+    return ("identical" if math.isinf(p) else f"PSNR {p:.1f} dB"), note

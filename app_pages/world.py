@@ -1,0 +1,167 @@
+"""World: start from an image or a prompt, move the camera, rotate, predict frames."""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from app_pages import common
+from bagel.errors import BagelError
+from workbench import chains
+from workbench.app import actions
+from workbench.app.branches import Branch
+from workbench.app.files import IMAGE_TYPES, MAX_IMAGE_MB, read_image
+from workbench.app.model import LoadedModel
+from workbench.params import GenerationParams
+
+MOVES = {  # action -> (button label, Material icon)
+    "forward": ("Forward", "arrow_upward"),
+    "back": ("Back", "arrow_downward"),
+    "turn_left": ("Turn left", "turn_left"),
+    "turn_right": ("Turn right", "turn_right"),
+    "look_up": ("Look up", "keyboard_double_arrow_up"),
+    "look_down": ("Look down", "keyboard_double_arrow_down"),
+    "strafe_left": ("Strafe left", "arrow_back"),
+    "strafe_right": ("Strafe right", "arrow_forward"),
+}
+assert tuple(MOVES) == chains.ACTIONS
+COLUMNS = 4
+
+
+def page(model: LoadedModel, params: GenerationParams | None) -> None:
+    st.header("World")
+    ws = common.workspace(model)
+    branch = common.branch_picker(ws, "world")
+    if not branch.shots:
+        _start(model, branch, params)
+        return
+    _controls(model, branch, params)
+    _timeline(branch)
+    st.subheader("Downloads")
+    common.downloads_row(model, branch, "world")
+
+
+def _run(model: LoadedModel, title: str, work) -> None:
+    ws = common.workspace(model)
+    common.start_job(model, title, work, lambda outcome: actions.apply(ws, outcome))
+
+
+def _start(model: LoadedModel, branch: Branch, params: GenerationParams | None) -> None:
+    st.write("Start a world from a prompt or from an image of your own.")
+    from_prompt, from_image = st.tabs(["From a prompt", "From an image"])
+    with from_prompt:
+        prompt = st.text_input("Prompt", key="world_prompt", placeholder="a quiet street at dawn")
+        if st.button("Start from prompt", key="world_start_prompt", disabled=common.busy()):
+            if not prompt.strip():
+                st.error("Write a prompt first.")
+            elif params is not None:
+                _run(model, "first frame", actions.start_from_prompt(branch, prompt, params))
+    with from_image:
+        upload = st.file_uploader(
+            "Start image", type=list(IMAGE_TYPES), key="world_upload", max_upload_size=MAX_IMAGE_MB
+        )
+        if st.button("Start from image", key="world_start_image", disabled=common.busy()):
+            if upload is None:
+                st.error("Choose an image first.")
+                return
+            try:
+                image = read_image(upload.name, upload.getvalue(), model.pipe)
+            except BagelError as err:
+                st.error(str(err))
+                return
+            seed = params.seed if params is not None else 0
+            _run(model, "start image", actions.start_from_image(branch, image, seed))
+
+
+def _controls(model: LoadedModel, branch: Branch, params: GenerationParams | None) -> None:
+    off = common.busy() or params is None
+    st.subheader("Move")
+    columns = st.columns(COLUMNS)
+    for i, (action, (label, icon)) in enumerate(MOVES.items()):
+        column = columns[i % COLUMNS]
+        if column.button(
+            label, key=f"move_{action}", icon=f":material/{icon}:", disabled=off, width="stretch"
+        ):
+            _run(model, label.lower(), actions.navigate(branch, action, params))
+    rotate, predict, history = st.columns(3)
+    with rotate.container(border=True):
+        st.markdown("**Rotate**")
+        degrees = st.number_input("Degrees per step", -180.0, 180.0, 30.0, 15.0, key="rot_deg")
+        steps = st.number_input("Steps", 1, 36, 1, key="rot_steps")
+        axis = st.selectbox("Axis", chains.AXES, key="rot_axis")
+        if st.button("Rotate", key="rotate", disabled=off):
+            work = actions.rotate(branch, float(degrees), int(steps), axis, params)
+            _run(model, f"rotate {degrees:g}° × {steps}", work)
+    with predict.container(border=True):
+        st.markdown("**Predict future frames**")
+        frames = st.number_input("Frames", 1, 32, 2, key="pred_frames")
+        mode = st.radio(
+            "Mode",
+            chains.PREDICT_MODES,
+            key="pred_mode",
+            horizontal=True,
+            format_func={"autoregressive": "autoregressive", "forcing": "diffusion forcing"}.get,
+        )
+        window, schedule = 1, "autoregressive"
+        if mode == "forcing":
+            window = st.number_input(
+                "Window (frames denoised together)", 1, 8, 2, key="pred_window"
+            )
+            schedule = st.selectbox("Noise schedule", chains.SCHEDULES, index=1, key="pred_sched")
+        if st.button("Predict", key="predict", disabled=off):
+            work = actions.predict(branch, int(frames), params, mode, int(window), schedule)
+            _run(model, f"predict {frames} frames", work)
+    with history.container(border=True):
+        st.markdown("**History**")
+        if st.button(
+            "Undo last frame", key="world_undo", icon=":material/undo:", disabled=common.busy()
+        ):
+            step = branch.undo()
+            common.notify("info", f"Undid {step.shots[0].label if step.shots else 'a step'}.")
+            st.rerun()
+        if st.button(
+            "Fork this world",
+            key="world_fork",
+            icon=":material/call_split:",
+            disabled=common.busy(),
+        ):
+            fork = common.workspace(model).fork(branch)
+            common.notify("success", f"Forked {branch.name} as {fork.name}.")
+            st.rerun()
+        memory = branch.session.memory()
+        st.caption(
+            f"{memory.main_tokens} tokens in context, {memory.allocated_bytes / 2**20:.1f} MiB"
+        )
+
+
+def _timeline(branch: Branch) -> None:
+    shots = branch.shots
+    st.subheader(f"Timeline of {branch.name}")
+    st.caption(common.count(len(shots), "frame"))
+    for row in range(0, len(shots), COLUMNS):
+        columns = st.columns(COLUMNS)
+        for column, index in zip(columns, range(row, min(row + COLUMNS, len(shots))), strict=False):
+            shot = shots[index]
+            column.image(shot.image, caption=f"{index + 1}. {shot.label}", width="stretch")
+    if branch.metrics:
+        st.markdown("**Consistency** (to the previous frame; drift: similarity to the first)")
+        st.dataframe(
+            [
+                {
+                    "frame": m.index + 1,
+                    "label": shot.label,
+                    "PSNR (dB)": _number(m.psnr_prev),
+                    "SSIM": _number(m.ssim_prev),
+                    "drift (cos)": _number(m.drift),
+                }
+                for m, shot in zip(branch.metrics, shots, strict=False)
+            ],
+            hide_index=True,
+        )
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return "identical" if math.isinf(value) else f"{value:.3f}"

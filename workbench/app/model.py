@@ -1,0 +1,73 @@
+"""Which model the app serves, and loading it (once per process: the page caches it).
+
+    streamlit run streamlit_app.py -- --model PATH_OR_HUB_ID --device cuda --sessions DIR
+
+Without --model (or $WORKBENCH_MODEL) the app serves the embedded tiny default, a
+checkpoint with random weights made on first use in .cache/tiny-bagel.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bagel.checkpoint import load
+from bagel.config import BagelConfig
+from bagel.pipeline import BagelPipeline
+from workbench.app.jobs import Gate
+from workbench.cli import DEFAULT_TINY
+
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_SESSIONS = Path("out/sessions")
+RANDOM_WEIGHTS_BANNER = (
+    "This is a tiny checkpoint with **random weights**: its images are noise and its "
+    "answers gibberish, but every computation is the real one. Start the app with "
+    "`-- --model /path/to/BAGEL-7B-MoT` (or enter a folder in the sidebar) for real output."
+)
+
+
+@dataclass(frozen=True)
+class AppOptions:
+    model: str  # a checkpoint folder or hub id; "" is the tiny default
+    device: str
+    sessions: Path  # where sessions are saved and picked from
+
+
+def app_options(argv: Sequence[str], environ: Mapping[str, str]) -> AppOptions:
+    """Options from the command line after `--`, else $WORKBENCH_MODEL / _DEVICE /
+    _SESSIONS, else the defaults."""
+    parser = argparse.ArgumentParser(prog="streamlit run streamlit_app.py --")
+    parser.add_argument("--model", default=environ.get("WORKBENCH_MODEL", ""))
+    parser.add_argument(
+        "--device", choices=DEVICES, default=environ.get("WORKBENCH_DEVICE", "auto")
+    )
+    parser.add_argument(
+        "--sessions", type=Path, default=Path(environ.get("WORKBENCH_SESSIONS", DEFAULT_SESSIONS))
+    )
+    args = parser.parse_args(list(argv))
+    return AppOptions(args.model.strip(), args.device, args.sessions)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A pipeline shared by every browser session, and the gate its generations pass."""
+
+    pipe: BagelPipeline
+    gate: Gate
+    name: str  # what the sidebar shows
+    random_weights: bool
+
+
+def load_model(model: str, device: str = "auto") -> LoadedModel:
+    """Load a checkpoint folder or hub id; "" makes (if needed) and loads the tiny default."""
+    if not model:
+        if not (DEFAULT_TINY / "ae.safetensors").exists():  # written last
+            from bagel.tiny import make_tiny
+
+            make_tiny(DEFAULT_TINY)
+        model = str(DEFAULT_TINY)
+    pipe = load(model, device=device)
+    random_weights = pipe.config == BagelConfig.tiny()
+    return LoadedModel(pipe, Gate(), model, random_weights)
