@@ -7,9 +7,9 @@ with one branch, i.e. no CFG) of the largest image query the tiny model allows �
 64 latent tokens plus the two image markers, 66 rows — against a cached context of
 1k…16k tokens, in two modes run in the same process on the same context:
 
-(a) project: `bagel.attention.attend` as shipped — each cached chunk (a view into the
-    KV blocks) is attended separately and the partials are merged by log-sum-exp, so
-    the cached K/V are never copied;
+(a) project: `bagel.attention.attend` as shipped — the cached chunks are concatenated
+    into one buffer (when there are several) and attended as one part, the new rows as
+    a second, and the two partials are merged by log-sum-exp;
 (b) baseline: `attend` replaced (monkeypatched in `bagel.llm`) by `copy_scatter_attend`
     below, which does what the official implementation does at every step and every
     layer: allocate a zeroed merged K/V buffer of length kv_len + q_len, index-assign
@@ -18,9 +18,11 @@ with one branch, i.e. no CFG) of the largest image query the tiny model allows �
     so no mask is needed.
 
 Everything else (projections, MLPs, experts, RoPE, llm2vae) is the same code, so the
-difference between the columns is copy-and-scatter vs split-and-merge. Why: the cost
-of the copy grows with the context at every step of a 50-step generation, which is the
-design choice this project makes differently from the reference.
+difference between the columns is a zeroed buffer with index-assigned rows vs a
+concatenation of the cache and a two-part merge. (An earlier version of the project
+attended every block in place and merged per block, to avoid the copy; that made results
+depend on the block layout, so a replay after an undo could differ by rounding, and on a
+GPU it was slower: see docs/benchmarks.md.)
 
 The context is filled through the real prefill path (see bench/common.py). Both modes
 are checked to give the same velocity (torch.testing.assert_close) before timing.
@@ -71,11 +73,17 @@ def _rows(start: int, n: int) -> Tensor:
 
 
 def copy_scatter_attend(
-    q: Tensor, cached: list[tuple[Tensor, Tensor]], k: Tensor, v: Tensor, causal: bool, backend: str
+    q: Tensor,
+    cached: list[tuple[Tensor, Tensor]],
+    k: Tensor,
+    v: Tensor,
+    causal: bool,
+    backend: str,
+    frames: object = None,
 ) -> Tensor:
     """`attend` as the reference does it: merged buffer, scatter the past and the new rows,
     one attention. Same signature as `bagel.attention.attend`; non-causal blocks only."""
-    if causal:
+    if causal or frames is not None:
         raise NotImplementedError("the baseline is only used for (non-causal) image queries")
     hkv, lq, d = k.shape
     kv_len = sum(ck.shape[1] for ck, _ in cached)
