@@ -107,21 +107,6 @@ def test_ssim_matches_an_independent_implementation():
         assert ssim(a, b) == pytest.approx(reference_ssim(a, b), abs=1e-10)
 
 
-def test_ssim_matches_scikit_image_when_installed():
-    metrics = pytest.importorskip("skimage.metrics")
-    a = smooth_image((53, 37))
-    b = add_noise(a, 15)
-    expected = metrics.structural_similarity(
-        np.asarray(a, dtype=np.float64) @ LUMA,
-        np.asarray(b, dtype=np.float64) @ LUMA,
-        gaussian_weights=True,
-        sigma=1.5,
-        use_sample_covariance=False,
-        data_range=255,
-    )
-    assert ssim(a, b) == pytest.approx(expected, abs=1e-10)
-
-
 def test_ssim_refuses_images_smaller_than_the_window():
     with pytest.raises(InputError, match="at least 11x11"):
         ssim(noise_image(0, (10, 30)), noise_image(1, (10, 30)))
