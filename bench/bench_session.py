@@ -34,6 +34,7 @@ image-dropped, as the reference keeps them. Nothing is asserted on time.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -230,15 +231,16 @@ def print_memory(pipe: BagelPipeline, chain: Chain, checkpoints: list[int]) -> N
     per_token = pipe.kv_layout.bytes_per_token
     print(f"\n## KV bytes when turn K's image is sampled ({per_token} B per token)")
     print(
-        f"{'K':>5} {'main':>6} {'text-dr':>8} {'image-dr':>9} {'session alloc':>14} "
-        f"{'three copies':>13} {'copies/alloc':>13}"
+        f"{'K':>5} {'main':>6} {'text-dr':>8} {'image-dr':>9} {'session used':>13} "
+        f"{'session alloc':>14} {'three copies':>13} {'copies/alloc':>13}"
     )
     for k in checkpoints:
         m = chain.memory[k - 1]
+        used = (m.main_tokens + m.image_dropped_tokens) * per_token  # text-dropped: a view
         copies = (m.main_tokens + m.text_dropped_tokens + m.image_dropped_tokens) * per_token
         print(
             f"{k:>5} {m.main_tokens:>6} {m.text_dropped_tokens:>8} {m.image_dropped_tokens:>9} "
-            f"{m.allocated_bytes:>14} {copies:>13} {copies / m.allocated_bytes:>13.2f}"
+            f"{used:>13} {m.allocated_bytes:>14} {copies:>13} {copies / m.allocated_bytes:>13.2f}"
         )
 
 
@@ -249,6 +251,7 @@ def run(turns: int, reps: int, steps: int, size: int, seed: int) -> None:
         pipe = tiny_pipeline(Path(tmp) / "tiny", seed=seed)
         keep_latents(pipe)
         print_settings(pipe, turns, steps, size, reps)
+        load_before = os.getloadavg()[0]
         run_chains(pipe, WARMUP_TURNS, steps, size, flip=False)
         runs = [run_chains(pipe, turns, steps, size, flip=rep % 2 == 1) for rep in range(reps)]
         checks = [equal_turns(*chains) for chains in runs]
@@ -256,6 +259,10 @@ def run(turns: int, reps: int, steps: int, size: int, seed: int) -> None:
             "# rebuild vs persistent latents, torch.equal: "
             + ", ".join(f"{same}/{turns}" for same, _ in checks)
             + f" turns per rep; largest |diff| {max(w for _, w in checks):.3g}"
+        )
+        print(
+            f"# machine load (1-min average) before / after the timed runs: "
+            f"{load_before:.2f} / {os.getloadavg()[0]:.2f}"
         )
         official = check_official_recipe(pipe, runs[0][1], steps, size)
         print(f"# rebuilt contexts == build_contexts at turns 1-2 (latents equal): {official}")
