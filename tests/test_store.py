@@ -130,7 +130,7 @@ def test_bad_drops_and_limits(pipe, saved_with_drops, tmp_path, edit, message):
 def test_replay_reports_a_changed_frame(pipe, saved, tmp_path):
     _, folder = saved
     copy = shutil.copytree(folder, tmp_path / "copy")
-    frame = copy / "images" / "0002.png"
+    frame = next((copy / "images").glob("0002-*.png"))
     pixels = np.asarray(Image.open(frame)).copy()
     pixels[0, 0] = 255 - pixels[0, 0]
     Image.fromarray(pixels).save(frame)
@@ -410,3 +410,15 @@ def test_saved_generated_frames_carry_their_consistency_metrics(pipe, tmp_path):
     assert m2["psnr_prev"] == pytest.approx(psnr(first, second))
     assert m2["drift"] < 1.0 and -1.0 <= m2["drift"]
     assert load(tmp_path / "m", pipe).turns[2].kind == "image"  # and it still loads
+
+
+def test_saving_again_after_a_rewind_writes_the_redone_images(pipe, tmp_path):
+    s = Session(pipe)
+    s.add_text("a lighthouse")
+    s.generate_image(FAST)
+    folder = save(s, tmp_path / "redo")
+    s.rewind(1)
+    s.generate_image(dataclasses.replace(FAST, seed=9))  # the same turn index, a new image
+    save(s, folder)
+    assert len(list((folder / "images").glob("*.png"))) == 1  # the stale file is gone
+    assert replay(folder, pipe).identical

@@ -6,7 +6,7 @@ A saved session is a directory:
                       version, the context limit, and every turn (role, kind, text, image
                       file, parameters, seed, seconds; a drop turn: the image parts it
                       removed; a generated frame: its consistency metrics)
-    images/NNNN.png   every input and output image, by turn index
+    images/NNNN-H.png every input and output image, by turn index and content hash
     kv.safetensors    optional K/V snapshot: the main and image-dropped contexts, per
                       layer (`k.main.0`, `v.main.0`, …, `k.image_dropped.0`, …), with
                       their lengths, ropes and per-turn marks in the header metadata
@@ -99,7 +99,10 @@ def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:
         if turn.forcing is not None:
             entry["forcing"] = dataclasses.asdict(turn.forcing)
         if turn.image is not None:
-            entry["image"] = f"images/{index:04d}.png"
+            # named by content: an image already saved is not written again, and a turn
+            # redone after a rewind gets a new file instead of keeping the stale one
+            digest = hashlib.sha256(turn.image.tobytes()).hexdigest()[:16]
+            entry["image"] = f"images/{index:04d}-{digest}.png"
             if not (folder / entry["image"]).exists():
                 write_atomic(folder / entry["image"], lambda t, im=turn.image: im.save(t, "PNG"))
         turns.append(entry)
@@ -121,6 +124,10 @@ def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:
     write_atomic(folder / MANIFEST, lambda t: t.write_bytes(text.encode()))
     if not snapshot:
         (folder / SNAPSHOT).unlink(missing_ok=True)
+    kept = {folder / t["image"] for t in turns if "image" in t}
+    for stale in (folder / "images").glob("*.png"):  # left by turns rewound since
+        if stale not in kept:
+            stale.unlink(missing_ok=True)
     return folder
 
 
