@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from bagel.errors import InputError
+from bagel.taylorseer import DEFAULT_INTERVAL, FEATURE_CACHES
 
 RENORM_TYPES = ("global", "channel", "text_channel")
 
@@ -28,6 +29,8 @@ class SamplerParams:
     cfg_interval: tuple[float, float] = (0.4, 1.0)
     cfg_renorm_type: str = "global"
     cfg_renorm_min: float = 0.0
+    feature_cache: str = "none"  # "taylorseer": the official TaylorSeer cache (off upstream)
+    feature_cache_interval: int = DEFAULT_INTERVAL  # after step 4, one full step every N
 
     def __post_init__(self) -> None:
         for name in ("timestep_shift", "cfg_text_scale", "cfg_img_scale", "cfg_renorm_min"):
@@ -62,6 +65,17 @@ class SamplerParams:
             (
                 0.0 <= self.cfg_renorm_min <= 1.0,
                 f"cfg_renorm_min must be in [0, 1], got {self.cfg_renorm_min!r}",
+            ),
+            (
+                self.feature_cache in FEATURE_CACHES,
+                f"feature_cache must be one of {FEATURE_CACHES}, got {self.feature_cache!r}",
+            ),
+            (
+                isinstance(self.feature_cache_interval, int)
+                and not isinstance(self.feature_cache_interval, bool)
+                and self.feature_cache_interval >= 1,
+                "feature_cache_interval must be an integer >= 1, got "
+                f"{self.feature_cache_interval!r}",
             ),
         ]
         for ok, message in checks:

@@ -232,8 +232,10 @@ class MoTLanguageModel(nn.Module):
         write: bool,
         backend: str,
         frames: list[FrameMask] | None = None,
+        norm: bool = True,
     ) -> Tensor:
-        """Run packed rows through all layers and the final (per-expert) norm.
+        """Run packed rows through all layers and (unless `norm` is False) the final
+        per-expert norm.
 
         Args:
             x: [B, T, C] input embeddings, one batch row per context.
@@ -255,6 +257,9 @@ class MoTLanguageModel(nn.Module):
                 )
                 fwd = Forward(routing.to(device), rope, contexts, causal, write, backend, frames)
             x = layer(x.to(device), fwd, i)
-        return routing.apply(
-            x.to(self.model.norm.weight.device), self.model.norm, self.model.norm_moe_gen
-        )
+        return self.final_norm(x, routing) if norm else x
+
+    def final_norm(self, x: Tensor, routing: Routing) -> Tensor:
+        """The per-expert norm after the last layer: [B, T, C] → [B, T, C]."""
+        device = self.model.norm.weight.device
+        return routing.to(device).apply(x.to(device), self.model.norm, self.model.norm_moe_gen)

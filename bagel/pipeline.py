@@ -25,6 +25,7 @@ from bagel.image import open_image, to_pil, to_tensor, vae_rule, vit_rule
 from bagel.kv import KVContext, KVLayout
 from bagel.llm import Routing
 from bagel.model import Bagel
+from bagel.taylorseer import TaylorCache
 from bagel.tokenizer import BagelTokenizer
 from bagel.vae import AutoEncoder
 
@@ -310,9 +311,10 @@ class BagelPipeline:
         n = h * w
         routing = Routing.latent_spans(n + 2, [(1, n + 1)], self.device)
         contexts = [ctx, cfg_text_ctx, cfg_img_ctx]
+        caches = self._feature_caches(params)
         for i in range(params.num_timesteps - 1):
             branches = contexts[: self._branch_count([float(t[i])], params)]
-            v = self.velocity(x, t[i], (h, w), branches, routing)
+            v = self.velocity(x, t[i], (h, w), branches, routing, caches)
             x = euler_step(x, self._guide(v, float(t[i]), params), (t[i] - t[i + 1]).to(x.device))
             if progress is not None:
                 progress(i + 1, params.num_timesteps - 1)
@@ -363,6 +365,12 @@ class BagelPipeline:
         """
         params = params or SamplerParams()
         check_forcing(schedule, window, n_frames)
+        if params.feature_cache != "none" and window != 1:
+            raise InputError(
+                f"feature_cache {params.feature_cache!r} needs window 1: in a window the "
+                "frames are at different steps of one shared forward, which the cache's "
+                "per-step schedule does not define"
+            )
         h, w = self.check_image_size(height, width)
         self._check_guidance(params, cfg_text_ctx, cfg_img_ctx)
         self._check_positions(ctx, FRAME_ROPE_STRIDE * n_frames, f"{n_frames} frames")
@@ -377,6 +385,7 @@ class BagelPipeline:
         last = params.num_timesteps - 2  # a frame's last step index (it then reaches t = 0)
         x: dict[int, Tensor] = {}  # the latents [N, 64] of the frames under way
         frames_out: list[ImageOutput] = []
+        caches = None
         for done, frames in enumerate(plan, 1):
             for f, _ in frames:  # a fresh noise frame joins the tail
                 if f not in x:
@@ -385,6 +394,7 @@ class BagelPipeline:
                         if noises is not None
                         else self._initial_noise(h, w, None, generator)
                     )
+                    caches = self._feature_caches(params)  # window 1: one frame at a time
             steps = [i for _, i in frames]
             count = self._branch_count([float(t[i]) for i in steps], params)
             v = self.frames_velocity(
@@ -393,6 +403,7 @@ class BagelPipeline:
                 (h, w),
                 list(contexts[:count]),
                 [True, True, False][:count],  # the image-dropped branch holds no images
+                caches,
             )  # [B, W, N, 64]
             for j, (f, i) in enumerate(frames):
                 v_j = self._guide(v[:, j], float(t[i]), params)
@@ -420,11 +431,17 @@ class BagelPipeline:
         grid: tuple[int, int],
         branches: list[KVContext],
         routing: Routing,
+        caches: list[TaylorCache] | None = None,
     ) -> Tensor:
-        """One forward of the noisy query block against every branch at once → [B, N, 64]."""
+        """One forward of the noisy query block against every branch at once → [B, N, 64].
+
+        `caches` (one per possible branch): feature caches that may skip the decoder.
+        """
         rows = x.shape[0] + 2
         positions = torch.stack([torch.full((rows,), c.rope) for c in branches])
-        return self._latent_forward(x[None], t.reshape(1), grid, branches, routing, positions)[:, 0]
+        return self._latent_forward(
+            x[None], t.reshape(1), grid, branches, routing, positions, caches=caches
+        )[:, 0]
 
     def frames_velocity(
         self,
@@ -433,6 +450,7 @@ class BagelPipeline:
         grid: tuple[int, int],
         branches: list[KVContext],
         see_earlier: list[bool],
+        caches: list[TaylorCache] | None = None,
     ) -> Tensor:
         """One packed forward of a window of noisy frames against every branch at once.
 
@@ -455,7 +473,7 @@ class BagelPipeline:
             ]
         )  # [B, W·(N+2)]
         masks = [FrameMask((rows,) * frames, see) for see in see_earlier]
-        return self._latent_forward(x, t, grid, branches, routing, positions, masks)
+        return self._latent_forward(x, t, grid, branches, routing, positions, masks, caches)
 
     def _latent_forward(
         self,
@@ -466,6 +484,7 @@ class BagelPipeline:
         routing: Routing,
         positions: Tensor,
         masks: list[FrameMask] | None = None,
+        caches: list[TaylorCache] | None = None,
     ) -> Tensor:
         """W noisy image blocks [W, N, 64] at times [W] → velocities [B, W, N, 64]."""
         with torch.inference_mode():
@@ -475,18 +494,58 @@ class BagelPipeline:
                     for xj, tj in zip(x, t, strict=True)
                 ]
             )  # [W·(N+2), C]: per frame <|vision_start|>, N latents, <|vision_end|>
-            hidden = self.net.language_model(
-                query.expand(len(branches), -1, -1),
-                positions,
+            hidden = self._decode(query, positions, routing, branches, masks, caches)
+            hidden = hidden.unflatten(1, (x.shape[0], -1))[:, :, 1:-1]  # [B, W, N, C]
+            return self.net.llm2vae(hidden.to(self.device))
+
+    def _decode(
+        self,
+        query: Tensor,
+        positions: Tensor,
+        routing: Routing,
+        branches: list[KVContext],
+        masks: list[FrameMask] | None,
+        caches: list[TaylorCache] | None,
+    ) -> Tensor:
+        """The decoder's normed output [B, T, C] for the query rows [T, C] in each branch.
+
+        With feature caches, the branches whose cache says so skip the decoder and take
+        its extrapolated output; the others run as one batch and refresh their cache.
+        """
+        lm = self.net.language_model
+
+        def run(rows: list[int], norm: bool) -> Tensor:
+            return lm(
+                query.expand(len(rows), -1, -1),
+                positions[rows],
                 routing,
-                branches,
+                [branches[b] for b in rows],
                 causal=False,
                 write=False,
                 backend=self.backend,
-                frames=masks,
+                frames=None if masks is None else [masks[b] for b in rows],
+                norm=norm,
             )
-            hidden = hidden.unflatten(1, (x.shape[0], -1))[:, :, 1:-1]  # [B, W, N, C]
-            return self.net.llm2vae(hidden.to(self.device))
+
+        if caches is None:
+            return run(list(range(len(branches))), norm=True)
+        full = [b for b in range(len(branches)) if caches[b].full_step()]
+        out: dict[int, Tensor] = {}
+        if full:
+            for b, feature in zip(full, run(full, norm=False), strict=True):
+                caches[b].update(feature)
+                out[b] = feature
+        for b in range(len(branches)):
+            if b not in out:
+                out[b] = caches[b].predict()
+        return lm.final_norm(torch.stack([out[b] for b in range(len(branches))]), routing)
+
+    @staticmethod
+    def _feature_caches(params: SamplerParams) -> list[TaylorCache] | None:
+        """One cache per guidance branch (main, text-dropped, image-dropped), or None."""
+        if params.feature_cache == "none":
+            return None
+        return [TaylorCache(params.feature_cache_interval) for _ in range(3)]
 
     @staticmethod
     def _branch_count(times: list[float], params: SamplerParams) -> int:

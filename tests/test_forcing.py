@@ -217,9 +217,9 @@ def test_pyramid_runs_each_frame_at_its_own_timestep_and_commits_in_order(pipe, 
     calls, committed = [], []
     original = pipe.frames_velocity
 
-    def spy(x, t, grid, branches, see):
+    def spy(x, t, grid, branches, see, *rest):
         calls.append((t.tolist(), len(branches), [c.rope for c in branches]))
-        return original(x, t, grid, branches, see)
+        return original(x, t, grid, branches, see, *rest)
 
     def commit(index, frame):
         committed.append((index, frame))
