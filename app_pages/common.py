@@ -11,12 +11,14 @@ from pathlib import Path
 import streamlit as st
 
 from bagel.errors import BagelError
+from bagel.taylorseer import FEATURE_CACHES
 from workbench.app import actions
 from workbench.app.branches import Branch, Workspace
 from workbench.app.files import DOWNLOADS
 from workbench.app.jobs import Job
 from workbench.app.model import (
     DEVICES,
+    PROFILE_CHOICES,
     RANDOM_WEIGHTS_BANNER,
     AppOptions,
     LoadedModel,
@@ -37,9 +39,9 @@ DOWNLOAD_LABELS = {
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
-def cached_model(model: str, device: str) -> LoadedModel:
+def cached_model(model: str, device: str, profile: str = "default") -> LoadedModel:
     """One pipeline (and one generation gate) per model, shared by every browser session."""
-    return load_model(model, device)
+    return load_model(model, device, None if profile == "default" else profile)
 
 
 def options() -> AppOptions:
@@ -61,8 +63,15 @@ def sidebar_model(opts: AppOptions) -> LoadedModel | None:
             help="A BAGEL-7B-MoT folder, or a hub id when online. Empty: the tiny default.",
         )
         device = st.selectbox("Device", DEVICES, index=DEVICES.index(opts.device), key="device")
+        profile = st.selectbox(
+            "Memory profile",
+            PROFILE_CHOICES,
+            key="profile",
+            help="How the weights are held: int8 / nf4 quantise the decoder, offload streams "
+            "layers from CPU memory (docs/profiles.md). default: fp32 on CPU, bf16 on CUDA.",
+        )
     try:
-        model = cached_model(spec.strip(), device)
+        model = cached_model(spec.strip(), device, profile)
     except (BagelError, OSError) as err:
         st.error(f"Cannot load the model {spec.strip() or '(tiny default)'}: {err}")
         return None
@@ -85,6 +94,7 @@ def _knob_defaults(params: GenerationParams) -> dict[str, object]:
         "knob_cfg_img": params.cfg_img_scale,
         "knob_interval": tuple(params.cfg_interval),
         "knob_renorm": params.cfg_renorm_type,
+        "knob_feature_cache": params.feature_cache,
         "knob_seed": params.seed,
         "knob_think_tokens": params.max_think_tokens,
     }
@@ -115,6 +125,13 @@ def sidebar_knobs(max_side: int) -> GenerationParams | None:
     interval = bar.slider("Guidance interval (t)", 0.0, 1.0, step=0.05, key="knob_interval")
     shift = bar.number_input("Timestep shift", 0.1, 20.0, step=0.5, key="knob_shift")
     renorm = bar.selectbox("Renorm", ("global", "channel", "text_channel"), key="knob_renorm")
+    feature_cache = bar.selectbox(
+        "Feature cache",
+        FEATURE_CACHES,
+        key="knob_feature_cache",
+        help="taylorseer: the official TaylorSeer cache; after step 4 the decoder runs "
+        "every third step and is extrapolated between (faster, slightly different image).",
+    )
     seed = bar.number_input("Seed", 0, 2**31 - 1, key="knob_seed")
     think = bar.number_input("Max thinking tokens", 1, 4096, key="knob_think_tokens")
     auto = bar.checkbox(
@@ -136,6 +153,7 @@ def sidebar_knobs(max_side: int) -> GenerationParams | None:
             cfg_img_scale=float(cfg_img),
             cfg_interval=tuple(interval),
             cfg_renorm_type=renorm,
+            feature_cache=feature_cache,
             seed=int(seed),
             max_think_tokens=int(think),
             height=height,

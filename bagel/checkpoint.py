@@ -20,6 +20,18 @@ from bagel.config import AE_CONFIG, BAGEL_CONFIG, LLM_CONFIG, VIT_CONFIG, BagelC
 from bagel.errors import CheckpointError
 from bagel.model import Bagel
 from bagel.pipeline import BagelPipeline
+from bagel.profiles import (
+    DF11_CONFIG,
+    Profile,
+    check_runnable,
+    parse_profile,
+    plan_offload,
+    profile_dtype,
+    quantised_weight,
+    stream_layers,
+    swap_quantised_linears,
+    weight_bytes,
+)
 from bagel.tokenizer import BagelTokenizer
 from bagel.vae import AutoEncoder
 
@@ -55,6 +67,7 @@ def load(
     dtype: str | torch.dtype | None = None,
     attn_backend: str | None = None,
     max_memory: dict[int | str, int | str] | None = None,
+    profile: str | None = None,
 ) -> BagelPipeline:
     """Load a BAGEL checkpoint folder (or hub id, when online) for inference.
 
@@ -67,13 +80,25 @@ def load(
         dtype: weights and activations of the BAGEL model ("float32", "bfloat16", …);
             default float32 on CPU, bfloat16 on CUDA. The autoencoder stays float32.
         attn_backend: "flash", "sdpa" or "math"; default: the best for the device.
+        max_memory: with device "auto", accelerate's per-device budget; with an offload
+            profile, the GPU budget as {0: bytes or "20GiB"} (default: 90% of the GPU).
+        profile: how the weights are held (bagel/profiles.py, docs/profiles.md): "fp32",
+            "bf16", "int8", "nf4", "offload", "int8+offload", "nf4+offload", "df11";
+            default fp32 on CPU, bf16 on CUDA. Refused before loading if this machine
+            cannot run it.
     """
     auto = device == "auto"
     device = parse_device(
         "cuda" if auto and torch.cuda.is_available() else "cpu" if auto else device
     )
-    dtype = parse_dtype(dtype, device)
-    folder = resolve_folder(path)
+    explicit = None if dtype is None else parse_dtype(dtype, device)
+    chosen = parse_profile(profile, device, explicit)
+    dtype = profile_dtype(chosen, explicit, device)
+    check_runnable(chosen, device)
+    if chosen.offload and auto:
+        raise CheckpointError("an offload profile runs on one GPU: pass device='cuda'")
+    folder = resolve_folder(path, df11=chosen.weights == "df11")
+    check_runnable(chosen, device, folder)
     config = BagelConfig.from_checkpoint(folder)
     tokenizer = BagelTokenizer.from_folder(folder)
     if tokenizer.vocab_len > config.llm.vocab_size:
@@ -84,28 +109,75 @@ def load(
     with torch.device("meta"):
         net, ae = Bagel(config), AutoEncoder(config.ae)
     placement = plan_device_map(net, dtype, max_memory) if auto and device.type == "cuda" else {}
-    load_weights(
-        net,
-        folder / EMA_WEIGHTS,
-        device,
-        dtype,
-        ignore=_dropped_vit_layer(config),
-        placement=placement,
-    )
+    if chosen.weights == "df11":
+        _load_df11(net, folder, device)
+    else:
+        streamed = _offloaded_layers(folder, chosen, dtype, device, max_memory)
+        placement = placement or {
+            f"language_model.model.layers.{i}": torch.device("cpu") for i in streamed
+        }
+        load_weights(
+            net,
+            folder / EMA_WEIGHTS,
+            device,
+            dtype,
+            ignore=_dropped_vit_layer(config),
+            placement=placement,
+            quantise=chosen.weights if chosen.quantised else None,
+        )
+        stream_layers([net.language_model.model.layers[i] for i in streamed], device)
     load_weights(ae, folder / AE_WEIGHTS, placement.get("vae2llm", device), torch.float32)
     pipe = BagelPipeline(net, ae, tokenizer, attn_backend)
     pipe.identity = checkpoint_identity(folder)
+    pipe.profile = chosen.name
     return pipe
 
 
-def resolve_folder(path: str | Path) -> Path:
-    """A local folder with every required file, downloading a hub id when needed."""
+def _offloaded_layers(
+    folder: Path,
+    profile: Profile,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_memory: dict[int | str, int | str] | None,
+) -> list[int]:
+    """The decoder layers an offload profile keeps in CPU memory (none otherwise)."""
+    if not profile.offload:
+        return []
+    budget = _gpu_budget(device, max_memory)
+    other, layers = weight_bytes(read_header(folder / EMA_WEIGHTS), profile.weights, dtype)
+    return [i for i, resident in enumerate(plan_offload(other, layers, budget)) if not resident]
+
+
+def _gpu_budget(device: torch.device, max_memory: dict[int | str, int | str] | None) -> int:
+    from accelerate.utils import convert_file_size_to_int
+
+    index = device.index or 0
+    for key in (index, str(index), str(device), f"cuda:{index}"):
+        if max_memory and key in max_memory:
+            return convert_file_size_to_int(max_memory[key])
+    return int(0.9 * torch.cuda.get_device_properties(index).total_memory)
+
+
+def _load_df11(net: nn.Module, folder: Path, device: torch.device) -> None:
+    """The DFloat11 weights of `folder` into `net` (on meta), decompressed on `device`."""
+    from dfloat11 import DFloat11Model
+
+    DFloat11Model.from_pretrained(str(folder), device=str(device), bfloat16_model=net)
+    net.eval().requires_grad_(False)
+
+
+def resolve_folder(path: str | Path, df11: bool = False) -> Path:
+    """A local folder with every required file, downloading a hub id when needed.
+
+    A DFloat11 folder (`df11`) holds its own weight files in place of ema.safetensors.
+    """
     folder = Path(path).expanduser()
     if not folder.exists() and _HUB_ID.match(str(path)):
         folder = _download(str(path))
     if not folder.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint folder")
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    required = (LLM_CONFIG, VIT_CONFIG, AE_WEIGHTS, DF11_CONFIG) if df11 else REQUIRED_FILES
+    missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         raise CheckpointError(f"{folder}: missing checkpoint file(s): {', '.join(missing)}")
     return folder
@@ -118,25 +190,37 @@ def load_weights(
     dtype: torch.dtype,
     ignore: tuple[str, ...] = (),
     placement: dict[str, torch.device] | None = None,
+    quantise: str | None = None,
 ) -> None:
     """Check `file`'s names and shapes against `module` (built on meta), then assign them.
 
     `placement` maps module names to devices (a device map); other tensors go to `device`.
+    `quantise` ("int8" or "nf4"): the decoder's linear weights are quantised one by one
+    as they are read, so the full-precision model never sits in memory.
     """
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     found = read_header(file)
     found = {k: s for k, s in found.items() if not k.startswith(ignore)} if ignore else found
     check_names_and_shapes(expected, found, file)
+    swapped = swap_quantised_linears(module, quantise, dtype) if quantise else set()
     state = {}
     try:
         # with a device map, read on the CPU and move each tensor once, to its own GPU
         with safe_open(str(file), framework="pt", device="cpu" if placement else str(device)) as f:
             for key in expected:
-                target = _placed(key, placement) if placement else device
-                state[key] = f.get_tensor(key).to(target, dtype)
+                target = _placed(key, placement, device) if placement else device
+                owner, _, leaf = key.rpartition(".")
+                if owner not in swapped:
+                    state[key] = f.get_tensor(key).to(target, dtype)
+                elif leaf == "weight":
+                    weight = quantised_weight(f.get_tensor(key).to(dtype), quantise, target)
+                    module.get_submodule(owner).weight = weight
+                else:
+                    value = nn.Parameter(f.get_tensor(key).to(target, dtype), requires_grad=False)
+                    module.get_submodule(owner).bias = value
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{file}: cannot read tensor data ({err})") from err
-    module.load_state_dict(state, strict=True, assign=True)
+    module.load_state_dict(state, strict=not swapped, assign=True)
     module.eval().requires_grad_(False)
 
 
@@ -164,13 +248,17 @@ def plan_device_map(
     return devices
 
 
-def _placed(key: str, placement: dict[str, torch.device]) -> torch.device:
+def _placed(
+    key: str, placement: dict[str, torch.device], default: torch.device | None = None
+) -> torch.device:
     """The device of the longest module name in `placement` that `key` belongs to."""
     parts = key.split(".")
     for cut in range(len(parts), -1, -1):
         name = ".".join(parts[:cut])
         if name in placement:
             return placement[name]
+    if default is not None:
+        return default
     raise CheckpointError(f"device map has no place for tensor {key!r}")
 
 

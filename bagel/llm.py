@@ -202,6 +202,13 @@ class MoTDecoderLayer(nn.Module):
         return x + route(h, self.mlp, self.mlp_moe_gen)
 
 
+def layer_device(layer: MoTDecoderLayer) -> torch.device:
+    """Where a decoder layer computes: its weights' device, or for a layer streamed from
+    CPU memory (the offload profiles) the device it is streamed to."""
+    streamed = getattr(layer, "execution_device", None)
+    return streamed if streamed is not None else layer.input_layernorm.weight.device
+
+
 class MoTModel(nn.Module):
     def __init__(self, cfg: LLMConfig):
         super().__init__()
@@ -250,7 +257,7 @@ class MoTLanguageModel(nn.Module):
         """
         fwd = None
         for i, layer in enumerate(self.model.layers):
-            device = layer.input_layernorm.weight.device  # layers may sit on several GPUs
+            device = layer_device(layer)  # layers may sit on several GPUs
             if fwd is None or fwd.rope[0].device != device:
                 rope = rope_cos_sin(
                     positions.to(device), self.config.head_dim, self.config.rope_theta, x.dtype

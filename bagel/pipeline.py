@@ -23,7 +23,7 @@ from bagel.flow import SamplerParams, cfg_combine, cfg_scales, euler_step, flow_
 from bagel.forcing import check_forcing, forcing_plan
 from bagel.image import open_image, to_pil, to_tensor, vae_rule, vit_rule
 from bagel.kv import KVContext, KVLayout
-from bagel.llm import Routing
+from bagel.llm import Routing, layer_device
 from bagel.model import Bagel
 from bagel.taylorseer import TaylorCache
 from bagel.tokenizer import BagelTokenizer
@@ -64,6 +64,7 @@ class BagelPipeline:
         self.net, self.ae, self.tokenizer = net.eval(), ae.eval(), tokenizer
         self.config = net.config
         self.identity: str | None = None  # set by bagel.load: hash of configs + headers
+        self.profile: str | None = None  # set by bagel.load: the memory profile
         self.backend = check_backend(attn_backend or default_backend(net.device), net.device)
         self.vae_rule, self.vit_rule = vae_rule(self.config), vit_rule(self.config)
         llm = self.config.llm
@@ -73,7 +74,7 @@ class BagelPipeline:
             llm.num_key_value_heads,
             llm.head_dim,
             net.dtype,
-            tuple(layer.input_layernorm.weight.device for layer in layers),
+            tuple(layer_device(layer) for layer in layers),
         )
 
     @property

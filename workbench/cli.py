@@ -87,7 +87,11 @@ def _run_batch(scenarios: list[Scenario], out: Path, args: argparse.Namespace) -
         check_out_dir(folder, scenario)
     model = _pick(scenarios, "model", args.model)
     device = _pick(scenarios, "device", args.device) or "cpu"
-    pipe = _load(model, device, _pick(scenarios, "dtype", args.dtype))
+    dtype, profile = (
+        _pick(scenarios, "dtype", args.dtype),
+        _pick(scenarios, "profile", args.profile),
+    )
+    pipe = _load(model, device, dtype, profile)
     for scenario in scenarios:
         check_for_model(scenario, pipe)
     rows: list[_Row] = []
@@ -291,7 +295,8 @@ def _load_for_session(folder: Path, args: argparse.Namespace) -> BagelPipeline:
 
     manifest = read_manifest(folder, None, allow_other_checkpoint=True)
     device = args.device or manifest.get("device") or "cpu"
-    return _load(args.model, device, args.dtype or manifest.get("dtype"))
+    dtype = args.dtype or (None if args.profile else manifest.get("dtype"))
+    return _load(args.model, device, dtype, args.profile)
 
 
 def _beside(folder: Path, suffix: str) -> Path:
@@ -306,15 +311,17 @@ def _listing(folder: Path) -> list[str]:
 # -- model loading ----------------------------------------------------------------------
 
 
-def _load(model: str | Path | None, device: str, dtype: str | None) -> BagelPipeline:
+def _load(
+    model: str | Path | None, device: str, dtype: str | None, profile: str | None = None
+) -> BagelPipeline:
     """Load `model`; None is the tiny random checkpoint in DEFAULT_TINY (made if missing)."""
     from bagel.checkpoint import load
 
     if model is None:
         model = _tiny()
-    print(f"loading {model} on {device}", flush=True)
+    print(f"loading {model} on {device}" + (f" ({profile})" if profile else ""), flush=True)
     started = time.perf_counter()
-    pipe = load(model, device=device, dtype=dtype)
+    pipe = load(model, device=device, dtype=dtype, profile=profile)
     print(f"loaded in {time.perf_counter() - started:.1f} s", flush=True)
     return pipe
 
@@ -362,8 +369,50 @@ def cmd_info(args: argparse.Namespace) -> int:
         "max_image_side": config.vae_max_side,
         "weights": counts,
     }
+    if args.profile is not None:
+        info["memory"] = profile_memory(folder, args.profile, args.device, args.gpu_memory)
     print(json.dumps(info, indent=2))
     return EXIT_OK
+
+
+def profile_memory(
+    folder: Path, profile: str, device: str, gpu_memory: str | None
+) -> dict[str, object]:
+    """The weight bytes per device of `profile`, from the safetensors headers alone."""
+    import torch
+    from accelerate.utils import convert_file_size_to_int
+
+    from bagel.checkpoint import read_header
+    from bagel.errors import CheckpointError
+    from bagel.profiles import device_bytes, parse_profile, profile_dtype
+
+    target = torch.device(device)
+    chosen = parse_profile(profile, target)
+    if chosen.weights == "df11":
+        raise CheckpointError("info --profile df11: not computed (DFloat11 sizes vary by layer)")
+    if chosen.offload and gpu_memory is None:
+        raise CheckpointError(f"info --profile {chosen.name}: pass --gpu-memory, e.g. 20GiB")
+    try:
+        budget = None if gpu_memory is None else convert_file_size_to_int(_size(gpu_memory))
+    except ValueError as err:
+        raise CheckpointError(f"--gpu-memory {gpu_memory!r}: {err}") from err
+    sizes = device_bytes(
+        read_header(folder / "ema.safetensors"),
+        read_header(folder / "ae.safetensors"),
+        chosen,
+        profile_dtype(chosen, None, target),
+        target,
+        budget,
+    )
+    return {
+        "profile": chosen.name,
+        "bytes": sizes,
+        "GiB": {k: round(v / 2**30, 3) for k, v in sizes.items()},
+    }
+
+
+def _size(text: str) -> str | int:
+    return int(text) if text.isdigit() else text  # plain digits: bytes
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -377,9 +426,17 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _model_options(p: argparse.ArgumentParser, model_help: str) -> None:
+    from bagel.profiles import PROFILES
+
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    p.add_argument(
+        "--profile",
+        default=None,
+        help=f"memory profile: {', '.join(PROFILES)} (docs/profiles.md); "
+        "default fp32 on CPU, bf16 on CUDA",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -437,6 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe a checkpoint folder without loading its weights")
     p.add_argument("model")
+    p.add_argument(
+        "--profile", default=None, help="also print the weight bytes each device would hold"
+    )
+    p.add_argument("--device", default="cpu", help="with --profile: cpu or cuda (default cpu)")
+    p.add_argument(
+        "--gpu-memory", default=None, help="with an offload profile: the GPU budget, e.g. 20GiB"
+    )
     p.set_defaults(func=cmd_info)
     return parser
 

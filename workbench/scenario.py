@@ -32,6 +32,7 @@ from PIL import Image
 from bagel.checkpoint import DTYPES
 from bagel.errors import BagelError, InputError
 from bagel.image import open_image
+from bagel.profiles import PROFILES
 from workbench.files import write_atomic
 from workbench.params import GenerationParams
 from workbench.session import Session
@@ -44,7 +45,7 @@ CHAINS = ("navigate", "rotate", "predict", "story", "edit", "agent")
 MAX_COUNT = 256  # frames, steps, rounds or actions in one step
 MAX_NODES = 100_000  # YAML values after alias expansion (guards against alias bombs)
 TOP_KEYS = (
-    *("name", "description", "model", "device", "dtype", "seed"),
+    *("name", "description", "model", "device", "dtype", "profile", "seed"),
     *("defaults", "start", "steps", "export"),
 )
 RUN_MANIFEST = "run.json"
@@ -136,6 +137,7 @@ class Scenario:
     model: str | None = None  # None: the caller's default
     device: str | None = None
     dtype: str | None = None
+    profile: str | None = None  # a memory profile (bagel/profiles.py)
     seed: int = 0
     description: str = ""
     lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
@@ -506,6 +508,7 @@ def _scenario(r: _Reader, root: _Node, source: Path) -> Scenario:
         model=_model(r, top["model"], source.parent) if "model" in top else None,
         device=_device(r, top["device"]) if "device" in top else None,
         dtype=r.choice(top["dtype"], "dtype", tuple(DTYPES)) if "dtype" in top else None,
+        profile=r.choice(top["profile"], "profile", PROFILES) if "profile" in top else None,
         seed=seed,
         description=r.text(top["description"], "description") if "description" in top else "",
         lines=r.lines,

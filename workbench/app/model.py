@@ -16,10 +16,12 @@ from pathlib import Path
 from bagel.checkpoint import load
 from bagel.config import BagelConfig
 from bagel.pipeline import BagelPipeline
+from bagel.profiles import PROFILES
 from workbench.app.jobs import Gate
 from workbench.cli import DEFAULT_TINY
 
 DEVICES = ("auto", "cpu", "cuda")
+PROFILE_CHOICES = ("default", *PROFILES)  # "default": fp32 on CPU, bf16 on CUDA
 DEFAULT_SESSIONS = Path("out/sessions")
 RANDOM_WEIGHTS_BANNER = (
     "This is a tiny checkpoint with **random weights**: its images are noise and its "
@@ -60,14 +62,15 @@ class LoadedModel:
     random_weights: bool
 
 
-def load_model(model: str, device: str = "auto") -> LoadedModel:
-    """Load a checkpoint folder or hub id; "" makes (if needed) and loads the tiny default."""
+def load_model(model: str, device: str = "auto", profile: str | None = None) -> LoadedModel:
+    """Load a checkpoint folder or hub id; "" makes (if needed) and loads the tiny default.
+    `profile`: a memory profile (bagel/profiles.py); None: the device's default."""
     if not model:
         if not (DEFAULT_TINY / "ae.safetensors").exists():  # written last
             from bagel.tiny import make_tiny
 
             make_tiny(DEFAULT_TINY)
         model = str(DEFAULT_TINY)
-    pipe = load(model, device=device)
+    pipe = load(model, device=device, profile=profile)
     random_weights = pipe.config == BagelConfig.tiny()
     return LoadedModel(pipe, Gate(), model, random_weights)
