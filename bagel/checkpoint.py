@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from bagel.compiled import compile_decoder
 from bagel.config import AE_CONFIG, BAGEL_CONFIG, LLM_CONFIG, VIT_CONFIG, BagelConfig
 from bagel.errors import CheckpointError
 from bagel.model import Bagel
@@ -68,6 +69,7 @@ def load(
     attn_backend: str | None = None,
     max_memory: dict[int | str, int | str] | None = None,
     profile: str | None = None,
+    compile: bool = False,
 ) -> BagelPipeline:
     """Load a BAGEL checkpoint folder (or hub id, when online) for inference.
 
@@ -86,6 +88,8 @@ def load(
             "bf16", "int8", "nf4", "offload", "int8+offload", "nf4+offload", "df11";
             default fp32 on CPU, bf16 on CUDA. Refused before loading if this machine
             cannot run it.
+        compile: compile the decoder layers' norms and MLPs with torch.compile
+            (bagel/compiled.py); off by default.
     """
     auto = device == "auto"
     device = parse_device(
@@ -127,6 +131,8 @@ def load(
         )
         stream_layers([net.language_model.model.layers[i] for i in streamed], device)
     load_weights(ae, folder / AE_WEIGHTS, placement.get("vae2llm", device), torch.float32)
+    if compile:
+        compile_decoder(net.language_model.model.layers)
     pipe = BagelPipeline(net, ae, tokenizer, attn_backend)
     pipe.identity = checkpoint_identity(folder)
     pipe.profile = chosen.name
