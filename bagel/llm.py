@@ -61,6 +61,9 @@ class Routing:
     num_rows: int
     gen: Tensor | None = None
     und: Tensor | None = None  # derived: the complement of gen, or None if all rows are gen
+    # one image block: gen rows are [start, stop) and und rows the few around them (the
+    # markers); `apply` then slices and concatenates instead of gathering and scattering
+    span: tuple[int, int] | None = None
 
     @classmethod
     def text(cls, num_rows: int) -> Routing:
@@ -76,13 +79,14 @@ class Routing:
             is_gen[start:stop] = True
         gen = is_gen.nonzero().squeeze(1).to(device)
         und = (~is_gen).nonzero().squeeze(1).to(device)
-        return cls(num_rows, gen, und if und.numel() else None)
+        span = spans[0] if len(spans) == 1 and und.numel() else None
+        return cls(num_rows, gen, und if und.numel() else None, span)
 
     def to(self, device: torch.device) -> Routing:
         if self.gen is None or self.gen.device == device:
             return self
         und = None if self.und is None else self.und.to(device)
-        return Routing(self.num_rows, self.gen.to(device), und)
+        return Routing(self.num_rows, self.gen.to(device), und, self.span)
 
     def apply(self, x: Tensor, f_und, f_gen) -> Tensor:
         """out[:, und] = f_und(x[:, und]); out[:, gen] = f_gen(x[:, gen]). x is [B, T, ...]."""
@@ -90,6 +94,10 @@ class Routing:
             return f_und(x)
         if self.und is None:
             return f_gen(x)
+        if self.span is not None:
+            start, stop = self.span
+            y_und = f_und(torch.cat([x[:, :start], x[:, stop:]], dim=1))  # the marker rows
+            return torch.cat([y_und[:, :start], f_gen(x[:, start:stop]), y_und[:, start:]], 1)
         y_und, y_gen = f_und(x[:, self.und]), f_gen(x[:, self.gen])
         out = y_und.new_empty(x.shape[0], x.shape[1], *y_und.shape[2:])
         out[:, self.und] = y_und

@@ -23,3 +23,21 @@ def test_compiled_equals_eager(tiny_dir, pipe):
     eager, fast = latents[0].latent, latents[1].latent
     torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-5 * float(eager.abs().max()))
     torch.testing.assert_close(replies[1], replies[0], rtol=1e-5, atol=1e-5)
+
+
+def test_sliced_routing_of_one_image_block_equals_gather_and_scatter():
+    from dataclasses import replace
+
+    from bagel.llm import Routing
+
+    torch.manual_seed(0)
+    und, gen = torch.nn.Linear(32, 24), torch.nn.Linear(32, 24)
+    sliced = Routing.latent_spans(20, [(1, 19)])
+    assert sliced.span == (1, 19)
+    scattered = replace(sliced, span=None)
+    x = torch.randn(3, 20, 32)
+    with torch.inference_mode():
+        fast, slow = sliced.apply(x, und, gen), scattered.apply(x, und, gen)
+    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(fast[:, 0], und(x[:, 0])) and torch.allclose(fast[:, 5], gen(x[:, 5]))
+    assert Routing.latent_spans(40, [(1, 19), (21, 39)]).span is None  # a window: gather
