@@ -17,6 +17,7 @@ the bytes each device will hold follow from the safetensors shapes alone (`weigh
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,8 @@ def swap_quantised_linears(net: nn.Module, kind: str, dtype: torch.dtype) -> set
     returns their names. Weights are given later with `quantised_weight`."""
     import bitsandbytes as bnb
 
+    # its int8 matmul casts each float32 / bfloat16 input to float16 and logs so per call
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     names = {n for n, m in net.named_modules() if isinstance(m, nn.Linear)}
     names = {n for n in names if is_quantised_linear(n)}
     for name in names:
@@ -190,6 +193,10 @@ def swap_quantised_linears(net: nn.Module, kind: str, dtype: torch.dtype) -> set
 def quantised_weight(weight: torch.Tensor, kind: str, device: torch.device) -> nn.Parameter:
     """A full-precision [out, in] weight quantised on `device` (the move quantises)."""
     import bitsandbytes as bnb
+
+    # bitsandbytes quantises while moving a parameter from the CPU (an int8 parameter
+    # created on the GPU would stay unquantised), so the weight starts on the CPU
+    weight = weight.cpu()
 
     if kind == "int8":
         param = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
