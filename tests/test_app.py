@@ -302,7 +302,7 @@ def _gate(at: AppTest):
     """The generation gate of the app's model (st.cache_resource: one per process)."""
     from app_pages.common import cached_model
 
-    model = cached_model(os.environ["WORKBENCH_MODEL"], "auto")
+    model = cached_model(os.environ["WORKBENCH_MODEL"], "auto", "default")
     assert model.pipe is at.session_state["workspace"].pipe
     return model.gate
 

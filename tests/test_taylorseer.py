@@ -221,7 +221,7 @@ def test_the_decoder_runs_only_on_full_steps(pipe, monkeypatch):
 
 
 def test_frames_window_one_with_every_step_full_equals_uncached(pipe):
-    base = SamplerParams(num_timesteps=5, cfg_text_scale=4.0, cfg_img_scale=2.0)
+    base = SamplerParams(num_timesteps=3, cfg_text_scale=4.0, cfg_img_scale=2.0)
     every = SamplerParams(
         **{**base.__dict__, "feature_cache": "taylorseer", "feature_cache_interval": 1}
     )

@@ -289,14 +289,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _load_for_session(folder: Path, args: argparse.Namespace) -> BagelPipeline:
-    """--model (default: the tiny checkpoint) on the session's own device kind and dtype
-    unless --device / --dtype say otherwise."""
+    """--model (default: the tiny checkpoint) on the session's own device kind, dtype and
+    quantisation unless --device / --dtype / --profile say otherwise."""
     from workbench.store import read_manifest
 
     manifest = read_manifest(folder, None, allow_other_checkpoint=True)
     device = args.device or manifest.get("device") or "cpu"
+    profile = args.profile or _quantised_kind(manifest.get("profile"))
     dtype = args.dtype or (None if args.profile else manifest.get("dtype"))
-    return _load(args.model, device, dtype, args.profile)
+    return _load(args.model, device, dtype, profile)
+
+
+def _quantised_kind(saved: str | None) -> str | None:
+    """int8 / nf4 from a session's profile (they change every output; offload and the
+    full-precision ones do not, and follow --device / --dtype)."""
+    kind = (saved or "").split("+")[0]
+    return kind if kind in ("int8", "nf4") else None
 
 
 def _beside(folder: Path, suffix: str) -> Path:

@@ -114,6 +114,7 @@ def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:
         "package_version": workbench.__version__,
         "checkpoint": pipe.identity,
         "dtype": _dtype_name(pipe.net.dtype),
+        "profile": pipe.profile,  # how the weights were held (int8 / nf4 change the outputs)
         "device": pipe.device.type,
         "context_limit": dataclasses.asdict(session.limit),
         "turns": turns,
