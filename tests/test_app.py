@@ -316,3 +316,14 @@ def test_a_model_that_does_not_load_gives_a_message(app, tmp_path):
     assert not app.header  # no page without a model
     app.sidebar.text_input(key="model_spec").set_value(os.environ["WORKBENCH_MODEL"]).run()
     assert [h.value for h in app.header] == ["Story"]
+
+
+def test_the_model_box_offers_the_profiles(app):
+    app.run()
+    assert "int8" in app.sidebar.selectbox(key="profile").options
+    app.sidebar.selectbox(key="profile").set_value("offload").run()
+    _ok(app)
+    assert any("Cannot load the model" in e.value and "onto a GPU" in e.value for e in app.error)
+    app.sidebar.selectbox(key="profile").set_value("nf4").run()
+    assert [h.value for h in app.header] == ["Story"]
+    assert app.session_state["workspace"].pipe.profile == "nf4"
