@@ -308,6 +308,21 @@ def _listing(folder: Path) -> list[str]:
     ]
 
 
+# -- the browser app ----------------------------------------------------------------------
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Serve the browser app on --address (127.0.0.1 unless another is chosen)."""
+    from workbench.app.launch import run_app
+
+    app_args = []
+    for name in ("model", "device", "sessions"):
+        if getattr(args, name) is not None:
+            app_args += [f"--{name}", str(getattr(args, name))]
+    run_app(args.address, args.port, app_args)
+    return EXIT_OK
+
+
 # -- model loading ----------------------------------------------------------------------
 
 
@@ -442,6 +457,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_options(p, "the session's checkpoint, for the drift metric (default: no drift)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("app", help="serve the browser app (on 127.0.0.1 unless --address)")
+    p.add_argument(
+        "--address", default="127.0.0.1", help="where to listen; 0.0.0.0 serves other machines"
+    )
+    p.add_argument("--port", type=int, default=None, help="default: 8501")
+    p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: tiny)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda")
+    p.add_argument("--sessions", default=None, help="where sessions are saved (out/sessions)")
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("make-tiny", help="write a tiny random checkpoint in the official layout")
     p.add_argument("folder", type=Path)

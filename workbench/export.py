@@ -249,6 +249,8 @@ def export_session(
     formats = _check_formats(formats)
     if "gif" in formats or "mp4" in formats:
         _check_fps(fps, GIF_MAX_FPS if "gif" in formats else FPS_RANGE[1])
+    inputs = [] if isinstance(source, Session) else [Path(source)]
+    out = outputs.check_output_folder(out, "export", inputs, overwrite)  # before any read
     if isinstance(source, Session):
         pipe = pipe or source.pipe
     elif pipe is not None:
@@ -256,8 +258,6 @@ def export_session(
     picked = session_frames(source, include)
     if not picked:
         raise InputError(f"no frames to export: the session has no {include} images")
-    inputs = [] if isinstance(source, Session) else [Path(source)]
-    out = outputs.check_output_folder(out, "export", inputs, overwrite)
     _make_folder(out.parent)
     metrics = frame_metrics(pipe, [p.frame.image for p in picked])
     with _staging(out) as tmp:
