@@ -30,7 +30,8 @@ from workbench.cli import main
 from workbench.export import export_session
 from workbench.outputs import MARKER, OutputError, check_output_folder
 from workbench.params import GenerationParams
-from workbench.scenario import ScenarioError, load_scenario
+from workbench.positions import scenario_positions
+from workbench.scenario import ScenarioError, load_scenario, run_scenario
 from workbench.session import Session
 from workbench.store import REPORT, replay, save
 
@@ -310,17 +311,43 @@ def test_values_a_run_would_refuse_are_refused_by_validation(
     assert message in capsys.readouterr().err and not (tmp_path / "runs").exists()
 
 
-def test_a_reply_longer_than_the_model_allows_is_refused_before_writing(
-    tmp_path, loads, pipe, capsys
-):
+def test_a_run_past_the_model_positions_is_refused_before_writing(tmp_path, loads, pipe, capsys):
     limit = pipe.config.llm.max_position_embeddings
     text = WALK.replace("  width: 32\n", f"  width: 32\n  max_think_tokens: {limit}\n")
-    path = scenario(tmp_path / "sc", text + "  - story: {beats: [a cat], caption: true}\n")
-    load_scenario(path)  # the file is fine; only the model's position limit refuses it
-    assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 2
-    err = capsys.readouterr().err
-    assert "defaults.max_think_tokens" in err and f"{limit} positions" in err
+    story = scenario(tmp_path / "sc", text + "  - story: {beats: [a cat], caption: true}\n")
+    load_scenario(story)  # the file is fine; only the model's position limit refuses it
+    many = "  - navigate: {actions: [" + ", ".join(["strafe_left"] * 256) + "]}\n"
+    long = scenario(tmp_path / "sc", WALK + many * 2, name="long")
+    for path, at in (
+        (story, "walk.yaml:11: steps[1].story"),
+        (long, "long.yaml:10: steps[1].navigate"),
+    ):
+        assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == 2
+        err = capsys.readouterr().err
+        assert at in err and f"past the model's limit of {limit}" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_position_count_is_the_one_a_run_takes(tmp_path, pipe):
+    steps = """\
+  - rotate: {degrees: 45, steps: 2, template: "Turn by {degrees} degrees."}
+  - predict: {frames: 2, mode: forcing, window: 2, schedule: pyramid, instruction: roll}
+  - story: {beats: [a cat, {text: a key, image: street.png}]}
+  - edit: {instruction: make it red}
+  - agent: {goal: find the door, actions: [forward, back], max_steps: 1}
+"""
+    loaded = load_scenario(scenario(tmp_path, WALK + steps))
+    counted = scenario_positions(loaded, pipe)
+    result = run_scenario(loaded, pipe, tmp_path / "out")
+    turns = result.session.turns
+    firsts = [r.trace[0].turn for r in result.results]  # each step's first turn
+    ropes = [turns[f].before[0].rope for f in firsts] + [result.session.main.rope]
+    assert [at for at, _ in counted] == [
+        *("start.image", "steps[0].navigate", "steps[1].rotate", "steps[2].predict"),
+        *("steps[3].story", "steps[4].edit", "steps[5].agent"),
+    ]
+    assert [n for _, n in counted[:5]] == ropes[:5]  # no replies, no early stop: exact
+    assert all(n >= rope for (_, n), rope in zip(counted[5:], ropes[5:], strict=True))
 
 
 def test_numbers_must_be_finite_everywhere_in_a_scenario(tmp_path):

@@ -37,6 +37,7 @@ from bagel.image import open_image
 from workbench import outputs
 from workbench.files import write_atomic
 from workbench.params import GenerationParams
+from workbench.positions import scenario_positions
 from workbench.session import Session
 from workbench.store import save
 
@@ -708,7 +709,7 @@ def check_for_model(scenario: Scenario, pipe: BagelPipeline) -> None:
                 key = "height" if str(err).startswith("height") else "width"
                 line_at = f"{at}.{key}" if f"{at}.{key}" in scenario.lines else f"defaults.{key}"
                 raise scenario.error(line_at, str(err).removeprefix(f"{key} ")) from err
-    _check_replies(scenario, pipe.config.llm.max_position_embeddings)
+    _check_positions(scenario, pipe)
     images = [("start.image", scenario.start.image)]
     for i, step in enumerate(scenario.steps):
         for j, beat in enumerate(step.args.get("beats", []) if step.chain == "story" else []):
@@ -721,18 +722,17 @@ def check_for_model(scenario: Scenario, pipe: BagelPipeline) -> None:
                 raise scenario.error(at, str(err)) from err
 
 
-def _check_replies(scenario: Scenario, limit: int) -> None:
-    """A step that lets the model write (a story's captions, an edit's thinking) needs
-    room for max_think_tokens in the model's positions, or it is refused once running."""
-    for i, step in enumerate(scenario.steps):
-        writes = step.args.get("caption" if step.chain == "story" else "think", False)
-        if step.chain in ("story", "edit") and writes and step.params.max_think_tokens >= limit:
-            at = f"steps[{i}].{step.chain}.params.max_think_tokens"
-            at = at if at in scenario.lines else "defaults.max_think_tokens"
+def _check_positions(scenario: Scenario, pipe: BagelPipeline) -> None:
+    """The run's turns must fit in the model's positions (workbench.positions), or the
+    session would refuse the turn that passes the limit once running."""
+    limit = pipe.config.llm.max_position_embeddings
+    for at, total in scenario_positions(scenario, pipe):
+        if total > limit:
             raise scenario.error(
                 at,
-                f"{step.params.max_think_tokens} tokens do not fit in the model's "
-                f"{limit} positions; must be below {limit}",
+                f"the run would take up to {total} positions by the end of this step, past "
+                f"the model's limit of {limit}; use fewer frames, steps or rounds, shorter "
+                "texts or a smaller max_think_tokens",
             )
 
 
