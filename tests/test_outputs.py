@@ -233,6 +233,25 @@ def test_a_listed_file_that_is_not_a_regular_one_is_refused(saved, tmp_path, kin
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exp")]
 
 
+def test_no_output_goes_inside_another_saved_session(saved, pipe, tmp_path, loads, capsys):
+    other = Path(shutil.copytree(saved, tmp_path / "other"))
+    path = scenario(tmp_path / "sc")
+    before = digest(tmp_path)
+    commands = [
+        ["export", str(saved), "--out", str(other / "images" / "x")],
+        ["run", str(path), "--out", str(other / "images")],
+        ["replay", str(saved), "--report", str(other / "report.json")],
+    ]
+    for command in commands:
+        assert main(command) == 2, command
+        assert f"lies inside the saved session {other}" in capsys.readouterr().err
+    session = Session(pipe)
+    session.add_text("hello")
+    with pytest.raises(OutputError, match="lies inside the saved session"):
+        save_session(session, other, "mine")
+    assert digest(tmp_path) == before
+
+
 def test_check_output_folder_accepts_new_and_empty_folders(tmp_path):
     assert check_output_folder(tmp_path / "a" / "b", "export") == tmp_path / "a" / "b"
     (tmp_path / "empty").mkdir()

@@ -4,6 +4,7 @@
 - An output may not be, contain or lie inside an input the command reads: a session
   folder, a scenario file, the images it names. (A scenario's output may lie in the
   scenario's folder, e.g. `runs/` beside it, but may not be that folder or hold it.)
+- An output may not lie inside any saved session (only a replay's report goes there).
 - An output may not be a symbolic link, a file where a folder is due (or a folder where
   a file is due), or lie under a file or in a folder that cannot be written.
 - An existing, non-empty output folder is replaced only when asked (`overwrite`) and
@@ -39,13 +40,22 @@ def absolute(path: str | Path) -> Path:
     return Path(os.path.realpath(path.parent)) / path.name if path.name else path.resolve()
 
 
-def check_target(path: str | Path, inputs: Iterable[str | Path] = (), folder: bool = True) -> Path:
+def check_target(
+    path: str | Path,
+    inputs: Iterable[str | Path] = (),
+    folder: bool = True,
+    in_session: bool = False,
+) -> Path:
     """Refuse `path` as a place to write (a folder, or a file with folder=False) when it is,
-    holds or lies inside one of `inputs`, is a link, is the wrong kind of entry, or sits
-    where nothing can be written. Returns it absolute (see `absolute`)."""
+    holds or lies inside one of `inputs`, lies inside a saved session (unless in_session:
+    a replay's own report), is a link, is the wrong kind of entry, or sits where nothing
+    can be written. Returns it absolute (see `absolute`)."""
     out = absolute(path)
     for given in inputs:
         _check_apart(out, Path(given))
+    session = next((p for p in out.parents if (p / SESSION_MANIFEST).is_file()), None)
+    if session is not None and not in_session:
+        raise OutputError(f"{out}: lies inside the saved session {session}; choose another output")
     if out.is_symlink():
         raise OutputError(
             f"{out}: is a symbolic link (to {os.path.realpath(out)}); give a plain path"

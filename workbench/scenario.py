@@ -761,12 +761,6 @@ def check_out_dir(out_dir: str | Path, scenario: Scenario) -> None:
     read-only); run_scenario checks it too; a caller running several scenarios checks
     them all first."""
     out_dir = Path(out_dir)
-    try:
-        outputs.check_target(out_dir, inputs(scenario))
-        for name, folder in (("session", True), (RUN_MANIFEST, False), ("export", True)):
-            outputs.check_target(out_dir / name, folder=folder)
-    except outputs.OutputError as err:
-        raise ScenarioError(out_dir, None, "out_dir", str(err)) from None
     if (out_dir / "session.json").exists():
         raise ScenarioError(
             out_dir / "session.json",
@@ -774,6 +768,12 @@ def check_out_dir(out_dir: str | Path, scenario: Scenario) -> None:
             "out_dir",
             "this folder is a saved session; choose an empty or new output folder",
         )
+    try:
+        outputs.check_target(out_dir, inputs(scenario))
+        for name, folder in (("session", True), (RUN_MANIFEST, False), ("export", True)):
+            outputs.check_target(out_dir / name, folder=folder)
+    except outputs.OutputError as err:
+        raise ScenarioError(out_dir, None, "out_dir", str(err)) from None
     owner, folder = _owner(out_dir / RUN_MANIFEST), out_dir / "session"
     if owner not in (None, str(scenario.source)) or (owner is None and folder.exists()):
         whose = f"the run of scenario {owner}" if owner else "a session of unknown origin"

@@ -256,7 +256,7 @@ def report_path(folder: Path, report: str | Path | None = None) -> Path:
     path = folder / REPORT
     if report is None or outputs.absolute(report) == outputs.absolute(path):
         try:
-            return outputs.check_target(path, folder=False)
+            return outputs.check_target(path, folder=False, in_session=True)
         except outputs.OutputError as err:
             raise outputs.OutputError(
                 f"{err}; the replay report cannot go in the session folder: pass another "
