@@ -311,6 +311,14 @@ def test_run_into_the_scenario_folder_itself_is_refused(tmp_path, loads, capsys)
 
 
 BAD_VALUES = [
+    (
+        "  - story: {beats: [a cat], caption: true, params: {do_sample: true, temperature: 1.0e-300}}\n",
+        "steps[1].story.params.temperature: must be >= 0.001 when sampling",
+    ),
+    (
+        '  - rotate: {degrees: 90, steps: 1, template: "by {degrees:d}"}\n',
+        "steps[1].rotate.template: not a valid template",
+    ),
     ("  - rotate: {degrees: .nan, steps: 1}\n", "steps[1].rotate.degrees: expected a finite"),
     (
         "  - predict: {frames: 3, mode: forcing, window: 3, schedule: autoregressive}\n",

@@ -345,6 +345,10 @@ class _Reader:
             self.fail(node.line, at, f"not a valid template ({err})")
         if "degrees" not in names or not names <= {"degrees", "axis"}:
             self.fail(node.line, at, "must contain {degrees} and may contain {axis}, nothing else")
+        try:  # as the chain fills it: a format spec such as {degrees:d} fails on text
+            text.format(degrees="90", axis="vertical")
+        except (ValueError, IndexError, KeyError) as err:
+            self.fail(node.line, at, f"not a valid template ({err})")
         return text
 
     def degrees(self, node: _Node, at: str) -> float:
