@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -151,7 +152,7 @@ def test_export_never_replaces_another_session_or_a_folder_it_did_not_make(saved
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     before = digest(tmp_path)
-    for out, problem in ((other, "is a saved session"), (mine, "was not made by a export")):
+    for out, problem in ((other, "is a saved session"), (mine, "is not an earlier export's")):
         with pytest.raises(OutputError, match=problem):
             export_session(saved, out, overwrite=True)
         assert main(["export", str(saved), "--out", str(out), "--overwrite"]) == 2
@@ -280,7 +281,9 @@ def scenario(folder: Path, text: str = WALK, name: str = "walk") -> Path:
     return folder / f"{name}.yaml"
 
 
-def test_run_refuses_bad_output_places_before_writing(saved, tmp_path, loads, monkeypatch, capsys):
+def test_run_refuses_bad_output_places_before_writing(
+    saved, pipe, tmp_path, loads, monkeypatch, capsys
+):
     path = scenario(tmp_path / "sc")
     (tmp_path / "file").write_text("x")
     linked = tmp_path / "linked" / "walk"
@@ -291,14 +294,18 @@ def test_run_refuses_bad_output_places_before_writing(saved, tmp_path, loads, mo
         (tmp_path / "file", "is not a folder"),
         (tmp_path / "linked", "symbolic link"),
     ]
-    for out, problem in cases:
-        assert main(["run", str(path), "--out", str(out)]) == 2, out
-        assert problem in capsys.readouterr().err
     shut = tmp_path / "shut"
     shut.mkdir()
     read_only(monkeypatch, shut)
-    assert main(["run", str(path), "--out", str(shut)]) == 2
-    assert "not writable (read-only)" in capsys.readouterr().err
+    cases.append((shut, "not writable (read-only)"))
+    loaded = load_scenario(path)
+    for out, problem in cases:
+        with opened(tmp_path) as files:
+            assert main(["run", str(path), "--out", str(out)]) == 2, out
+        assert problem in capsys.readouterr().err
+        assert set(files) <= {str(path), str(path.parent / "street.png")}  # validation reads
+        with pytest.raises(ScenarioError, match=re.escape(problem)):  # the API: the same
+            run_scenario(loaded, pipe, out / "walk")
     assert digest(tmp_path) == {**before, "shut": "folder"}
 
 

@@ -91,9 +91,9 @@ def check_output_folder(
         )
     made = made_by(out)
     if made != kind:
-        what = f"a {made}" if made else f"no {MARKER}"
+        what = f"its {MARKER} names {made!r}" if made else f"it holds no {MARKER}"
         raise OutputError(
-            f"{out}: folder is not empty and was not made by a {kind} ({what}); overwrite "
+            f"{out}: folder is not empty and is not an earlier {kind}'s ({what}); overwrite "
             f"replaces only an earlier {kind}'s folder: choose another folder"
         )
     return out
