@@ -131,6 +131,7 @@ def read_only(monkeypatch, *folders: Path) -> None:
     ("where", "problem"),
     [
         (lambda s: s, "is the input"),
+        (lambda s: s / "images" / "..", "is the input"),
         (lambda s: s / "images", "lies inside the input"),
         (lambda s: s.parent, "holds the input"),
     ],

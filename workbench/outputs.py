@@ -37,7 +37,9 @@ def absolute(path: str | Path) -> Path:
     """path made absolute with its parent folders resolved; its own name is not followed,
     so a link stays visible as a link."""
     path = Path(path).expanduser()
-    return Path(os.path.realpath(path.parent)) / path.name if path.name else path.resolve()
+    if path.name in ("", ".", ".."):  # nothing of its own to keep unresolved
+        return path.resolve()
+    return Path(os.path.realpath(path.parent)) / path.name
 
 
 def check_target(
