@@ -29,12 +29,12 @@ from workbench.app import actions
 from workbench.app.files import UploadError, pack_folder, save_session, unpack_session
 from workbench.cli import main
 from workbench.export import export_session
-from workbench.outputs import MARKER, OutputError, check_output_folder
+from workbench.outputs import MARKER, REPORT, OutputError, check_output_folder
 from workbench.params import GenerationParams
 from workbench.positions import scenario_positions
 from workbench.scenario import ScenarioError, load_scenario, run_scenario
 from workbench.session import Session
-from workbench.store import REPORT, replay, save
+from workbench.store import replay, save
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = GenerationParams(num_timesteps=2, height=32, width=32, seed=3)
