@@ -510,3 +510,15 @@ def test_the_app_started_from_another_folder_listens_on_loopback_only(tmp_path):
     finally:
         process.terminate()
         process.wait(15)
+
+
+def test_the_launch_command_carries_the_address_and_the_config():
+    from workbench.app.launch import streamlit_command
+
+    command = streamlit_command()
+    flags = dict(zip(command[5::2], command[6::2], strict=True))
+    assert command[1:5] == ["-m", "streamlit", "run", str(ROOT / "streamlit_app.py")]
+    assert flags["--server.address"] == "127.0.0.1" and flags["--server.headless"] == "true"
+    assert flags["--browser.gatherUsageStats"] == "false"  # from .streamlit/config.toml
+    chosen = streamlit_command("0.0.0.0", 8600, ["--model", "m"])
+    assert chosen[-3:] == ["--", "--model", "m"] and "0.0.0.0" in chosen and "8600" in chosen
