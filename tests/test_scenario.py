@@ -409,6 +409,14 @@ def test_base_is_valid(tmp_path):
         ),
         (
             "  - edit:\n      instruction: make it red\n",
+            "  - predict:\n      frames: 3\n      window: 2\n      mode: forcing\n"
+            "      schedule: pyramid\n      params: {feature_cache: taylorseer}\n",
+            "window: 2",
+            "steps[1].predict.window",
+            "must be 1 with feature_cache 'taylorseer'",
+        ),
+        (
+            "  - edit:\n      instruction: make it red\n",
             "  - rotate: {degrees: 400, steps: 2}\n",
             "rotate",
             "steps[1].rotate.degrees",

@@ -41,6 +41,7 @@ from bagel.errors import BagelError
 from bagel.forcing import check_forcing
 from bagel.kv import KVContext
 from bagel.pipeline import BagelPipeline
+from workbench import outputs
 from workbench.files import write_atomic
 from workbench.metrics import frame_metrics, psnr
 from workbench.params import ContextLimit, GenerationParams
@@ -192,14 +193,20 @@ class ReplayReport:
 
 
 def replay(
-    folder: str | Path, pipe: BagelPipeline, allow_other_checkpoint: bool = False
+    folder: str | Path,
+    pipe: BagelPipeline,
+    allow_other_checkpoint: bool = False,
+    report: str | Path | None = None,
 ) -> ReplayReport:
-    """Re-run a saved session's turns with their seeds; compare every generated output.
+    """Re-run a saved session's turns with their seeds; compare every generated output,
+    and write the comparison as JSON to `report` (default: replay_report.json in the
+    session folder; see workbench.outputs.replay_report_path for where else it may go).
 
     The recorded drop turns are re-applied where they happened; the replaying session
     has no context limit of its own, so it drops nothing else."""
     folder = Path(folder)
     manifest = read_manifest(folder, pipe, allow_other_checkpoint)
+    report_file = outputs.replay_report_path(folder, report)
     session, frames, texts, started = Session(pipe), [], [], time.perf_counter()
     for index, entry in enumerate(manifest["turns"]):
         params = GenerationParams(**entry["params"]) if entry["params"] else None
@@ -231,14 +238,15 @@ def replay(
             _restore(session, folder, {**entry, "text": reply}, index)
         else:
             _restore(session, folder, entry, index)
-    report = ReplayReport(frames, texts, time.perf_counter() - started)
-    write_atomic(
-        folder / "replay_report.json",
-        lambda t: t.write_bytes(
-            json.dumps(dataclasses.asdict(report), indent=2, default=str).encode()
-        ),
-    )
-    return report
+    result = ReplayReport(frames, texts, time.perf_counter() - started)
+    content = {
+        "format": outputs.REPORT_FORMAT,
+        "session": str(folder),
+        **dataclasses.asdict(result),
+    }
+    text = json.dumps(content, indent=2, default=str)
+    write_atomic(report_file, lambda t: t.write_bytes(text.encode()))
+    return result
 
 
 def read_manifest(folder: Path, pipe: BagelPipeline | None, allow_other_checkpoint: bool) -> dict:
