@@ -24,6 +24,12 @@ TIMEOUT = 180  # the first run loads the model
 
 @pytest.fixture
 def app(tiny_dir, tmp_path, monkeypatch):
+    yield from fast_app(tiny_dir, tmp_path, monkeypatch)
+
+
+def fast_app(tiny_dir, tmp_path, monkeypatch):
+    """The app on the tiny checkpoint with fast knobs (2 steps, 64x64); a generator for
+    fixtures (the job still running at the end is cancelled)."""
     monkeypatch.setenv("WORKBENCH_MODEL", str(tiny_dir))
     monkeypatch.setenv("WORKBENCH_SESSIONS", str(tmp_path / "sessions"))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
