@@ -25,7 +25,7 @@ from workbench.app.model import (
 )
 from workbench.params import GenerationParams
 
-POLL_SECONDS = 0.5  # how often the job panel redraws while a job runs
+POLL_SECONDS = 0.25  # how often the job panel redraws while a job runs (cheap: no GC)
 DOWNLOAD_LABELS = {
     "frames": "Frames (ZIP)",
     "gif": "GIF",
@@ -165,6 +165,9 @@ def workspace_id() -> str:
         asked = st.query_params.get("ws", "")
         wid = asked if autosave.is_workspace_id(asked) else autosave.new_workspace_id()
         st.session_state["workspace_id"] = wid
+        # branches saved under this address: until they are restored, this tab saves
+        # under a new id (so that new work never overwrites them)
+        st.session_state["unclaimed"] = bool(autosave.saved_branches(options().sessions, wid))
     if st.query_params.get("ws") != wid:
         st.query_params["ws"] = wid
     return wid
@@ -172,6 +175,8 @@ def workspace_id() -> str:
 
 def save_branch(branch: Branch) -> None:
     """Autosave the branch (after every finished turn, undo and fork)."""
+    if st.session_state.pop("unclaimed", False):
+        st.session_state["workspace_id"] = autosave.new_workspace_id()
     try:
         autosave.save_branch(options().sessions, workspace_id(), branch)
     except (BagelError, OSError) as err:
@@ -201,6 +206,7 @@ def restore_offer(model: LoadedModel) -> None:
             if right.button("Restore", key=f"restore_{k}", type="primary"):
 
                 def on_done(outcomes) -> None:
+                    st.session_state["unclaimed"] = False  # restored: saving here is ours
                     for outcome in outcomes:
                         save_branch(actions.apply(ws, outcome))
                     notify("success", f"Restored {count(len(outcomes), 'branch')}.")
@@ -209,6 +215,8 @@ def restore_offer(model: LoadedModel) -> None:
                 start_job(model, title, autosave.restore(branches, model.pipe), on_done)
         if st.button("Start fresh", key="restore_dismiss", help="The autosaves stay on disk."):
             st.session_state["restore_dismissed"] = True
+            if st.session_state.pop("unclaimed", False):  # keep those; save under a new id
+                st.session_state["workspace_id"] = autosave.new_workspace_id()
             st.rerun()
 
 

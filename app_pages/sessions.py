@@ -154,6 +154,8 @@ def _replay(model: LoadedModel, opts: AppOptions) -> None:
         def on_done(report: ReplayReport) -> None:
             st.session_state["replay_report"] = (folder.name, report)
 
+        st.session_state.pop("replay_report", None)  # the last one is not this one's
+
         common.start_job(
             model,
             f"replaying {folder.name}",

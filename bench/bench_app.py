@@ -8,15 +8,20 @@ What is measured, on a tiny random checkpoint (float32, CPU):
   in this process (what `workbench replay` runs, model load excluded) and by the app:
   `streamlit run streamlit_app.py` on a free 127.0.0.1 port, driven by headless
   Chromium (Sessions page, Replay), timed from the click to the report on the page.
+- open: the same saved story opened by `workbench.store.load` in this process and by
+  the app (Sessions page, Open from the saved sessions, on the Story page), timed from
+  the click to the notice that it is open.
 - world: a first frame from a prompt, then `--moves` Forward moves, by `Session` +
-  `workbench.chains.navigate` in this process (what `workbench run` does per move, plus
-  the consistency metrics the app shows) and by the app (World page: Start from prompt,
-  then one Forward click per move), timed from the first click to the last frame shown.
+  `workbench.chains.navigate` in this process (then the consistency metrics once, as an
+  export computes them) and by the app (World page: Start from prompt, then one Forward
+  click per move; the app also computes each new frame's metrics and autosaves the
+  branch after every move), timed from the first click to the last frame shown.
 - idle: the app server's CPU time (user + system, from /proc) over `--idle` seconds
   with the tab open and nothing running, as a share of one core.
 
-The app runs first, then the in-process baseline, then the app's idle CPU; the machine
-may be shared, so compare the ratios, not the seconds, across machines. Needs Debian's
+The in-process baseline runs once before and once after the app (the ratio is to their
+mean; both are printed, to show how much the machine's load moved meanwhile), then the
+app's idle CPU is sampled. Compare the ratios, not the seconds, across machines. Needs Debian's
 chromium and chromium-driver (scripts/browser-deps.sh).
 """
 
@@ -26,6 +31,7 @@ import argparse
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +60,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="image side")
     parser.add_argument("--moves", type=int, default=5)
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle sampling")
+    parser.add_argument("--only", default="replay,open,world", help="which work, comma-separated")
+    parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
     params = GenerationParams(
         num_timesteps=args.steps, height=args.size, width=args.size, max_think_tokens=8
@@ -72,28 +80,62 @@ def main() -> None:
             f"{__import__('torch').get_num_threads()}"
         )
 
+        works = [w for w in ("replay", "open", "world") if w in args.only.split(",")]
+        cli_work = {
+            "replay": lambda: _replay_in_process(sessions / "story", pipe),
+            "open": lambda: store.load(sessions / "story", pipe),
+            "world": lambda: _world_in_process(pipe, params, args.moves),
+        }
+        cli_s: dict[str, list[float]] = {w: [] for w in works}
+        app_s: dict[str, list[float]] = {w: [] for w in works}
         with _App(model, sessions, tmp) as app:
-            app_replay = app.replay()
-            app_world = app.world(args.steps, args.size, args.moves)
+            app_work = {
+                "replay": app.replay,
+                "open": app.open,
+                "world": lambda: app.world(args.steps, args.size, args.moves),
+            }
+            for rep in range(args.reps):  # interleaved, the order alternating
+                for w in works:
+                    if rep % 2 == 0:
+                        cli_s[w].append(_seconds(cli_work[w]))
+                        app_s[w].append(app_work[w]())
+                    else:
+                        app_s[w].append(app_work[w]())
+                        cli_s[w].append(_seconds(cli_work[w]))
             idle = app.idle_cpu(args.idle)
 
-        started = time.perf_counter()
-        report = store.replay(sessions / "story", pipe)
-        cli_replay = time.perf_counter() - started
-        assert report.identical, "the in-process replay differs from the saved story"
-        cli_world = _world_in_process(pipe, params, args.moves)
-
-    print(f"{'work':<28}{'CLI code (s)':>14}{'app (s)':>10}{'app / CLI':>11}")
-    for name, cli, app_s in (
-        ("replay, 3-frame story", cli_replay, app_replay),
-        (f"world: start + {args.moves} moves", cli_world, app_world),
-    ):
-        print(f"{name:<28}{cli:>14.1f}{app_s:>10.1f}{app_s / cli:>11.2f}")
+    names = {
+        "replay": "replay, 3-frame story",
+        "open": "open, 3-frame story",
+        "world": f"world: start + {args.moves} moves",
+    }
+    print(f"{args.reps} interleaved reps; medians (each rep's seconds in brackets)")
+    print(f"{'work':<28}{'CLI code (s)':>28}{'app (s)':>28}{'app / CLI':>11}")
+    for w in works:
+        cli, app_m = statistics.median(cli_s[w]), statistics.median(app_s[w])
+        print(
+            f"{names[w]:<28}{_cell(cli, cli_s[w]):>28}{_cell(app_m, app_s[w]):>28}"
+            f"{app_m / cli:>11.2f}"
+        )
     print(f"idle server, one tab open: {100 * idle:.1f}% of one core over {args.idle:g} s")
 
 
-def _world_in_process(pipe, params: GenerationParams, moves: int) -> float:
+def _cell(median: float, values: list[float]) -> str:
+    return f"{median:.1f} [{', '.join(f'{v:.1f}' for v in values)}]"
+
+
+def _seconds(work) -> float:
     started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def _replay_in_process(folder: Path, pipe) -> None:
+    report = store.replay(folder, pipe)
+    assert report.identical, "the in-process replay differs from the saved story"
+
+
+def _world_in_process(pipe, params: GenerationParams, moves: int) -> None:
     session = Session(pipe)
     session.add_text("a quiet street at dawn")
     session.generate_image(params)
@@ -101,8 +143,7 @@ def _world_in_process(pipe, params: GenerationParams, moves: int) -> float:
     for _ in range(moves):
         result = chains.navigate(session, ["forward"], params)
         images += [f.image for f in result.frames]
-        frame_metrics(pipe, images)  # the app shows them after every move
-    return time.perf_counter() - started
+    frame_metrics(pipe, images)
 
 
 class _App:
@@ -110,6 +151,7 @@ class _App:
 
     def __init__(self, model: Path, sessions: Path, tmp: Path):
         self.model, self.sessions, self.tmp = model, sessions, tmp
+        self.worlds = 0
 
     def __enter__(self) -> _App:
         from selenium import webdriver
@@ -163,18 +205,42 @@ class _App:
         self.log.close()
 
     def replay(self) -> float:
-        self._click(_label("Sessions"))
+        self._click(_sidebar("Sessions"))
+        time.sleep(1)
         self._click(_button("Replay"))
         started = time.perf_counter()
+        self._wait_gone("Replay of story:")  # the last report goes when the job starts
         self._wait_text("Replay of story:")
         return time.perf_counter() - started
 
+    def open(self) -> float:
+        self._click(_sidebar("Sessions"))
+        self._click(_label("the saved sessions"))
+        self._click(
+            "//*[@data-testid='stRadio'][.//*[contains(text(), 'Open on the page')]]"
+            "//label[normalize-space(.)='Story']"
+        )
+        time.sleep(1)
+        self._click(_button("Open"))
+        started = time.perf_counter()
+        self._wait_gone("Opened story as")  # an earlier notice goes with the next run
+        self._wait_text("Opened story as")
+        return time.perf_counter() - started
+
     def world(self, steps: int, size: int, moves: int) -> float:
-        self._click(_label("World"))
-        self._type("Denoising steps", str(steps))
-        self._click(_label("Automatic size"))
-        self._type("Height", str(size))
-        self._type("Width", str(size))
+        self._click(_sidebar("World"))
+        time.sleep(1)
+        from selenium.webdriver.common.by import By
+
+        if self.driver.find_elements(By.XPATH, _button("New world")):
+            self._click(_button("New world"))
+            time.sleep(1)
+        if self.worlds == 0:
+            self._type("Denoising steps", str(steps))
+            self._click(_label("Automatic size"))
+            self._type("Height", str(size))
+            self._type("Width", str(size))
+        self.worlds += 1
         self._type("Prompt", "a quiet street at dawn")
         self._click(_button("Start from prompt"))
         started = time.perf_counter()
@@ -223,6 +289,12 @@ class _App:
         xpath = f"//*[contains(normalize-space(.), '{text}')]"
         self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no text {text!r}")
 
+    def _wait_gone(self, text: str) -> None:
+        from selenium.webdriver.common.by import By
+
+        xpath = f"//*[contains(normalize-space(.), '{text}')]"
+        self.wait.until(lambda d: not d.find_elements(By.XPATH, xpath), f"still {text!r}")
+
     def _wait_caption(self, text: str) -> None:
         from selenium.webdriver.common.by import By
 
@@ -237,6 +309,10 @@ def _cpu_seconds(pid: int) -> float:
 
 def _button(text: str) -> str:
     return f"//button[normalize-space(.)='{text}' or .//p[normalize-space(.)='{text}']]"
+
+
+def _sidebar(text: str) -> str:
+    return f"//*[@data-testid='stSidebar']//label[normalize-space(.)='{text}']"
 
 
 def _label(text: str) -> str:

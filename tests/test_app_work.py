@@ -253,3 +253,21 @@ def test_autosaved_json_is_readable_by_any_parser(app, tmp_path):
     meta = tmp_path / "sessions" / "autosave" / wid / "world-1" / "branch.json"
     assert json.loads(meta.read_text()) == {"page": "world", "frames": 1, "labels": {"1": "start"}}
     assert "1 frame" in _texts(app.caption)
+
+
+def test_new_work_on_a_reloaded_tab_never_overwrites_its_unrestored_branches(
+    app, tiny_dir, tmp_path, monkeypatch
+):
+    _start_world(app)
+    wid, sessions = app.session_state["workspace_id"], tmp_path / "sessions"
+    before = (sessions / "autosave" / wid / "world-1" / "session.json").read_bytes()
+    reloaded = _fresh_app(tiny_dir, sessions, monkeypatch, ws=wid)
+    reloaded.sidebar.number_input(key="knob_steps").set_value(2)
+    _page(reloaded, "World")
+    reloaded.text_input(key="world_prompt").set_value("another street")
+    reloaded.button(key="world_start_prompt").click()
+    settle(reloaded.run())
+    assert (sessions / "autosave" / wid / "world-1" / "session.json").read_bytes() == before
+    moved = reloaded.session_state["workspace_id"]
+    assert moved != wid and reloaded.query_params["ws"] == moved
+    assert [b.name for b in autosave.saved_branches(sessions, moved)] == ["world-1"]
