@@ -188,6 +188,11 @@ def _add_session_routes(app: FastAPI, service: Service) -> None:
 
         return await answer(service.on_session(entry, "archive", pack, saves=False), False)
 
+    @app.get("/jobs")
+    def jobs() -> list[JobOut]:
+        """The queued and running jobs, first in line first."""
+        return [job_out(task) for task in service.unfinished()]
+
     @app.get("/jobs/{job_id}")
     def job(job_id: str) -> JobOut:
         return job_out(_task(service, job_id))
@@ -209,5 +214,4 @@ def _task(service: Service, job_id: str):
 
 
 def _queue(service: Service) -> Queue:
-    running = service.gate.running
-    return Queue(running=getattr(running, "title", None), waiting=service.gate.waiting)
+    return Queue(busy=service.gate.busy, waiting=service.gate.waiting)

@@ -9,7 +9,7 @@ value checks themselves (ranges, choices) stay where they live for every caller:
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,7 +31,7 @@ class Params(Body):
     timestep_shift: float | None = None
     cfg_text_scale: float | None = None
     cfg_img_scale: float | None = None
-    cfg_interval: tuple[float, float] | None = None
+    cfg_interval: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
     cfg_renorm_type: str | None = None
     cfg_renorm_min: float | None = None
     height: int | None = None
@@ -201,8 +201,8 @@ class JobOut(BaseModel):
 
 
 class Queue(BaseModel):
-    running: str | None
-    waiting: int
+    busy: bool  # a job holds the model
+    waiting: int  # jobs in line behind it
 
 
 class Health(BaseModel):

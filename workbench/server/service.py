@@ -109,6 +109,11 @@ class Service:
         """Queue work that makes or reads no live session (e.g. a new one, a replay)."""
         return self._submit(title, None, lambda _s, progress: Outcome(None, 0, work(progress)))
 
+    def unfinished(self) -> list[Task]:
+        """Queued and running tasks, in arrival order."""
+        with self._lock:
+            return [t for t in self._tasks.values() if not t.job.finished]
+
     def task(self, task_id: str) -> Task | None:
         with self._lock:
             return self._tasks.get(task_id)
