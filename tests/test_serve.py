@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from workbench.server.run import is_loopback
 from workbench.server.schemas import Params
 from workbench.session import Session
 
+ROOT = Path(__file__).resolve().parent.parent
 FAST = {"num_timesteps": 3, "height": 64, "width": 64, "max_think_tokens": 4}
 SLOW = {**FAST, "num_timesteps": 400}  # long enough to cancel half-way
 
@@ -492,3 +494,34 @@ def test_serve_refuses_an_open_address_without_a_token(capsys, monkeypatch):
     assert "give a token" in capsys.readouterr().err
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+def test_the_remote_session_script_of_docs_serve_runs(pipe, tmp_path, monkeypatch, capsys):
+    """docs/serve.md's python block, against a real uvicorn server on a loopback port."""
+    import re
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(pipe, tmp_path), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        monkeypatch.setenv("WORKBENCH_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("WORKBENCH_TOKEN", raising=False)
+        text = (ROOT / "docs" / "serve.md").read_text()
+        block = re.findall(r"```python\n(.*?)```", text, re.S)[-1]
+        exec(compile(block, "docs/serve.md", "exec"), {})
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    out = capsys.readouterr().out
+    assert "step 5/5" in out and "(64, 64) True" in out
+    assert "done [('user', 'text'), ('model', 'image')]" in out and out.rstrip().endswith("True")
