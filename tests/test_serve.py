@@ -305,6 +305,25 @@ def test_a_queued_job_cancelled_never_runs(client):
     assert out[0].status_code == 409 and _turns(client, sid) == []
 
 
+def test_a_turn_queued_behind_a_delete_does_not_bring_the_session_back(client, tmp_path):
+    service = client.app.state.service
+    sid = _new(client)
+    assert service.gate.enter("someone else", threading.Event())
+    out = []
+    deleting = threading.Thread(target=lambda: out.append(client.delete(f"/sessions/{sid}")))
+    deleting.start()
+    _job(client, "queued")
+    adding, added = _started(client, sid, "text", {"text": "too late"})
+    while len(_ok(client.get("/jobs"))) < 2:
+        time.sleep(0.01)
+    service.gate.leave("someone else")
+    deleting.join(30)
+    adding.join(30)
+    assert out[0].status_code == 204
+    assert added[0].status_code == 404 and "deleted" in added[0].json()["detail"]
+    assert not (tmp_path / "sessions" / sid).exists() and _ok(client.get("/sessions")) == []
+
+
 def test_a_failed_save_is_undone(client, monkeypatch):
     sid = _new(client)
     registry = client.app.state.service.registry
@@ -525,3 +544,13 @@ def test_the_remote_session_script_of_docs_serve_runs(pipe, tmp_path, monkeypatc
     out = capsys.readouterr().out
     assert "step 5/5" in out and "(64, 64) True" in out
     assert "done [('user', 'text'), ('model', 'image')]" in out and out.rstrip().endswith("True")
+
+
+def test_serve_without_the_extra_says_how_to_get_it(monkeypatch, capsys):
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("workbench.server")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi now fails
+    assert main(["serve"]) == 2
+    assert "pip install 'bagel-workbench[serve]'" in capsys.readouterr().err

@@ -404,8 +404,14 @@ def _tiny() -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from workbench.server.run import serve
+    from bagel.errors import InputError
 
+    try:
+        from workbench.server.run import serve
+    except ImportError as err:
+        raise InputError(
+            f"workbench serve needs {err.name}: pip install 'bagel-workbench[serve]'"
+        ) from err
     return serve(args, _load)
 
 

@@ -75,7 +75,7 @@ def outcome(task: Task) -> tuple[int, dict]:
     if job.state == "failed":  # a bug: its traceback is in the server's log
         return 500, {"detail": f"internal error: {job.error}", "job": task.id}
     if isinstance(result, Refused):
-        return 400, {"detail": result.message, "job": task.id}
+        return result.status, {"detail": result.message, "job": task.id}
     return 200, turn_result(task, result).model_dump(mode="json")
 
 
@@ -123,7 +123,7 @@ async def _events(task: Task) -> AsyncIterator[str]:
             yield ": keep-alive\n\n"
             quiet = 0.0
     status, body = outcome(task)
-    name = {200: "result", 400: "refused", 409: "cancelled"}.get(status, "failed")
+    name = {200: "result", 409: "cancelled", 500: "failed"}.get(status, "refused")
     yield _event(name, {"status": status, **body})
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline, ProgressFn
 from workbench.app.jobs import Gate, Job
-from workbench.server.sessions import Entry, Registry
+from workbench.server.sessions import Entry, NotFound, Registry
 from workbench.session import Session
 
 KEEP_TASKS = 1024  # finished tasks kept for GET /jobs/{id}, oldest dropped first
@@ -49,6 +49,7 @@ class Refused:
     """The workbench refused the request (a BagelError): nothing changed."""
 
     message: str
+    status: int = 400
 
 
 @dataclass
@@ -93,6 +94,8 @@ class Service:
         """Queue `verb(session, progress)`; with `saves`, save the session after it."""
 
         def work(session: Session, progress: ProgressFn) -> Outcome:
+            if entry.deleted:  # deleted while this job waited: nothing to save it into
+                raise NotFound(f"no session {entry.id!r} (deleted)")
             first = len(session.turns)
             done = verb(session, progress)
             if saves:
@@ -127,6 +130,8 @@ class Service:
             task.started = time.monotonic()
             try:
                 return work(entry.session if entry else None, progress)
+            except NotFound as err:
+                return Refused(str(err), 404)
             except BagelError as err:  # bad input: the verb changed nothing
                 return Refused(str(err))
             finally:

@@ -43,6 +43,7 @@ class Entry:
     session: Session
     folder: Path
     turns: tuple[Turn, ...]  # the finished turns, as readers see them
+    deleted: bool = False  # jobs still queued for it are then refused
 
 
 class Registry:
@@ -96,6 +97,7 @@ class Registry:
     def delete(self, entry: Entry) -> None:
         with self._lock:
             self._entries.pop(entry.id, None)
+        entry.deleted = True
         doomed = entry.folder.with_name(DELETED + entry.id)
         os.replace(entry.folder, doomed)  # gone in one step; the files follow
         shutil.rmtree(doomed, ignore_errors=True)
