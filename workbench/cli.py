@@ -275,11 +275,17 @@ def _print_table(rows: list[_Row]) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Regenerate saved sessions' outputs and compare them; 0 all identical, 1 not."""
+    from bagel.errors import InputError
+    from workbench.store import report_path
+
     folders = [Path(p) for p in args.sessions]
+    if args.report is not None and (len(folders) > 1 or args.ray is not None):
+        raise InputError("--report names one file: give it with one SESSION_DIR, without --ray")
     if args.ray is not None:
         return _replay_on_ray(folders, args)
+    paths = [report_path(folder, args.report) for folder in folders]  # before the model loads
     pipe = _load_for_session(folders[0], args)
-    codes = [_replay_one(folder, pipe) for folder in folders]
+    codes = [_replay_one(folder, pipe, path) for folder, path in zip(folders, paths, strict=True)]
     return max(codes)
 
 
@@ -306,10 +312,10 @@ def _replay_on_ray(folders: list[Path], args: argparse.Namespace) -> int:
     return EXIT_OK if same else EXIT_FAILED
 
 
-def _replay_one(folder: Path, pipe: BagelPipeline) -> int:
+def _replay_one(folder: Path, pipe: BagelPipeline, path: Path) -> int:
     from workbench.store import replay
 
-    report = replay(folder, pipe)
+    report = replay(folder, pipe, report=path)
     frames, texts = report.frames, report.texts_equal
     differ = [f for f in frames if f.max_abs_diff]
     texts_differ = [turn for turn, same in texts if not same]
@@ -326,7 +332,7 @@ def _replay_one(folder: Path, pipe: BagelPipeline) -> int:
         print(f"  turn {f.turn}: max abs diff {f.max_abs_diff}/255, PSNR {f.psnr:.1f} dB")
     if texts_differ:
         print(f"  texts differ at turns {texts_differ}")
-    print(f"report: {folder / 'replay_report.json'}")
+    print(f"report: {path}")
     return EXIT_OK if report.identical else EXIT_FAILED
 
 
@@ -370,7 +376,26 @@ def _beside(folder: Path, suffix: str) -> Path:
 
 
 def _listing(folder: Path) -> list[str]:
-    return [p.name + ("/" if p.is_dir() else "") for p in sorted(folder.iterdir())]
+    return [
+        p.name + ("/" if p.is_dir() else "")
+        for p in sorted(folder.iterdir())
+        if not p.name.startswith(".")
+    ]
+
+
+# -- the browser app ----------------------------------------------------------------------
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Serve the browser app on --address (127.0.0.1 unless another is chosen)."""
+    from workbench.app.launch import run_app
+
+    app_args = []
+    for name in ("model", "device", "sessions"):
+        if getattr(args, name) is not None:
+            app_args += [f"--{name}", str(getattr(args, name))]
+    run_app(args.address, args.port, app_args)
+    return EXIT_OK
 
 
 # -- model loading ----------------------------------------------------------------------
@@ -506,6 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"the sessions' checkpoint (default: the tiny one in {DEFAULT_TINY}); "
         "device and dtype default to the first session's",
     )
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="write the JSON report here (default: SESSION_DIR/replay_report.json)",
+    )
     _ray_options(p)
     p.set_defaults(func=cmd_replay)
 
@@ -526,7 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="generated",
         help="the model's images only, or input images too",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out when an earlier export made it"
+    )
     _model_options(p, "the session's checkpoint, for the drift metric (default: no drift)")
     p.set_defaults(func=cmd_export)
 
@@ -537,6 +570,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="bearer token (default: $WORKBENCH_TOKEN)")
     _model_options(p, f"checkpoint folder or hub id (default: the tiny one in {DEFAULT_TINY})")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("app", help="serve the browser app (on 127.0.0.1 unless --address)")
+    p.add_argument(
+        "--address", default="127.0.0.1", help="where to listen; 0.0.0.0 serves other machines"
+    )
+    p.add_argument("--port", type=int, default=None, help="default: 8501")
+    p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: tiny)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda")
+    p.add_argument("--sessions", default=None, help="where sessions are saved (out/sessions)")
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("make-tiny", help="write a tiny random checkpoint in the official layout")
     p.add_argument("folder", type=Path)

@@ -9,6 +9,8 @@ import torch
 from bagel.errors import InputError
 from bagel.flow import SamplerParams
 
+MIN_TEMPERATURE = 1e-3  # far lower, logits / temperature overflow float32 and sampling fails
+
 
 @dataclass(frozen=True)
 class GenerationParams(SamplerParams):
@@ -37,8 +39,11 @@ class GenerationParams(SamplerParams):
             raise InputError(
                 f"max_think_tokens must be a positive integer, got {self.max_think_tokens!r}"
             )
-        if self.do_sample and not self.temperature > 0:
-            raise InputError(f"temperature must be > 0 when sampling, got {self.temperature!r}")
+        if self.do_sample and not self.temperature >= MIN_TEMPERATURE:
+            raise InputError(
+                f"temperature must be >= {MIN_TEMPERATURE} when sampling (lower: set "
+                f"do_sample false for greedy replies), got {self.temperature!r}"
+            )
 
     def sampler(self) -> SamplerParams:
         return SamplerParams(**{f.name: getattr(self, f.name) for f in fields(SamplerParams)})
