@@ -283,7 +283,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise InputError("--report names one file: give it with one SESSION_DIR, without --ray")
     if args.ray is not None:
         return _replay_on_ray(folders, args)
-    paths = [replay_report_path(folder, args.report) for folder in folders]  # before the model loads
+    paths = [
+        replay_report_path(folder, args.report) for folder in folders
+    ]  # before the model loads
     pipe = _load_for_session(folders[0], args)
     codes = [_replay_one(folder, pipe, path) for folder, path in zip(folders, paths, strict=True)]
     return max(codes)
