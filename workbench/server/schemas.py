@@ -34,6 +34,8 @@ class Params(Body):
     cfg_interval: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
     cfg_renorm_type: str | None = None
     cfg_renorm_min: float | None = None
+    feature_cache: str | None = None
+    feature_cache_interval: int | None = None
     height: int | None = None
     width: int | None = None
     seed: int | None = None
