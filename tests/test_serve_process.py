@@ -97,7 +97,8 @@ def test_a_remote_session_survives_kill_9_with_every_finished_turn(server, pipe)
         session.add_text("walk forward")
     made = remote.generate_image(FAST, progress=lambda done, total: steps.append((done, total)))
     assert _same(made, local.generate_image(FAST))
-    assert steps == [(1, 2), (2, 2)]  # streamed from the server as the steps finished
+    # streamed as the steps finished; status is polled, so a fast step may be coalesced
+    assert steps == sorted(set(steps)) and steps[-1] == (2, 2) and {t for _, t in steps} == {2}
 
     # a progress callback that raises cancels the job on the server: nothing changes
     class Stop(Exception):
