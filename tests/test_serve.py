@@ -554,3 +554,21 @@ def test_serve_without_the_extra_says_how_to_get_it(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi now fails
     assert main(["serve"]) == 2
     assert "pip install 'bagel-workbench[serve]'" in capsys.readouterr().err
+
+
+def test_serve_loads_the_model_in_the_chosen_profile(monkeypatch, pipe, tmp_path):
+    import uvicorn
+
+    from workbench import cli
+
+    loaded = []
+
+    def load(model, device, dtype, profile=None):
+        loaded.append((model, device, dtype, profile))
+        return pipe
+
+    monkeypatch.setattr(cli, "_load", load)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    argv = ["serve", "--model", "M", "--profile", "int8", "--sessions", str(tmp_path / "s")]
+    assert cli.main(argv) == 0
+    assert loaded == [("M", "cpu", None, "int8")]

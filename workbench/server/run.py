@@ -13,7 +13,7 @@ TOKEN_VARIABLE = "WORKBENCH_TOKEN"
 
 
 def serve(args: argparse.Namespace, load) -> int:
-    """Check the address and token, load the model (`load(model, device, dtype)`), serve."""
+    """Check the address and token, load the model (`load(model, device, dtype, profile)`), serve."""
     token = args.token or os.environ.get(TOKEN_VARIABLE) or None
     if not is_loopback(args.host) and token is None:
         raise InputError(
@@ -26,7 +26,7 @@ def serve(args: argparse.Namespace, load) -> int:
 
     from workbench.server.app import create_app
 
-    pipe = load(args.model, args.device or "cpu", args.dtype)
+    pipe = load(args.model, args.device or "cpu", args.dtype, args.profile)
     app = create_app(pipe, args.sessions, token=token)
     restored = len(app.state.service.registry.all())
     print(f"{restored} session(s) restored from {args.sessions}", flush=True)
