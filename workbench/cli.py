@@ -340,6 +340,18 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train_world(args: argparse.Namespace) -> int:
+    from workbench.world_train import command
+
+    return command(args)
+
+
+def cmd_eval_world(args: argparse.Namespace) -> int:
+    from workbench.world_eval import command
+
+    return command(args)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from bagel.checkpoint import checkpoint_identity, read_header, resolve_folder
     from bagel.config import BagelConfig
@@ -434,6 +446,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_tiny)
+
+    p = sub.add_parser("train-world", help="train the world model on the rendered world")
+    p.add_argument("out", type=Path, metavar="OUT", help="checkpoint folder (official layout)")
+    p.add_argument("--steps", type=int, default=20000, help="decoder steps (after the AE's)")
+    p.add_argument("--ae-steps", type=int, default=1500, help="autoencoder steps (first)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train/")
+    p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.set_defaults(func=cmd_train_world)
+
+    p = sub.add_parser("eval-world", help="score world-model rollouts against the renderer")
+    p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--episodes", type=int, default=4, help="episodes per script kind")
+    p.add_argument("--steps", type=int, default=8, help="rollout length")
+    p.add_argument("--timesteps", type=int, default=10, help="denoising steps per frame")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("world-eval"))
+    p.set_defaults(func=cmd_eval_world)
 
     p = sub.add_parser("info", help="describe a checkpoint folder without loading its weights")
     p.add_argument("model")
