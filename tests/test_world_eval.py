@@ -17,7 +17,8 @@ def one_thread():
 
 
 def test_eval_world_scores_every_chain_and_writes_table_and_plot(pipe, tmp_path):
-    report = evaluate(pipe, episodes=1, steps=2, timesteps=2)
+    strips = {}
+    report = evaluate(pipe, episodes=1, steps=2, timesteps=2, strips=strips)
     nav = report["navigation"]
     assert set(nav) == {"walk-and-turn", "look-around", "random-walk", "unseen-level"}
     for kind in nav.values():
@@ -26,8 +27,10 @@ def test_eval_world_scores_every_chain_and_writes_table_and_plot(pipe, tmp_path)
     assert report["revisit"]["actions"] == REVISIT_OUT + REVISIT_BACK
     # random weights: the copy baseline wins on the future frames of a rolling ball
     assert report["future"]["copy"]["psnr"][0] > report["future"]["autoregressive"]["psnr"][0]
-    paths = write_report(report, tmp_path / "eval")
-    assert [p.name for p in paths] == ["world-eval.json", "world-eval.md", "world-eval.png"]
+    paths = write_report(report, tmp_path / "eval", strips)
+    names = ["world-eval.json", "world-eval.md", "world-eval.png", "world-eval-strip.png"]
+    assert [p.name for p in paths] == names
+    assert Image.open(paths[3]).size == (3 * 64, 8 * 64)  # 4 kinds x (truth, model)
     assert json.loads(paths[0].read_text())["steps"] == 2
     assert "| future frames | forcing-w4 |" in paths[1].read_text()
     assert Image.open(paths[2]).size == (720, 420)

@@ -35,6 +35,11 @@ RANDOM_WEIGHTS_NOTE = (
     "answers gibberish. Point --model at a real BAGEL-7B-MoT folder (or hub id, when "
     "online) for real output."
 )
+WORLD_MODEL_NOTE = (
+    "The world/ examples ran on models/world-64: a small model of the same architecture "
+    "trained by `workbench train-world` on the rendered world the frames come from; "
+    "`workbench eval-world` scores it against that world's true frames (docs/world.md)."
+)
 REAL_MODEL_HINT = (
     "With the real model: workbench run scenarios/*.yaml --model /path/to/BAGEL-7B-MoT "
     "--device cuda. The examples take 6 timesteps, sized for the tiny model; for full "
@@ -61,10 +66,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     paths = sorted(EXAMPLES.glob("*.yaml"))
     if not paths:
         raise InputError(f"{EXAMPLES}: no example scenarios (the demo runs a source checkout's)")
-    code = _run_batch([load_scenario(path) for path in paths], Path(args.out), args)
+    scenarios = [load_scenario(path) for path in paths]
+    world = [load_scenario(path) for path in sorted((EXAMPLES / "world").glob("*.yaml"))]
+    code = _run_batch(scenarios, Path(args.out), args)
     if args.model is None:
         print(RANDOM_WEIGHTS_NOTE)
     print(REAL_MODEL_HINT)
+    if world:  # the rendered world's examples, on the model they name (trained on it)
+        code = max(code, _run_batch(world, Path(args.out) / "world", args))
+        if args.model is None:
+            print(WORLD_MODEL_NOTE)
     return code
 
 

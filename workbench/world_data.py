@@ -19,8 +19,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from workbench.actions import ACTION_TABLE, ACTIONS
-from workbench.chains import ROTATE_TEMPLATE
+from workbench.chains import AGENT_QUESTION, DONE, ROTATE_TEMPLATE
 from workbench.world import (
+    COLOUR_NAMES,
     TURNTABLE_CENTRE,
     World,
     caption,
@@ -113,3 +114,46 @@ def navigation_batch(rng: np.random.Generator, batch: int, steps: int) -> list[E
         return [turntable(rng, degrees, steps) for _ in range(batch)]
     actions = random_actions(rng, steps)
     return [navigation(rng, actions) for _ in range(batch)]
+
+
+AGENT_ACTIONS = ("forward", "turn_left", "turn_right")
+AGENT_GOAL = "reach the {colour} ball"
+
+
+def expert_action(world: World, ball: int = 0) -> str:
+    """The agent's answer toward `world.balls[ball]`: "done" when within 1 unit and in
+    view, else a turn toward it (more than 20° off), else forward."""
+    target = world.balls[ball]
+    dx, dy = target.x - world.pose.x, target.y - world.pose.y
+    bearing = (math.degrees(math.atan2(dy, dx) - world.pose.heading) + 180) % 360 - 180
+    if math.hypot(dx, dy) < 1.0 and abs(bearing) < 30:
+        return DONE
+    if abs(bearing) > 20:
+        return "turn_left" if bearing > 0 else "turn_right"
+    return "forward"
+
+
+def agent_question(colour: str) -> str:
+    goal = AGENT_GOAL.format(colour=colour)
+    return AGENT_QUESTION.format(goal=goal, options=", ".join([*AGENT_ACTIONS, DONE]))
+
+
+def agent_views(rng: np.random.Generator, batch: int) -> tuple[list[Episode], str, list[str]]:
+    """Views of still worlds, one goal colour for all (so the question's tokens align):
+    (episodes, question, the expert's answers). Half the views are a few expert steps
+    along the way, so that "done" and forward are seen as often as turns."""
+    episodes, answers = [], []
+    colour_index = int(rng.integers(1, len(COLOUR_NAMES)))
+    for _ in range(batch):
+        world = _world(rng, TRAIN_LEVELS, moving=False)
+        balls = list(world.balls)
+        balls[0] = replace(balls[0], colour=colour_index)
+        world = replace(world, balls=tuple(balls))
+        for _ in range(int(rng.integers(0, 12)) if rng.random() < 0.5 else 0):
+            action = expert_action(world)
+            if action == DONE:
+                break
+            world = world.step(action)
+        episodes.append(_record([world], [None]))
+        answers.append(expert_action(world))
+    return episodes, agent_question(COLOUR_NAMES[colour_index]), answers

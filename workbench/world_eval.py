@@ -15,8 +15,9 @@ the levels are the training levels (TRAIN_LEVELS), plus one level never trained 
   first; the return frame against the first, with the whole path in context versus with
   only the last frame (a fresh session per step).
 
-Writes OUT/world-eval.json, OUT/world-eval.md (tables) and OUT/world-eval.png (PSNR per
-rollout step).
+Writes OUT/world-eval.json, OUT/world-eval.md (tables), OUT/world-eval.png (PSNR per
+rollout step) and OUT/world-eval-strip.png (per navigation kind, the true frames above
+the model's).
 """
 
 from __future__ import annotations
@@ -100,9 +101,14 @@ def _navigation_rollout(
 
 
 def evaluate_navigation(
-    pipe: BagelPipeline, episodes: int, steps: int, params: GenerationParams
+    pipe: BagelPipeline,
+    episodes: int,
+    steps: int,
+    params: GenerationParams,
+    strips: dict[str, list[list[Image.Image]]] | None = None,
 ) -> dict:
-    """Model vs the start frame repeated, per script kind, over `episodes` worlds."""
+    """Model vs the start frame repeated, per script kind, over `episodes` worlds; the
+    first episode of each kind goes into `strips` as [true frames, model frames]."""
     kinds: dict[str, dict] = {}
     scripts = {name: (script * steps)[:steps] for name, script in SCRIPTS.items()}
     for name in [*scripts, "random-walk", "unseen-level"]:
@@ -113,7 +119,11 @@ def evaluate_navigation(
             levels = (UNSEEN_LEVEL,) if name == "unseen-level" else TRAIN_LEVELS
             episode = navigation(rng, actions, levels)
             truth = _images(episode.frames[1:])
-            model_runs.append(_scores(_navigation_rollout(pipe, episode, actions, params), truth))
+            rollout = _navigation_rollout(pipe, episode, actions, params)
+            model_runs.append(_scores(rollout, truth))
+            if strips is not None and e == 0:
+                start = _images(episode.frames[:1])
+                strips[name] = [start + truth, start + rollout]
             copy_runs.append(_scores([_images(episode.frames[:1])[0]] * steps, truth))
         kinds[name] = {"model": _summary(model_runs), "copy": _summary(copy_runs)}
     return kinds
@@ -168,15 +178,22 @@ def evaluate_revisit(pipe: BagelPipeline, episodes: int, params: GenerationParam
 
 
 def evaluate(
-    pipe: BagelPipeline, episodes: int = 4, steps: int = 8, timesteps: int = 10, seed: int = 0
+    pipe: BagelPipeline,
+    episodes: int = 4,
+    steps: int = 8,
+    timesteps: int = 10,
+    seed: int = 0,
+    strips: dict[str, list[list[Image.Image]]] | None = None,
 ) -> dict:
+    """The whole evaluation as a JSON-able report; `strips` (if given) receives the frames
+    of the first navigation episode of each kind, truth above model."""
     params = world_params(timesteps, seed)
     return {
         "model": pipe.identity,
         "episodes": episodes,
         "steps": steps,
         "params": {"num_timesteps": timesteps, "timestep_shift": 2.0, "cfg": "off"},
-        "navigation": evaluate_navigation(pipe, episodes, steps, params),
+        "navigation": evaluate_navigation(pipe, episodes, steps, params, strips),
         "future": evaluate_future(pipe, episodes, steps, params),
         "revisit": evaluate_revisit(pipe, episodes, params),
     }
@@ -205,7 +222,20 @@ def markdown(report: dict) -> str:
     return head + "\n".join(rows) + "\n" + revisit
 
 
-def write_report(report: dict, out: Path) -> list[Path]:
+def strip_image(strips: dict[str, list[list[Image.Image]]]) -> Image.Image:
+    """Per kind two rows, the true frames above the model's, start frame first."""
+    rows = [row for pair in strips.values() for row in pair]
+    w, h = rows[0][0].size
+    sheet = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), "white")
+    for i, row in enumerate(rows):
+        for j, frame in enumerate(row):
+            sheet.paste(frame, (j * w, i * h))
+    return sheet
+
+
+def write_report(
+    report: dict, out: Path, strips: dict[str, list[list[Image.Image]]] | None = None
+) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     curves = {f"nav {k}": v["model"]["psnr"] for k, v in report["navigation"].items()}
     curves["nav copy (random walk)"] = report["navigation"]["random-walk"]["copy"]["psnr"]
@@ -216,7 +246,11 @@ def write_report(report: dict, out: Path) -> list[Path]:
         write_atomic(out / "world-eval.json", lambda tmp: tmp.write_text(text)),
         write_atomic(out / "world-eval.md", lambda tmp: tmp.write_text(table)),
         write_atomic(out / "world-eval.png", lambda tmp: plot_curves(curves, tmp)),
-    ]
+    ] + (
+        [write_atomic(out / "world-eval-strip.png", lambda tmp: strip_image(strips).save(tmp))]
+        if strips
+        else []
+    )
 
 
 def command(args) -> int:
@@ -232,8 +266,9 @@ def command(args) -> int:
             raise InputError(f"--{name} must be at least {2 if name == 'timesteps' else 1}")
     torch.set_num_threads(1)
     pipe = load(args.model or WORLD_MODEL, device="cpu", dtype="float32")
-    report = evaluate(pipe, args.episodes, args.steps, args.timesteps, args.seed)
-    for path in write_report(report, Path(args.out)):
+    strips: dict[str, list[list[Image.Image]]] = {}
+    report = evaluate(pipe, args.episodes, args.steps, args.timesteps, args.seed, strips)
+    for path in write_report(report, Path(args.out), strips):
         print(path)
     print(markdown(report))
     return 0

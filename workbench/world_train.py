@@ -49,7 +49,14 @@ from bagel.train import (
 )
 from workbench.chains import CAPTION_QUESTION
 from workbench.files import write_atomic
-from workbench.world_data import Episode, future, navigation, navigation_batch, turntable
+from workbench.world_data import (
+    Episode,
+    agent_views,
+    future,
+    navigation,
+    navigation_batch,
+    turntable,
+)
 
 TRAIN_DIR = "train"
 LOG = "log.jsonl"
@@ -211,12 +218,16 @@ class WorldTrainer:
         nav = self._flow(navigation_batch(rng, b, int(rng.integers(1, 5))), 1, gen)
         window, context = int(rng.choice([1, 2, 3])), int(rng.integers(1, 3))
         fut = self._flow([future(rng, context + window) for _ in range(b)], window, gen)
-        cap = self._caption([navigation(rng, []) for _ in range(b // 2)], gen)
-        loss = nav + fut + 0.2 * cap
+        views = [navigation(rng, []) for _ in range(b // 2)]
+        cap = self._reply(views, CAPTION_QUESTION, [e.captions[0] for e in views], gen)
+        agent_episodes, question, answers = agent_views(rng, b // 2)
+        agent = self._reply(agent_episodes, question, answers, gen)
+        loss = nav + fut + 0.2 * cap + 0.2 * agent
         self._apply(loss, [p for p in self.net.parameters() if p.requires_grad])
         self._update_ema()
         self.state["step"] += 1
-        return {k: float(v.detach()) for k, v in (("nav", nav), ("future", fut), ("caption", cap))}
+        parts = (("nav", nav), ("future", fut), ("caption", cap), ("agent", agent))
+        return {k: float(v.detach()) for k, v in parts}
 
     def _apply(self, loss: Tensor, params) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -264,18 +275,20 @@ class WorldTrainer:
         t = sample_t((b, window), self.options.timestep_shift, gen)
         return flow_loss(seq.frames_velocity(noisy(x0, noise, t), t, grid), x0, noise)
 
-    def _caption(self, episodes: list[Episode], gen: torch.Generator) -> Tensor:
-        """Cross-entropy of each view's caption as the reply to the caption question."""
+    def _reply(
+        self, episodes: list[Episode], question: str, replies: list[str], gen: torch.Generator
+    ) -> Tensor:
+        """Cross-entropy of each reply to `question` asked after its episode's view."""
         latents, vit = self._encode(episodes, gen)
         b = len(episodes)
         seq = SequenceBuilder(self.net, self.pipe.tokenizer, b)
         seq.add_image(latents[:, 0], vit[:, 0])
-        seq.add_text(self._text(CAPTION_QUESTION, b))
+        seq.add_text(self._text(question, b))
         tok = self.pipe.tokenizer
-        replies = [[*tok.encode(e.captions[0]), tok.eos_id] for e in episodes]
-        n = max(len(r) for r in replies)
-        targets = torch.tensor([r + [tok.eos_id] * (n - len(r)) for r in replies])
-        mask = torch.tensor([[i < len(r) for i in range(n)] for r in replies])
+        ids = [[*tok.encode(r), tok.eos_id] for r in replies]
+        n = max(len(r) for r in ids)
+        targets = torch.tensor([r + [tok.eos_id] * (n - len(r)) for r in ids])
+        mask = torch.tensor([[i < len(r) for i in range(n)] for r in ids])
         inputs = torch.cat([torch.full((b, 1), tok.bos_id), targets[:, :-1]], dim=1)
         return reply_loss(seq.reply_logits(inputs), targets, mask)
 
