@@ -72,7 +72,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.model is None:
         print(RANDOM_WEIGHTS_NOTE)
     print(REAL_MODEL_HINT)
-    if world:  # the rendered world's examples, on the model they name (trained on it)
+    if world and args.model is None and not Path(str(world[0].model)).is_dir():
+        print(f"skipped scenarios/world/: its model {world[0].model} is not in this checkout")
+    elif world:  # the rendered world's examples, on the model they name (trained on it)
         code = max(code, _run_batch(world, Path(args.out) / "world", args))
         if args.model is None:
             print(WORLD_MODEL_NOTE)
