@@ -11,6 +11,7 @@ the levels are the training levels (TRAIN_LEVELS), plus one level never trained 
 - future frames: a fixed camera watching the rolling ball, two true frames in context,
   then `steps` predicted frames, autoregressive and by diffusion forcing (pyramid,
   window 2 and 4); the baseline repeats the last true frame ("copy");
+- autoencoder: reconstruction PSNR of held-out views;
 - revisit: three turns left then three right (a static world), so the last view is the
   first; the return frame against the first, with the whole path in context versus with
   only the last frame (a fresh session per step).
@@ -98,6 +99,19 @@ def _navigation_rollout(
     session = Session(pipe)
     session.add_image(Image.fromarray(episode.frames[0]))
     return [f.image for f in navigate(session, actions, params).frames]
+
+
+def evaluate_autoencoder(pipe: BagelPipeline, frames: int) -> dict:
+    """Reconstruction PSNR of held-out views through the autoencoder, the way a session
+    takes an image in (a seeded posterior sample) and a frame out (decode, to uint8)."""
+    import torch
+
+    values = []
+    for e in range(frames):
+        view = Image.fromarray(navigation(_rng(55, e), []).frames[0])
+        latent = pipe.encode_latent(view, torch.Generator().manual_seed(e))
+        values.append(psnr(pipe.decode_latent(latent), view))
+    return {"psnr_mean": round(statistics.fmean(values), 3), "frames": frames}
 
 
 def evaluate_navigation(
@@ -193,6 +207,7 @@ def evaluate(
         "episodes": episodes,
         "steps": steps,
         "params": {"num_timesteps": timesteps, "timestep_shift": 2.0, "cfg": "off"},
+        "autoencoder": evaluate_autoencoder(pipe, 8 * episodes),
         "navigation": evaluate_navigation(pipe, episodes, steps, params, strips),
         "future": evaluate_future(pipe, episodes, steps, params),
         "revisit": evaluate_revisit(pipe, episodes, params),
@@ -219,7 +234,9 @@ def markdown(report: dict) -> str:
         f"{r['last_frame_only_psnr']:.2f} dB with only the last frame; the true frame "
         f"before the return scores {r['copy_previous_truth_psnr']:.2f} dB.\n"
     )
-    return head + "\n".join(rows) + "\n" + revisit
+    ae = report["autoencoder"]
+    recon = f"\nAutoencoder reconstruction of {ae['frames']} held-out views: {ae['psnr_mean']:.2f} dB.\n"
+    return head + "\n".join(rows) + "\n" + revisit + recon
 
 
 def strip_image(strips: dict[str, list[list[Image.Image]]]) -> Image.Image:
