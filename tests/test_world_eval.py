@@ -41,3 +41,11 @@ def test_eval_world_command_refuses_bad_counts(tmp_path, capsys):
     code = main(["eval-world", "--episodes", "0", "--out", str(tmp_path / "x")])
     assert code == 2 and "--episodes" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_train_world_command_refuses_bad_counts(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert main(["train-world", str(out), "--steps", "-1"]) == 2
+    assert "steps must be a non-negative integer" in capsys.readouterr().err
+    assert main(["train-world", str(out), "--threads", "0"]) == 2
+    assert not out.exists()

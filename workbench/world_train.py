@@ -379,6 +379,8 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor]
 
 def command(args) -> int:
     """`workbench train-world`: the CLI's arguments to a run; prints the final state."""
+    if args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)  # one thread is fastest for these small tensors
     options = TrainOptions(
         steps=args.steps,
