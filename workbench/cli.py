@@ -466,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ae-steps", type=int, default=1500, help="autoencoder steps (first)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=4e-4, help="decoder learning rate")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train/")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -155,6 +155,8 @@ class WorldTrainer:
         saved = self.train_dir / "optimizer.safetensors"
         if saved.exists() and self.state.get("optimizer_phase") == self._phase:
             _load_optimizer(optimizer, load_file(saved), self.state["optimizer_groups"])
+            for group in optimizer.param_groups:  # this run's learning rate wins
+                group["lr"] = lr
         return optimizer
 
     @property
@@ -387,6 +389,7 @@ def command(args) -> int:
         ae_steps=args.ae_steps,
         batch=args.batch,
         seed=args.seed,
+        lr=args.lr,
         max_minutes=args.minutes,
     )
     state = train_world(args.out, options, resume=args.resume)
