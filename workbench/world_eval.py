@@ -5,6 +5,7 @@ Every rollout runs through a persistent `Session` with the chains a user would r
 the renderer's truth (PSNR, SSIM; workbench/metrics.py). Worlds are drawn from their own
 seed stream (EVAL_STREAM), so their camera poses and balls are not the training ones;
 the levels are the training levels (TRAIN_LEVELS), plus one level never trained on.
+PSNR is capped at 60 dB (identical frames would make a mean infinite).
 
 - navigation: fixed action scripts and random walks, `steps` actions each; the baseline
   repeats the start frame (all the model was given);
@@ -50,6 +51,7 @@ SCRIPTS = {
 REVISIT_OUT = ["turn_left"] * 3
 REVISIT_BACK = ["turn_right"] * 3
 REPORT_STEPS = (1, 2, 4, 8, 16)
+PSNR_CAP = 60.0  # dB
 
 
 def world_params(timesteps: int = 10, seed: int = 0) -> GenerationParams:
@@ -70,9 +72,15 @@ def _images(frames: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray(f) for f in frames]
 
 
+def _psnr(a: Image.Image, b: Image.Image) -> float:
+    """PSNR capped at PSNR_CAP: identical frames (a blocked move, a still ball) would
+    otherwise make a mean infinite."""
+    return min(psnr(a, b), PSNR_CAP)
+
+
 def _scores(pred: list[Image.Image], truth: list[Image.Image]) -> dict[str, list[float]]:
     return {
-        "psnr": [psnr(p, t) for p, t in zip(pred, truth, strict=True)],
+        "psnr": [_psnr(p, t) for p, t in zip(pred, truth, strict=True)],
         "ssim": [ssim(p, t) for p, t in zip(pred, truth, strict=True)],
     }
 
@@ -110,7 +118,7 @@ def evaluate_autoencoder(pipe: BagelPipeline, frames: int) -> dict:
     for e in range(frames):
         view = Image.fromarray(navigation(_rng(55, e), []).frames[0])
         latent = pipe.encode_latent(view, torch.Generator().manual_seed(e))
-        values.append(psnr(pipe.decode_latent(latent), view))
+        values.append(_psnr(pipe.decode_latent(latent), view))
     return {"psnr_mean": round(statistics.fmean(values), 3), "frames": frames}
 
 
@@ -173,15 +181,15 @@ def evaluate_revisit(pipe: BagelPipeline, episodes: int, params: GenerationParam
     for e in range(episodes):
         episode = navigation(_rng(77, e), actions, moving=False)
         first = Image.fromarray(episode.frames[0])
-        full.append(psnr(_navigation_rollout(pipe, episode, actions, params)[-1], first))
+        full.append(_psnr(_navigation_rollout(pipe, episode, actions, params)[-1], first))
         frame = first
         for k, action in enumerate(actions):  # a fresh session per step: no memory
             session = Session(pipe)
             session.add_image(frame)
             step_params = replace(params, seed=params.seed + k)
             frame = navigate(session, [action], step_params).frames[0].image
-        last_only.append(psnr(frame, first))
-        copy.append(psnr(Image.fromarray(episode.frames[-2]), first))
+        last_only.append(_psnr(frame, first))
+        copy.append(_psnr(Image.fromarray(episode.frames[-2]), first))
     mean = lambda v: round(statistics.fmean(v), 3)  # noqa: E731
     return {
         "full_context_psnr": mean(full),
