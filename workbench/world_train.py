@@ -140,7 +140,10 @@ class WorldTrainer:
 
     @property
     def in_ae_phase(self) -> bool:
-        return self.state["ae_step"] < self.options.ae_steps
+        """Until ae_steps are done; never again once the latent scale is set (the decoder
+        learns the latents of the autoencoder as it was then)."""
+        done = self.state.get("latent_scale_set", False)
+        return not done and self.state["ae_step"] < self.options.ae_steps
 
     def _optimizer(self) -> torch.optim.Optimizer:
         if self.in_ae_phase:
@@ -172,11 +175,8 @@ class WorldTrainer:
         started = last_save = time.monotonic()
         base_seconds = self.state["seconds"]
         bar = tqdm(total=total, initial=done, desc="train-world", unit="step")
-        while self.state["ae_step"] + self.state["step"] < total:
-            if not self.in_ae_phase and not self.state.get("latent_scale_set"):
-                self._set_latent_scale()  # phase 1 done (also when resumed with fewer steps)
-                self.optimizer = self._optimizer()
-                self.save()
+        while self.in_ae_phase or self.state["step"] < opts.steps:
+            self._end_ae_phase()
             losses = self.ae_step() if self.in_ae_phase else self.model_step()
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
@@ -189,13 +189,25 @@ class WorldTrainer:
             if opts.max_minutes is not None and now - started > 60 * opts.max_minutes:
                 break
         bar.close()
+        self._end_ae_phase()
         self.save()
         return self.state
 
+    def _end_ae_phase(self) -> None:
+        """Once the autoencoder's steps are done (or fewer asked for on a resume): set the
+        latent scale, switch the optimizer to the decoder, save."""
+        if self.state["ae_step"] >= self.options.ae_steps and not self.state.get(
+            "latent_scale_set"
+        ):
+            self._set_latent_scale()
+            self.optimizer = self._optimizer()
+            self.save()
+
     def _rng(self) -> tuple[np.random.Generator, torch.Generator]:
-        """This step's generators: a function of the seed and the step, so a resumed run
-        draws the batches an uninterrupted one would."""
-        key = [self.options.seed, self.state["ae_step"], self.state["step"]]
+        """This step's generators: a function of the run's seed (the first run's, when
+        resumed) and the step, so a resumed run draws the batches an uninterrupted one
+        would."""
+        key = [self.state["seed"], self.state["ae_step"], self.state["step"]]
         rng = np.random.default_rng(key)
         return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
 
