@@ -23,29 +23,10 @@ from PIL import Image
 from bagel.errors import BagelError, InputError
 from bagel.forcing import check_forcing
 from bagel.pipeline import ProgressFn
+from workbench.actions import ACTIONS, DEFAULT_TEMPLATES
 from workbench.params import GenerationParams
 from workbench.session import Session
 
-ACTIONS = (
-    "forward",
-    "back",
-    "turn_left",
-    "turn_right",
-    "look_up",
-    "look_down",
-    "strafe_left",
-    "strafe_right",
-)
-DEFAULT_TEMPLATES: dict[str, str] = {
-    "forward": "Move the camera forward.",
-    "back": "Move the camera back.",
-    "turn_left": "Turn the camera left.",
-    "turn_right": "Turn the camera right.",
-    "look_up": "Tilt the camera up.",
-    "look_down": "Tilt the camera down.",
-    "strafe_left": "Move the camera to the left without turning it.",
-    "strafe_right": "Move the camera to the right without turning it.",
-}
 AXES = ("vertical", "horizontal", "depth")  # turntable (yaw), tilt (pitch), in-plane (roll)
 ROTATE_TEMPLATE = "Rotate the object {degrees} degrees about its {axis} axis."
 PREDICT_MODES = ("autoregressive", "forcing")

@@ -35,6 +35,11 @@ RANDOM_WEIGHTS_NOTE = (
     "answers gibberish. Point --model at a real BAGEL-7B-MoT folder (or hub id, when "
     "online) for real output."
 )
+WORLD_MODEL_NOTE = (
+    "The world/ examples ran on models/world-64: a small model of the same architecture "
+    "trained by `workbench train-world` on the rendered world the frames come from; "
+    "`workbench eval-world` scores it against that world's true frames (docs/world.md)."
+)
 REAL_MODEL_HINT = (
     "With the real model: workbench run scenarios/*.yaml --model /path/to/BAGEL-7B-MoT "
     "--device cuda. The examples take 6 timesteps, sized for the tiny model; for full "
@@ -61,10 +66,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     paths = sorted(EXAMPLES.glob("*.yaml"))
     if not paths:
         raise InputError(f"{EXAMPLES}: no example scenarios (the demo runs a source checkout's)")
-    code = _run_batch([load_scenario(path) for path in paths], Path(args.out), args)
+    scenarios = [load_scenario(path) for path in paths]
+    world = [load_scenario(path) for path in sorted((EXAMPLES / "world").glob("*.yaml"))]
+    code = _run_batch(scenarios, Path(args.out), args)
     if args.model is None:
         print(RANDOM_WEIGHTS_NOTE)
     print(REAL_MODEL_HINT)
+    if world and args.model is None and not Path(str(world[0].model)).is_dir():
+        print(f"skipped scenarios/world/: its model {world[0].model} is not in this checkout")
+    elif world:  # the rendered world's examples, on the model they name (trained on it)
+        code = max(code, _run_batch(world, Path(args.out) / "world", args))
+        if args.model is None:
+            print(WORLD_MODEL_NOTE)
     return code
 
 
@@ -464,6 +477,18 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train_world(args: argparse.Namespace) -> int:
+    from workbench.world_train import command
+
+    return command(args)
+
+
+def cmd_eval_world(args: argparse.Namespace) -> int:
+    from workbench.world_eval import command
+
+    return command(args)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from bagel.checkpoint import checkpoint_identity, read_header, resolve_folder
     from bagel.config import BagelConfig
@@ -649,6 +674,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_tiny)
+
+    p = sub.add_parser("train-world", help="train the world model on the rendered world")
+    p.add_argument("out", type=Path, metavar="OUT", help="checkpoint folder (official layout)")
+    p.add_argument("--steps", type=int, default=20000, help="decoder steps (after the AE's)")
+    p.add_argument("--ae-steps", type=int, default=1500, help="autoencoder steps (first)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=4e-4, help="decoder learning rate")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train/")
+    p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.set_defaults(func=cmd_train_world)
+
+    p = sub.add_parser("eval-world", help="score world-model rollouts against the renderer")
+    p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--episodes", type=int, default=4, help="episodes per script kind")
+    p.add_argument("--steps", type=int, default=8, help="rollout length")
+    p.add_argument("--timesteps", type=int, default=10, help="denoising steps per frame")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("world-eval"))
+    p.set_defaults(func=cmd_eval_world)
 
     p = sub.add_parser("info", help="describe a checkpoint folder without loading its weights")
     p.add_argument("model")

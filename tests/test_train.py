@@ -1,0 +1,128 @@
+import pytest
+import torch
+from PIL import Image
+
+from bagel.checkpoint import load
+from bagel.embeddings import patchify_latent
+from bagel.image import to_tensor
+from bagel.train import SequenceBuilder, autoencoder_loss, noisy, reply_loss
+from workbench.world import make_level, random_world
+
+TEXT = "Move the camera forward."
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These small tensors train fastest on one thread (several contend on a busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def frame(seed: int) -> Image.Image:
+    return Image.fromarray(random_world(seed, make_level(seed)).render())
+
+
+def test_training_velocity_equals_the_pipelines(tiny_dir):
+    """Context (image, text), then a window of two noisy frames at their own times: the
+    training forward and `predict_frames`'s forward give the same velocities."""
+    pipe = load(tiny_dir, device="cpu", dtype="float32", attn_backend="math")
+    image = pipe.prepare_image(frame(1))
+    latent = pipe.encode_latent(image, posterior_mean=True)
+    ctx = pipe.new_context()
+    pipe.append_latent(ctx, latent)
+    pipe.append_vit(ctx, image)
+    pipe.append_text(ctx, TEXT)
+    grid = (latent.shape[1] // 2, latent.shape[2] // 2)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, grid[0] * grid[1], pipe.config.patch_latent_dim, generator=gen)
+    t = torch.tensor([0.3, 0.8])
+    expected = pipe.frames_velocity(x, t, grid, [ctx], [True])[0]
+
+    pipe.net.requires_grad_(True)  # loaded for inference; training turns gradients on
+    seq = SequenceBuilder(pipe.net, pipe.tokenizer, batch=1)
+    seq.add_image(latent[None], to_tensor(pipe.vit_rule.resize(image))[None])
+    seq.add_text(torch.tensor([pipe.tokenizer.frame(TEXT)]))
+    got = seq.frames_velocity(x[None], t[None], grid)[0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert got.requires_grad
+
+
+def test_training_reply_logits_equal_the_pipelines_scores(tiny_dir):
+    pipe = load(tiny_dir, device="cpu", dtype="float32", attn_backend="math")
+    ctx = pipe.new_context()
+    pipe.append_text(ctx, TEXT)
+    answer = "a red wall"
+    score = pipe.score_continuations(ctx, [answer])[0]
+    ids = [*pipe.tokenizer.encode(answer), pipe.tokenizer.eos_id]
+    seq = SequenceBuilder(pipe.net, pipe.tokenizer, batch=1)
+    seq.add_text(torch.tensor([pipe.tokenizer.frame(TEXT)]))
+    logits = seq.reply_logits(torch.tensor([[pipe.tokenizer.bos_id, *ids[:-1]]]))
+    loss = reply_loss(logits, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool))
+    assert abs(float(loss) * len(ids) + score) < 1e-3
+
+
+def test_a_training_step_lowers_the_loss_on_a_fixed_batch(tiny_dir):
+    pipe = load(tiny_dir, device="cpu", dtype="float32")
+    net = pipe.net.train().requires_grad_(True)
+    gen = torch.Generator().manual_seed(0)
+    images = [pipe.prepare_image(frame(s)) for s in (1, 2)]
+    latents = torch.stack([pipe.encode_latent(im, posterior_mean=True) for im in images])
+    vit = torch.stack([to_tensor(pipe.vit_rule.resize(im)) for im in images])
+    x0 = torch.stack([patchify_latent(z, 2) for z in latents])[:, None]  # [B, 1, N, 64]
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.tensor([[0.5], [0.7]])
+    text = torch.tensor([pipe.tokenizer.frame(TEXT)] * 2)
+
+    def loss() -> torch.Tensor:
+        seq = SequenceBuilder(net, pipe.tokenizer, batch=2)
+        seq.add_image(latents, vit)
+        seq.add_text(text)
+        v = seq.frames_velocity(noisy(x0, noise, t), t, (4, 4))
+        return torch.nn.functional.mse_loss(v, noise - x0)
+
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    first = loss()
+    for _ in range(3):
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        opt.step()
+    assert float(loss().detach()) < 0.9 * float(first.detach())
+
+
+def test_an_autoencoder_step_lowers_its_loss(tiny_dir):
+    pipe = load(tiny_dir, device="cpu", dtype="float32")
+    ae = pipe.ae.train().requires_grad_(True)
+    pixels = torch.stack([to_tensor(frame(s)) for s in (1, 2)])
+    opt = torch.optim.Adam(ae.parameters(), lr=1e-3)
+    first = None
+    for _ in range(4):
+        opt.zero_grad()
+        loss, _ = autoencoder_loss(ae, pixels, torch.Generator().manual_seed(0))
+        first = float(loss) if first is None else first
+        loss.backward()
+        opt.step()
+    loss, _ = autoencoder_loss(ae, pixels, torch.Generator().manual_seed(0))
+    assert float(loss) < first
+
+
+def test_train_world_writes_a_loadable_checkpoint_and_resumes(tmp_path):
+    from bagel.checkpoint import load as load_checkpoint
+    from workbench.world_train import TrainOptions, train_world
+
+    out = tmp_path / "world"
+    options = TrainOptions(steps=1, ae_steps=2, batch=4)
+    state = train_world(out, options)
+    assert (state["ae_step"], state["step"]) == (2, 1)
+    pipe = load_checkpoint(out, device="cpu", dtype="float32")
+    assert pipe.config.llm.hidden_size == 128
+    assert pipe.ae.config.scale_factor != 0.3611  # set from the data after the AE phase
+    ids = pipe.tokenizer.encode("a red wall near ahead, a blue ball on the left.")
+    assert pipe.tokenizer.decode(ids) == "a red wall near ahead, a blue ball on the left."
+    # resumed with more autoencoder steps: its phase is over once the decoder trains
+    state = train_world(out, TrainOptions(steps=2, ae_steps=5, batch=4), resume=True)
+    assert (state["ae_step"], state["step"]) == (2, 2)
+    log = (out / "train" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 4 and '"nav"' in log[-1]

@@ -1,0 +1,51 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from workbench.cli import main
+from workbench.world_eval import REVISIT_BACK, REVISIT_OUT, evaluate, markdown, write_report
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_eval_world_scores_every_chain_and_writes_table_and_plot(pipe, tmp_path):
+    strips = {}
+    report = evaluate(pipe, episodes=1, steps=2, timesteps=2, strips=strips)
+    nav = report["navigation"]
+    assert set(nav) == {"walk-and-turn", "look-around", "random-walk", "unseen-level"}
+    for kind in nav.values():
+        assert len(kind["model"]["psnr"]) == 2 and len(kind["copy"]["ssim"]) == 2
+    assert set(report["future"]) == {"autoregressive", "forcing-w2", "forcing-w4", "copy"}
+    assert report["revisit"]["actions"] == REVISIT_OUT + REVISIT_BACK
+    # random weights: the copy baseline wins on the future frames of a rolling ball
+    assert report["future"]["copy"]["psnr"][0] > report["future"]["autoregressive"]["psnr"][0]
+    paths = write_report(report, tmp_path / "eval", strips)
+    names = ["world-eval.json", "world-eval.md", "world-eval.png", "world-eval-strip.png"]
+    assert [p.name for p in paths] == names
+    assert Image.open(paths[3]).size == (3 * 64, 8 * 64)  # 4 kinds x (truth, model)
+    assert json.loads(paths[0].read_text())["steps"] == 2
+    assert "| future frames | forcing-w4 |" in paths[1].read_text()
+    assert Image.open(paths[2]).size == (720, 420)
+    assert markdown(report) == paths[1].read_text()
+
+
+def test_eval_world_command_refuses_bad_counts(tmp_path, capsys):
+    code = main(["eval-world", "--episodes", "0", "--out", str(tmp_path / "x")])
+    assert code == 2 and "--episodes" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_train_world_command_refuses_bad_counts(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert main(["train-world", str(out), "--steps", "-1"]) == 2
+    assert "steps must be a non-negative integer" in capsys.readouterr().err
+    assert main(["train-world", str(out), "--threads", "0"]) == 2
+    assert not out.exists()

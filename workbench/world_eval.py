@@ -1,0 +1,299 @@
+"""Ground-truth evaluation of the world-modeling chains: `workbench eval-world`.
+
+Every rollout runs through a persistent `Session` with the chains a user would run
+(navigate, predict), starting from a rendered frame, and is compared frame by frame with
+the renderer's truth (PSNR, SSIM; workbench/metrics.py). Worlds are drawn from their own
+seed stream (EVAL_STREAM), so their camera poses and balls are not the training ones;
+the levels are the training levels (TRAIN_LEVELS), plus one level never trained on.
+PSNR is capped at 60 dB (identical frames would make a mean infinite).
+
+- navigation: fixed action scripts and random walks, `steps` actions each; the baseline
+  repeats the start frame (all the model was given);
+- future frames: a fixed camera watching the rolling ball, two true frames in context,
+  then `steps` predicted frames, autoregressive and by diffusion forcing (pyramid,
+  window 2 and 4); the baseline repeats the last true frame ("copy");
+- autoencoder: reconstruction PSNR of held-out views;
+- revisit: three turns left then three right (a static world), so the last view is the
+  first; the return frame against the first, with the whole path in context versus with
+  only the last frame (a fresh session per step).
+
+Writes OUT/world-eval.json, OUT/world-eval.md (tables), OUT/world-eval.png (PSNR per
+rollout step) and OUT/world-eval-strip.png (per navigation kind, the true frames above
+the model's).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bagel.pipeline import BagelPipeline
+from workbench.chains import navigate, predict
+from workbench.files import write_atomic
+from workbench.metrics import psnr, ssim
+from workbench.params import GenerationParams
+from workbench.session import Session
+from workbench.world_data import TRAIN_LEVELS, Episode, future, navigation, random_actions
+from workbench.world_plot import plot_curves
+
+WORLD_MODEL = Path(__file__).resolve().parent.parent / "models" / "world-64"
+EVAL_STREAM = 7_000_003  # first key of every evaluation generator (training uses the seed)
+UNSEEN_LEVEL = 100
+SCRIPTS = {
+    "walk-and-turn": ["forward", "forward", "turn_left", "forward", "turn_right", "forward"],
+    "look-around": ["turn_right", "turn_right", "look_up", "look_down", "strafe_left", "back"],
+}
+REVISIT_OUT = ["turn_left"] * 3
+REVISIT_BACK = ["turn_right"] * 3
+REPORT_STEPS = (1, 2, 4, 8, 16)
+PSNR_CAP = 60.0  # dB
+
+
+def world_params(timesteps: int = 10, seed: int = 0) -> GenerationParams:
+    """How the world model samples: no guidance (it was trained without dropped
+    conditions), 64 × 64, the training time shift."""
+    return GenerationParams(
+        num_timesteps=timesteps,
+        timestep_shift=2.0,
+        cfg_text_scale=1.0,
+        cfg_img_scale=1.0,
+        height=64,
+        width=64,
+        seed=seed,
+    )
+
+
+def _images(frames: np.ndarray) -> list[Image.Image]:
+    return [Image.fromarray(f) for f in frames]
+
+
+def _psnr(a: Image.Image, b: Image.Image) -> float:
+    """PSNR capped at PSNR_CAP: identical frames (a blocked move, a still ball) would
+    otherwise make a mean infinite."""
+    return min(psnr(a, b), PSNR_CAP)
+
+
+def _scores(pred: list[Image.Image], truth: list[Image.Image]) -> dict[str, list[float]]:
+    return {
+        "psnr": [_psnr(p, t) for p, t in zip(pred, truth, strict=True)],
+        "ssim": [ssim(p, t) for p, t in zip(pred, truth, strict=True)],
+    }
+
+
+def _summary(runs: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Per step: mean PSNR / SSIM over the runs and the median PSNR."""
+    out = {}
+    for key in ("psnr", "ssim"):
+        per_step = list(zip(*[r[key] for r in runs], strict=True))
+        out[key] = [round(statistics.fmean(v), 3) for v in per_step]
+    out["psnr_median"] = [
+        round(statistics.median(v), 3) for v in zip(*[r["psnr"] for r in runs], strict=True)
+    ]
+    return out
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([EVAL_STREAM, *key])
+
+
+def _navigation_rollout(
+    pipe: BagelPipeline, episode: Episode, actions: list[str], params: GenerationParams
+) -> list[Image.Image]:
+    session = Session(pipe)
+    session.add_image(Image.fromarray(episode.frames[0]))
+    return [f.image for f in navigate(session, actions, params).frames]
+
+
+def evaluate_autoencoder(pipe: BagelPipeline, frames: int) -> dict:
+    """Reconstruction PSNR of held-out views through the autoencoder, the way a session
+    takes an image in (a seeded posterior sample) and a frame out (decode, to uint8)."""
+    import torch
+
+    values = []
+    for e in range(frames):
+        view = Image.fromarray(navigation(_rng(55, e), []).frames[0])
+        latent = pipe.encode_latent(view, torch.Generator().manual_seed(e))
+        values.append(_psnr(pipe.decode_latent(latent), view))
+    return {"psnr_mean": round(statistics.fmean(values), 3), "frames": frames}
+
+
+def evaluate_navigation(
+    pipe: BagelPipeline,
+    episodes: int,
+    steps: int,
+    params: GenerationParams,
+    strips: dict[str, list[list[Image.Image]]] | None = None,
+) -> dict:
+    """Model vs the start frame repeated, per script kind, over `episodes` worlds; the
+    first episode of each kind goes into `strips` as [true frames, model frames]."""
+    kinds: dict[str, dict] = {}
+    scripts = {name: (script * steps)[:steps] for name, script in SCRIPTS.items()}
+    for name in [*scripts, "random-walk", "unseen-level"]:
+        model_runs, copy_runs = [], []
+        for e in range(episodes):
+            rng = _rng(len(kinds), e)
+            actions = scripts.get(name) or random_actions(rng, steps)
+            levels = (UNSEEN_LEVEL,) if name == "unseen-level" else TRAIN_LEVELS
+            episode = navigation(rng, actions, levels)
+            truth = _images(episode.frames[1:])
+            rollout = _navigation_rollout(pipe, episode, actions, params)
+            model_runs.append(_scores(rollout, truth))
+            if strips is not None and e == 0:
+                start = _images(episode.frames[:1])
+                strips[name] = [start + truth, start + rollout]
+            copy_runs.append(_scores([_images(episode.frames[:1])[0]] * steps, truth))
+        kinds[name] = {"model": _summary(model_runs), "copy": _summary(copy_runs)}
+    return kinds
+
+
+def evaluate_future(
+    pipe: BagelPipeline, episodes: int, steps: int, params: GenerationParams
+) -> dict:
+    """Future frames of the rolling ball: autoregressive, forcing (window 2, 4), copy."""
+    methods = {
+        "autoregressive": dict(mode="autoregressive"),
+        "forcing-w2": dict(mode="forcing", window=2, schedule="pyramid"),
+        "forcing-w4": dict(mode="forcing", window=4, schedule="pyramid"),
+    }
+    runs: dict[str, list] = {name: [] for name in [*methods, "copy"]}
+    for e in range(episodes):
+        episode = future(_rng(99, e), 2 + steps)
+        context, truth = _images(episode.frames[:2]), _images(episode.frames[2:])
+        for name, options in methods.items():
+            session = Session(pipe)
+            for image in context:
+                session.add_image(image)
+            frames = predict(session, steps, params, **options).frames
+            runs[name].append(_scores([f.image for f in frames], truth))
+        runs["copy"].append(_scores([context[-1]] * steps, truth))
+    return {name: _summary(r) for name, r in runs.items()}
+
+
+def evaluate_revisit(pipe: BagelPipeline, episodes: int, params: GenerationParams) -> dict:
+    """The return frame vs the first, whole path in context vs only the last frame."""
+    actions = REVISIT_OUT + REVISIT_BACK
+    full, last_only, copy = [], [], []
+    for e in range(episodes):
+        episode = navigation(_rng(77, e), actions, moving=False)
+        first = Image.fromarray(episode.frames[0])
+        full.append(_psnr(_navigation_rollout(pipe, episode, actions, params)[-1], first))
+        frame = first
+        for k, action in enumerate(actions):  # a fresh session per step: no memory
+            session = Session(pipe)
+            session.add_image(frame)
+            step_params = replace(params, seed=params.seed + k)
+            frame = navigate(session, [action], step_params).frames[0].image
+        last_only.append(_psnr(frame, first))
+        copy.append(_psnr(Image.fromarray(episode.frames[-2]), first))
+    mean = lambda v: round(statistics.fmean(v), 3)  # noqa: E731
+    return {
+        "full_context_psnr": mean(full),
+        "last_frame_only_psnr": mean(last_only),
+        "copy_previous_truth_psnr": mean(copy),
+        "actions": actions,
+    }
+
+
+def evaluate(
+    pipe: BagelPipeline,
+    episodes: int = 4,
+    steps: int = 8,
+    timesteps: int = 10,
+    seed: int = 0,
+    strips: dict[str, list[list[Image.Image]]] | None = None,
+) -> dict:
+    """The whole evaluation as a JSON-able report; `strips` (if given) receives the frames
+    of the first navigation episode of each kind, truth above model."""
+    params = world_params(timesteps, seed)
+    return {
+        "model": pipe.identity,
+        "episodes": episodes,
+        "steps": steps,
+        "params": {"num_timesteps": timesteps, "timestep_shift": 2.0, "cfg": "off"},
+        "autoencoder": evaluate_autoencoder(pipe, 8 * episodes),
+        "navigation": evaluate_navigation(pipe, episodes, steps, params, strips),
+        "future": evaluate_future(pipe, episodes, steps, params),
+        "revisit": evaluate_revisit(pipe, episodes, params),
+    }
+
+
+def markdown(report: dict) -> str:
+    steps = [k for k in REPORT_STEPS if k <= report["steps"]]
+    head = "| rollout | method | " + " | ".join(f"PSNR@{k}" for k in steps)
+    head += " | " + " | ".join(f"SSIM@{k}" for k in steps) + " |\n"
+    head += "|---|---|" + "---|" * (2 * len(steps)) + "\n"
+    rows = []
+    groups = [("navigation " + k, v) for k, v in report["navigation"].items()]
+    groups.append(("future frames", report["future"]))
+    for group, methods in groups:
+        for method, s in methods.items():
+            cells = [f"{s['psnr'][k - 1]:.2f}" for k in steps]
+            cells += [f"{s['ssim'][k - 1]:.3f}" for k in steps]
+            rows.append(f"| {group} | {method} | " + " | ".join(cells) + " |")
+    r = report["revisit"]
+    revisit = (
+        f"\nRevisit ({', '.join(r['actions'])}): return frame vs first frame, PSNR "
+        f"{r['full_context_psnr']:.2f} dB with the whole path in context, "
+        f"{r['last_frame_only_psnr']:.2f} dB with only the last frame; the true frame "
+        f"before the return scores {r['copy_previous_truth_psnr']:.2f} dB.\n"
+    )
+    ae = report["autoencoder"]
+    recon = f"\nAutoencoder reconstruction of {ae['frames']} held-out views: {ae['psnr_mean']:.2f} dB.\n"
+    return head + "\n".join(rows) + "\n" + revisit + recon
+
+
+def strip_image(strips: dict[str, list[list[Image.Image]]]) -> Image.Image:
+    """Per kind two rows, the true frames above the model's, start frame first."""
+    rows = [row for pair in strips.values() for row in pair]
+    w, h = rows[0][0].size
+    sheet = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), "white")
+    for i, row in enumerate(rows):
+        for j, frame in enumerate(row):
+            sheet.paste(frame, (j * w, i * h))
+    return sheet
+
+
+def write_report(
+    report: dict, out: Path, strips: dict[str, list[list[Image.Image]]] | None = None
+) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    curves = {f"nav {k}": v["model"]["psnr"] for k, v in report["navigation"].items()}
+    curves["nav copy (random walk)"] = report["navigation"]["random-walk"]["copy"]["psnr"]
+    curves.update({f"future {k}": v["psnr"] for k, v in report["future"].items()})
+    text = json.dumps(report, indent=2) + "\n"
+    table = markdown(report)
+    return [
+        write_atomic(out / "world-eval.json", lambda tmp: tmp.write_text(text)),
+        write_atomic(out / "world-eval.md", lambda tmp: tmp.write_text(table)),
+        write_atomic(out / "world-eval.png", lambda tmp: plot_curves(curves, tmp)),
+    ] + (
+        [write_atomic(out / "world-eval-strip.png", lambda tmp: strip_image(strips).save(tmp))]
+        if strips
+        else []
+    )
+
+
+def command(args) -> int:
+    """`workbench eval-world`."""
+    import torch
+
+    from bagel.checkpoint import load
+    from bagel.errors import InputError
+
+    for name in ("episodes", "steps", "timesteps"):
+        value = getattr(args, name)
+        if value < 1 or (name == "timesteps" and value < 2):
+            raise InputError(f"--{name} must be at least {2 if name == 'timesteps' else 1}")
+    torch.set_num_threads(1)
+    pipe = load(args.model or WORLD_MODEL, device="cpu", dtype="float32")
+    strips: dict[str, list[list[Image.Image]]] = {}
+    report = evaluate(pipe, args.episodes, args.steps, args.timesteps, args.seed, strips)
+    for path in write_report(report, Path(args.out), strips):
+        print(path)
+    print(markdown(report))
+    return 0

@@ -1,0 +1,417 @@
+"""Train the world model from scratch on the rendered world: `workbench train-world OUT`.
+
+Two phases, in one seeded, resumable run:
+
+1. the autoencoder (the FLUX layout, sized down through ae_config.json) on rendered
+   frames; at its end the latent shift and scale are set from the data (mean and
+   1 / std of the posterior means), as the release's factors are;
+2. the decoder, with the autoencoder frozen: flow matching of the generation expert on
+   navigation / turntable next frames and on windows of future frames (each frame its
+   own noise level: diffusion forcing), plus caption cross-entropy on the understanding
+   expert — each sample laid out as its chain lays out a session (bagel/train.py).
+
+OUT is a checkpoint folder in the official layout at every save (llm_config.json,
+vit_config.json, ae_config.json, bagel_config.json, the tokenizer files, ema.safetensors
+with the exponential moving average of the weights, ae.safetensors), so `bagel.load(OUT)`
+loads it; OUT/train/ holds what resuming needs (raw weights, optimizer state as
+safetensors, state.json) and log.jsonl, the losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm import tqdm
+
+from bagel.checkpoint import AE_WEIGHTS, EMA_WEIGHTS, load
+from bagel.config import BagelConfig
+from bagel.embeddings import patchify_latent
+from bagel.errors import InputError
+from bagel.image import to_tensor
+from bagel.pipeline import BagelPipeline
+from bagel.tiny import make_tiny
+from bagel.train import (
+    SequenceBuilder,
+    autoencoder_loss,
+    flow_loss,
+    noisy,
+    reply_loss,
+    sample_t,
+)
+from workbench.chains import CAPTION_QUESTION
+from workbench.files import write_atomic
+from workbench.world_data import (
+    Episode,
+    agent_views,
+    future,
+    navigation,
+    navigation_batch,
+    turntable,
+)
+
+TRAIN_DIR = "train"
+LOG = "log.jsonl"
+
+
+def world_config() -> BagelConfig:
+    """The world model: a 4-layer MoT decoder (hidden 128), a 2-layer ViT and a small
+    autoencoder; 64 × 64 frames are 16 latent tokens and 25 ViT tokens."""
+    llm = dict(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        max_position_embeddings=4096,
+    )
+    vit = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=14,
+        image_size=14 * 10,
+    )
+    ae = dict(ch=32, ch_mult=[1, 1, 2, 2], num_res_blocks=1)
+    bagel = dict(max_latent_size=8, vae_min_side=32, vit_min_side=28)
+    return BagelConfig.from_dicts(llm, vit, ae, bagel)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    steps: int = 20000  # decoder steps (phase 2)
+    ae_steps: int = 1500  # autoencoder steps (phase 1)
+    batch: int = 8
+    lr: float = 4e-4
+    ae_lr: float = 1e-3
+    ema: float = 0.998
+    timestep_shift: float = 2.0  # of the training t distribution (more high-noise t)
+    seed: int = 0
+    save_minutes: float = 5.0
+    max_minutes: float | None = None  # stop (and save) after this long
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "ae_steps", "batch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InputError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.batch < 1:
+            raise InputError(f"batch must be at least 1, got {self.batch}")
+
+
+class WorldTrainer:
+    """The model, its optimizer and EMA, the phase and step, and OUT's files."""
+
+    def __init__(self, out: Path, options: TrainOptions, resume: bool):
+        self.out, self.options = Path(out), options
+        self.train_dir = self.out / TRAIN_DIR
+        state_file = self.train_dir / "state.json"
+        if resume and state_file.exists():
+            self.state = json.loads(state_file.read_text())
+        else:
+            if (self.out / EMA_WEIGHTS).exists() and not resume:
+                raise InputError(f"{self.out} already holds a checkpoint; use --resume")
+            make_tiny(self.out, options.seed, world_config())
+            self.state = {"ae_step": 0, "step": 0, "seconds": 0.0, "seed": options.seed}
+        self.train_dir.mkdir(parents=True, exist_ok=True)
+        self.pipe: BagelPipeline = load(self.out, device="cpu", dtype="float32")
+        self.net, self.ae = self.pipe.net, self.pipe.ae
+        if self.state["ae_step"] == 0:
+            _narrow_posterior(self.ae)
+        raw = self.train_dir / "model.safetensors"
+        if resume and raw.exists():
+            self.net.load_state_dict(load_file(raw))
+        self.ema = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        if resume and (self.out / EMA_WEIGHTS).exists() and raw.exists():
+            self.ema = load_file(self.out / EMA_WEIGHTS)
+        for name, p in self.net.named_parameters():
+            p.requires_grad_(not name.endswith("pos_embed"))  # the sin-cos tables stay fixed
+        self.optimizer = self._optimizer()
+
+    @property
+    def in_ae_phase(self) -> bool:
+        """Until ae_steps are done; never again once the latent scale is set (the decoder
+        learns the latents of the autoencoder as it was then)."""
+        done = self.state.get("latent_scale_set", False)
+        return not done and self.state["ae_step"] < self.options.ae_steps
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        if self.in_ae_phase:
+            self.ae.train().requires_grad_(True)
+            params, lr = list(self.ae.parameters()), self.options.ae_lr
+        else:
+            self.ae.eval().requires_grad_(False)
+            self.net.train()
+            params = [p for p in self.net.parameters() if p.requires_grad]
+            lr = self.options.lr
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        saved = self.train_dir / "optimizer.safetensors"
+        if saved.exists() and self.state.get("optimizer_phase") == self._phase:
+            _load_optimizer(optimizer, load_file(saved), self.state["optimizer_groups"])
+            for group in optimizer.param_groups:  # this run's learning rate wins
+                group["lr"] = lr
+        return optimizer
+
+    @property
+    def _phase(self) -> str:
+        return "ae" if self.in_ae_phase else "model"
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self) -> dict:
+        opts = self.options
+        total = opts.ae_steps + opts.steps
+        done = self.state["ae_step"] + self.state["step"]
+        started = last_save = time.monotonic()
+        base_seconds = self.state["seconds"]
+        bar = tqdm(total=total, initial=done, desc="train-world", unit="step")
+        while self.in_ae_phase or self.state["step"] < opts.steps:
+            self._end_ae_phase()
+            losses = self.ae_step() if self.in_ae_phase else self.model_step()
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
+            now = time.monotonic()
+            self.state["seconds"] = base_seconds + now - started
+            self._log(losses)
+            if now - last_save > 60 * opts.save_minutes:
+                self.save()
+                last_save = now
+            if opts.max_minutes is not None and now - started > 60 * opts.max_minutes:
+                break
+        bar.close()
+        self._end_ae_phase()
+        self.save()
+        return self.state
+
+    def _end_ae_phase(self) -> None:
+        """Once the autoencoder's steps are done (or fewer asked for on a resume): set the
+        latent scale, switch the optimizer to the decoder, save."""
+        if self.state["ae_step"] >= self.options.ae_steps and not self.state.get(
+            "latent_scale_set"
+        ):
+            self._set_latent_scale()
+            self.optimizer = self._optimizer()
+            self.save()
+
+    def _rng(self) -> tuple[np.random.Generator, torch.Generator]:
+        """This step's generators: a function of the run's seed (the first run's, when
+        resumed) and the step, so a resumed run draws the batches an uninterrupted one
+        would."""
+        key = [self.state["seed"], self.state["ae_step"], self.state["step"]]
+        rng = np.random.default_rng(key)
+        return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+    def ae_step(self) -> dict[str, float]:
+        rng, gen = self._rng()
+        b = self.options.batch
+        episodes = [navigation(rng, []) for _ in range(b - b // 4 - b // 4)]
+        episodes += [turntable(rng, 45, 0) for _ in range(b // 4)]
+        episodes += [future(rng, 1) for _ in range(b // 4)]
+        pixels = torch.stack([to_tensor(Image.fromarray(f)) for e in episodes for f in e.frames])
+        loss, mse = autoencoder_loss(self.ae, pixels, gen)
+        self._apply(loss, self.ae.parameters())
+        self.state["ae_step"] += 1
+        return {
+            "ae_loss": float(loss.detach()),
+            "ae_psnr": float(10 * torch.log10(4 / mse.detach())),
+        }
+
+    def model_step(self) -> dict[str, float]:
+        rng, gen = self._rng()
+        b = self.options.batch
+        nav = self._flow(navigation_batch(rng, b, int(rng.integers(1, 5))), 1, gen)
+        window, context = int(rng.choice([1, 2, 3])), int(rng.integers(1, 3))
+        fut = self._flow([future(rng, context + window) for _ in range(b)], window, gen)
+        views = [navigation(rng, []) for _ in range(b // 2)]
+        cap = self._reply(views, CAPTION_QUESTION, [e.captions[0] for e in views], gen)
+        agent_episodes, question, answers = agent_views(rng, b // 2)
+        agent = self._reply(agent_episodes, question, answers, gen)
+        loss = nav + fut + 0.2 * cap + 0.2 * agent
+        self._apply(loss, [p for p in self.net.parameters() if p.requires_grad])
+        self._update_ema()
+        self.state["step"] += 1
+        parts = (("nav", nav), ("future", fut), ("caption", cap), ("agent", agent))
+        return {k: float(v.detach()) for k, v in parts}
+
+    def _apply(self, loss: Tensor, params) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(params), 1.0)
+        self.optimizer.step()
+
+    # -- the losses ---------------------------------------------------------------------
+
+    def _encode(self, episodes: list[Episode], gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Latents [B, K, C, h, w] (posterior samples, as a session takes them) and ViT
+        pixels [B, K, 3, H', W'] of every frame."""
+        images = [[Image.fromarray(f) for f in e.frames] for e in episodes]
+        pixels = torch.stack([torch.stack([to_tensor(im) for im in row]) for row in images])
+        with torch.no_grad():
+            latents = self.ae.encode(pixels.flatten(0, 1), generator=gen)
+        rule = self.pipe.vit_rule
+        vit = torch.stack(
+            [torch.stack([to_tensor(rule.resize(im)) for im in row]) for row in images]
+        )
+        return latents.unflatten(0, pixels.shape[:2]), vit
+
+    def _text(self, text: str, rows: int) -> Tensor:
+        return torch.tensor([self.pipe.tokenizer.frame(text)] * rows)
+
+    def _flow(self, episodes: list[Episode], window: int, gen: torch.Generator) -> Tensor:
+        """Flow-matching loss of the last `window` frames after the earlier ones (with the
+        episodes' texts between them, as the chains add them)."""
+        latents, vit = self._encode(episodes, gen)
+        b, k = latents.shape[:2]
+        seq = SequenceBuilder(self.net, self.pipe.tokenizer, b)
+        first_target = k - window
+        for i in range(first_target):
+            if episodes[0].texts[i] is not None:
+                seq.add_text(self._text(episodes[0].texts[i], b))
+            seq.add_image(latents[:, i], vit[:, i])
+        if episodes[0].texts[first_target] is not None:  # one text before a window
+            seq.add_text(self._text(episodes[0].texts[first_target], b))
+        p = self.pipe.config.latent_patch_size
+        grid = (latents.shape[3] // p, latents.shape[4] // p)
+        x0 = torch.stack(
+            [torch.stack([patchify_latent(z, p) for z in row[first_target:]]) for row in latents]
+        )  # [B, W, N, 64]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = sample_t((b, window), self.options.timestep_shift, gen)
+        return flow_loss(seq.frames_velocity(noisy(x0, noise, t), t, grid), x0, noise)
+
+    def _reply(
+        self, episodes: list[Episode], question: str, replies: list[str], gen: torch.Generator
+    ) -> Tensor:
+        """Cross-entropy of each reply to `question` asked after its episode's view."""
+        latents, vit = self._encode(episodes, gen)
+        b = len(episodes)
+        seq = SequenceBuilder(self.net, self.pipe.tokenizer, b)
+        seq.add_image(latents[:, 0], vit[:, 0])
+        seq.add_text(self._text(question, b))
+        tok = self.pipe.tokenizer
+        ids = [[*tok.encode(r), tok.eos_id] for r in replies]
+        n = max(len(r) for r in ids)
+        targets = torch.tensor([r + [tok.eos_id] * (n - len(r)) for r in ids])
+        mask = torch.tensor([[i < len(r) for i in range(n)] for r in ids])
+        inputs = torch.cat([torch.full((b, 1), tok.bos_id), targets[:, :-1]], dim=1)
+        return reply_loss(seq.reply_logits(inputs), targets, mask)
+
+    # -- state ----------------------------------------------------------------------------
+
+    def _update_ema(self) -> None:
+        decay = min(self.options.ema, (1 + self.state["step"]) / (10 + self.state["step"]))
+        with torch.no_grad():
+            for name, value in self.net.state_dict().items():
+                self.ema[name].mul_(decay).add_(value.detach(), alpha=1 - decay)
+
+    def _set_latent_scale(self) -> None:
+        """shift = mean, scale = 1 / std of the posterior means over 64 held-back frames."""
+        rng = np.random.default_rng([self.options.seed, 10**6])
+        episodes = [navigation(rng, ["turn_left"]) for _ in range(32)]
+        pixels = torch.stack([to_tensor(Image.fromarray(f)) for e in episodes for f in e.frames])
+        with torch.no_grad():
+            mean, _ = self.ae.encode_moments(pixels)
+        ae_config = dataclasses.replace(
+            self.ae.config,
+            shift_factor=float(mean.mean()),
+            scale_factor=float(1 / mean.std()),
+        )
+        config = dataclasses.replace(self.pipe.config, ae=ae_config)
+        self.ae.config = ae_config
+        self.net.config = self.pipe.config = config
+        self.state["latent_scale_set"] = True
+
+    def save(self) -> None:
+        """The official layout in OUT (EMA weights), then the resume state in OUT/train."""
+        self.pipe.config.to_files(self.out)
+        _save(self.ema, self.out / EMA_WEIGHTS)
+        _save(self.ae.state_dict(), self.out / AE_WEIGHTS)
+        _save(self.net.state_dict(), self.train_dir / "model.safetensors")
+        tensors, groups = _optimizer_tensors(self.optimizer)
+        _save(tensors, self.train_dir / "optimizer.safetensors")
+        self.state.update(optimizer_phase=self._phase, optimizer_groups=groups)
+        self.state["options"] = dataclasses.asdict(self.options)
+        text = json.dumps(self.state, indent=2) + "\n"
+        write_atomic(self.train_dir / "state.json", lambda tmp: tmp.write_text(text))
+
+    def _log(self, losses: dict[str, float]) -> None:
+        record = {
+            "ae_step": self.state["ae_step"],
+            "step": self.state["step"],
+            "seconds": round(self.state["seconds"], 1),
+            **{k: round(v, 5) for k, v in losses.items()},
+        }
+        with open(self.train_dir / LOG, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _narrow_posterior(ae) -> None:
+    """Start the encoder's log-variance near −10 (std ≈ 0.007): a random init gives std ≈ 1,
+    whose sampling noise drowns the latent and stalls the reconstruction for a long time;
+    the small KL weight would barely move it. Sessions sample the posterior, so a narrow
+    one keeps their latents close to the mean."""
+    conv = ae.encoder.conv_out
+    z = conv.out_channels // 2
+    with torch.no_grad():
+        conv.weight[z:].mul_(0.1)
+        conv.bias[z:].fill_(-10.0)
+
+
+def _save(tensors: dict[str, Tensor], path: Path) -> None:
+    data = {k: v.detach().contiguous() for k, v in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(data, str(tmp), metadata={"format": "pt"}))
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list]:
+    """An optimizer's state as flat tensors `index.name` plus its JSON-able groups."""
+    state = optimizer.state_dict()
+    tensors = {
+        f"{index}.{name}": value
+        for index, entries in state["state"].items()
+        for name, value in entries.items()
+    }
+    return tensors, state["param_groups"]
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], groups) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def command(args) -> int:
+    """`workbench train-world`: the CLI's arguments to a run; prints the final state."""
+    if args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)  # one thread is fastest for these small tensors
+    options = TrainOptions(
+        steps=args.steps,
+        ae_steps=args.ae_steps,
+        batch=args.batch,
+        seed=args.seed,
+        lr=args.lr,
+        max_minutes=args.minutes,
+    )
+    state = train_world(args.out, options, resume=args.resume)
+    print(
+        f"{args.out}: autoencoder step {state['ae_step']}, decoder step {state['step']}, "
+        f"{state['seconds'] / 60:.1f} min of training"
+    )
+    return 0
+
+
+def train_world(out: Path, options: TrainOptions, resume: bool = False) -> dict:
+    """Train (or resume training) the world model into `out`; returns the final state."""
+    return WorldTrainer(out, options, resume).run()
