@@ -362,7 +362,9 @@ def _check_range(name: str, value: Any, source: str) -> None:
     if isinstance(value, tuple) and not all(
         isinstance(n, int) and not isinstance(n, bool) for n in value
     ):
-        raise CheckpointError(f"{source}: field {name!r} must be a list of integers, found {value!r}")
+        raise CheckpointError(
+            f"{source}: field {name!r} must be a list of integers, found {value!r}"
+        )
     numbers = value if isinstance(value, tuple) else (value,)
     for number in numbers:
         if isinstance(number, bool) or not isinstance(number, int | float):

@@ -73,7 +73,7 @@ def check_text(text: object, what: str = "text", blank_ok: bool = True) -> str:
             f"{bad.start()}: not valid Unicode text"
         )
     if not blank_ok and not text.strip():
-        raise InputError(f"{what} must hold a non-space character, got {_preview(text)}")
+        raise InputError(f"{what} must be text with a non-space character, got {_preview(text)}")
     return text
 
 
@@ -200,9 +200,7 @@ class BagelTokenizer:
         pieces (split_special_tokens=True), so they never become special ids (module doc).
         """
         check_text(text)
-        return list(
-            self._tok.encode(text, add_special_tokens=False, split_special_tokens=True)
-        )
+        return list(self._tok.encode(text, add_special_tokens=False, split_special_tokens=True))
 
     def frame(self, text: str) -> list[int]:
         """One text segment: `[bos_id] + encode(text) + [eos_id]` (spec §2.3).

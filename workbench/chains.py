@@ -23,6 +23,7 @@ from PIL import Image
 from bagel.errors import BagelError, InputError
 from bagel.forcing import check_forcing
 from bagel.pipeline import ProgressFn
+from bagel.tokenizer import check_text
 from workbench.params import GenerationParams
 from workbench.session import Session
 
@@ -474,8 +475,7 @@ def _beat(session: Session, index: int, beat: object) -> Beat:
 
 
 def _check_text(name: str, value: object) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise InputError(f"{name} must be a non-empty string, got {value!r}")
+    check_text(value, name, blank_ok=False)
 
 
 def _check_count(name: str, value: object) -> None:

@@ -10,7 +10,6 @@ import torch
 from bagel.errors import InputError
 from bagel.flow import SamplerParams
 
-
 MAX_SEED = 2**63 - 1  # torch generators take seeds below 2**64; JSON readers stop at 2**63
 MAX_SIDE = 2**16  # pixels; the model's own limit is far lower and checked at generation
 MAX_THINK_TOKENS = 2**20  # far past any context the model holds; the context refuses sooner
@@ -47,7 +46,9 @@ class GenerationParams(SamplerParams):
         for name in ("height", "width"):  # the model checks the exact sizes it takes
             value = getattr(self, name)
             if value is not None and not (_positive_int(value) and value <= MAX_SIDE):
-                raise InputError(f"{name} must be an integer between 1 and {MAX_SIDE}, got {value!r}")
+                raise InputError(
+                    f"{name} must be an integer between 1 and {MAX_SIDE}, got {value!r}"
+                )
         check_seed(self.seed)
         if not _positive_int(self.max_think_tokens) or self.max_think_tokens > MAX_THINK_TOKENS:
             raise InputError(
