@@ -341,9 +341,16 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from bagel.checkpoint import checkpoint_identity, read_header, resolve_folder
+    from bagel.checkpoint import check_checkpoint, checkpoint_identity, read_header, resolve_folder
     from bagel.config import BagelConfig
+    from bagel.errors import CheckpointError
 
+    problems = check_checkpoint(args.model)  # what `load` would refuse, all of it
+    if problems:
+        raise CheckpointError(
+            f"{args.model}: {len(problems)} problem(s) that loading refuses:\n"
+            + "\n".join(problems)
+        )
     folder = resolve_folder(args.model)
     config = BagelConfig.from_checkpoint(folder)
     counts = {}

@@ -532,8 +532,9 @@ def _load_snapshot(
 
 def _check_snapshot_file(folder: Path, manifest: dict) -> None:
     """The snapshot a manifest records is that very file (sha256), saved with exactly
-    these turns (the transcript digest in its header): what every reader checks, with or
-    without a model."""
+    these turns (the transcript digest in its header), holding only finite values: what
+    every reader checks, with or without a model (the file is read whole for the sha256
+    anyway; the value scan is a second read of it)."""
     path, entry = folder / SNAPSHOT, manifest["snapshot"]
     if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
         raise SessionFileError(
@@ -556,6 +557,13 @@ def _check_snapshot_file(folder: Path, manifest: dict) -> None:
             f"{path}: saved with other turns than {MANIFEST} holds (transcript digest "
             f"differs){USE_TURNS}"
         )
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            bad = next((k for k in f.keys() if not torch.isfinite(f.get_tensor(k)).all()), None)
+    except (SafetensorError, OSError) as err:
+        raise SessionFileError(f"{path}: cannot read tensor data ({err}){USE_TURNS}") from err
+    if bad is not None:
+        raise SessionFileError(f"{path}: tensor {bad} holds NaN or infinite values{USE_TURNS}")
 
 
 def _snapshot_header(path: Path) -> tuple[dict, dict[str, list[int]]]:
@@ -672,10 +680,6 @@ def _read_context(path: Path, pipe: BagelPipeline, name: str, rope: int) -> KVCo
         with safe_open(str(path), framework="pt", device="cpu") as f:
             ks = [f.get_tensor(f"k.{name}.{layer}") for layer in layers]
             vs = [f.get_tensor(f"v.{name}.{layer}") for layer in layers]
-        for kind, tensors in (("k", ks), ("v", vs)):
-            for layer, tensor in enumerate(tensors):
-                if not torch.isfinite(tensor).all():
-                    raise ValueError(f"tensor {kind}.{name}.{layer} holds NaN or infinite values")
         return KVContext.from_tensors(pipe.kv_layout, ks, vs, rope)
     except (SafetensorError, OSError, ValueError) as err:
         raise SessionFileError(f"{path}: context {name}: {err}{USE_TURNS}") from err
