@@ -182,7 +182,10 @@ class BagelConfig:
         vit_raw = _read_json(path / VIT_CONFIG)
         ae_raw = _read_json(path / AE_CONFIG) if (path / AE_CONFIG).exists() else {}
         bagel_raw = _read_json(path / BAGEL_CONFIG) if (path / BAGEL_CONFIG).exists() else {}
-        return cls.from_dicts(llm_raw, vit_raw, ae_raw, bagel_raw)
+        try:
+            return cls.from_dicts(llm_raw, vit_raw, ae_raw, bagel_raw)
+        except CheckpointError as err:  # name the folder too: "ckpt/vit_config.json: ..."
+            raise CheckpointError(f"{path}/{err}") from err
 
     @classmethod
     def from_dicts(
