@@ -32,7 +32,7 @@ from bagel.errors import BagelError, CheckpointError, ImageError, InputError
 from bagel.image import open_image
 from workbench import chains
 from workbench.app import actions
-from workbench.app.files import UploadError, read_image
+from workbench.app.files import UploadError, pack_folder, read_image, unpack_session
 from workbench.cli import main
 from workbench.export import export_session
 from workbench.params import GenerationParams
@@ -361,6 +361,17 @@ def test_session_corpus_same_verdict_everywhere(
     assert files_of(folder) == before and not out.exists()
 
 
+@pytest.mark.parametrize("name", ["deep_json", "surrogate", "swapped_image", "nan_snapshot"])
+def test_session_archives_uploaded_to_the_app(pipe, snapped, tmp_path, name):
+    """The app unpacks an uploaded archive, then opens it with the same check."""
+    folder = shutil.copytree(snapped, tmp_path / "s")
+    make, words = SESSION_CASES[name]
+    make(folder)
+    dest = unpack_session("s.zip", pack_folder(folder), tmp_path / "uploads" / "s")
+    with pytest.raises(SessionFileError, match=re.escape(words)):
+        actions.open_saved(dest, "world", pipe, False)(lambda *_: None)
+
+
 def test_the_untouched_session_passes_every_reader(pipe, snapped, tmp_path):
     folder = shutil.copytree(snapped, tmp_path / "s")
     assert len(load_session(folder, pipe).turns) == 3
@@ -432,6 +443,11 @@ def test_image_paths_that_are_not_regular_files(session, tmp_path, outside):
             pytest.raises(BagelError, match=re.escape(words)),
         ):
             session.add_image(path)
+        with (
+            watch([outside, tmp_path / "pipe.png"]),
+            pytest.raises(BagelError, match=re.escape(words)),
+        ):
+            chains.story(session, [chains.Beat("a beat", str(path))], params=FAST)
         with watch([tmp_path / "pipe.png"]), pytest.raises(ImageError, match="not a regular"):
             open_image(tmp_path / "pipe.png")
     with pytest.raises(InputError, match="seed must be an integer between 0 and 2"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import string
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from PIL import Image
 
@@ -24,6 +25,7 @@ from bagel.errors import BagelError, InputError
 from bagel.forcing import check_forcing
 from bagel.pipeline import ProgressFn
 from bagel.tokenizer import check_text
+from workbench.files import check_regular_file
 from workbench.params import GenerationParams
 from workbench.session import Session
 
@@ -469,6 +471,8 @@ def _beat(session: Session, index: int, beat: object) -> Beat:
     if beat.image is None:
         return beat
     try:
+        if isinstance(beat.image, str | Path):  # the same rule as Session.add_image
+            check_regular_file(Path(beat.image))
         return Beat(beat.text, session.pipe.prepare_image(beat.image))
     except BagelError as err:
         raise type(err)(f"beats[{index}].image: {err}") from err
