@@ -308,7 +308,7 @@ def test_base_is_valid(tmp_path):
             "defaults.cfg_renorm_min",
             "must be in [0, 1]",
         ),
-        ("seed: 3", "seed: -1", "seed", "seed", "must be >= 0, got -1"),
+        ("seed: 3", "seed: -1", "seed", "seed", "must be between 0 and 2**63-1, got -1"),
         (
             "formats: [png]",
             "formats: [png, avi]",

@@ -289,7 +289,8 @@ def _load_for_session(folder: Path, args: argparse.Namespace) -> BagelPipeline:
     unless --device / --dtype say otherwise."""
     from workbench.store import read_manifest
 
-    manifest = read_manifest(folder, None, allow_other_checkpoint=True)
+    # device and dtype only: the command's own reader checks the snapshot, once
+    manifest = read_manifest(folder, None, allow_other_checkpoint=True, check_snapshot=False)
     device = args.device or manifest.get("device") or "cpu"
     return _load(args.model, device, args.dtype or manifest.get("dtype"))
 

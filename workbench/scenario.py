@@ -323,7 +323,7 @@ class _Reader:
         if not isinstance(value, int) or isinstance(value, bool):
             self.fail(node.line, at, f"expected an integer, got {_what(value)}")
         if not low <= value <= high:
-            bound = f"between {low} and {high}" if high < 2**63 - 1 else f">= {low}"
+            bound = f"between {low} and {high if high < 2**63 - 1 else '2**63-1'}"
             self.fail(node.line, at, f"must be {bound}, got {value}")
         return value
 

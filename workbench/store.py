@@ -506,7 +506,7 @@ def _load_snapshot(
     meta, shapes = _snapshot_header(path)
     if allow_other_checkpoint and meta.get("checkpoint") != str(pipe.identity):
         return None
-    _check_snapshot_meta(path, meta, pipe, manifest["turns"])
+    _check_snapshot_meta(path, meta, pipe)
     ends, befores = _snapshot_marks(path, meta, len(manifest["turns"]))
     _check_snapshot_tensors(path, shapes, pipe.kv_layout, ends)
     turns = []
@@ -579,8 +579,9 @@ def _snapshot_header(path: Path) -> tuple[dict, dict[str, list[int]]]:
     return meta, shapes
 
 
-def _check_snapshot_meta(path: Path, meta: dict, pipe: BagelPipeline, turns: list) -> None:
-    """Format, model, dtype and transcript of a snapshot, from its header metadata."""
+def _check_snapshot_meta(path: Path, meta: dict, pipe: BagelPipeline) -> None:
+    """Format, model and dtype of a snapshot, from its header metadata (its transcript was
+    checked by read_manifest)."""
     if meta.get("format") != SNAPSHOT_FORMAT or meta.get("version") != str(SNAPSHOT_VERSION):
         raise SessionFileError(
             f"{path}: not a {SNAPSHOT_FORMAT} version {SNAPSHOT_VERSION} snapshot (metadata "
@@ -596,11 +597,6 @@ def _check_snapshot_meta(path: Path, meta: dict, pipe: BagelPipeline, turns: lis
         raise SessionFileError(
             f"{path}: K/V stored in {meta.get('dtype')}, but the loaded model runs in "
             f"{dtype}{USE_TURNS}"
-        )
-    if meta.get("transcript") != _transcript_digest(turns):
-        raise SessionFileError(
-            f"{path}: saved with other turns than {MANIFEST} holds (transcript digest "
-            f"differs){USE_TURNS}"
         )
 
 
