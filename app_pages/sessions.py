@@ -113,6 +113,7 @@ def _open(model: LoadedModel, opts: AppOptions) -> None:
             return
     if folder is None:
         return
+    unpacked = source == "an archive (.zip)"  # removed again if it does not open
     ws = common.workspace(model)
 
     def on_done(outcome) -> None:
@@ -124,7 +125,7 @@ def _open(model: LoadedModel, opts: AppOptions) -> None:
     common.start_job(
         model,
         f"opening {folder.name}",
-        actions.open_saved(folder, page, model.pipe, other),
+        actions.open_saved(folder, page, model.pipe, other, unpacked),
         on_done,
     )
 

@@ -22,6 +22,7 @@ import workbench.chains
 from bagel.errors import InputError
 from workbench import cli, store
 from workbench.cli import main
+from workbench.outputs import MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = """\
@@ -97,7 +98,7 @@ def test_run_loads_the_model_once_for_several_scenarios(tmp_path, loads, monkeyp
     walk = json.loads((out / "walk" / "run.json").read_text())
     assert walk["steps_done"] == 2 and len(walk["steps"][1]["frames"]) == 1
     assert sorted(p.name for p in (out / "turn" / "export").iterdir()) == [
-        *("frames", "frames.gif", "metrics.csv", "metrics.json"),
+        *(MARKER, "frames", "frames.gif", "metrics.csv", "metrics.json"),
     ]
     assert (out / "walk" / "export" / "frames" / "frame_0002.png").is_file()
 
@@ -220,7 +221,7 @@ def test_export_writes_the_formats_asked_for_and_all_by_default(ran, tmp_path, c
     out = tmp_path / "picked"
     assert main(["export", str(ran), "--out", str(out), "--mp4", "--gif", "--sheet"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        *("contact_sheet.png", "frames.gif", "frames.mp4", "metrics.csv", "metrics.json"),
+        *(MARKER, "contact_sheet.png", "frames.gif", "frames.mp4", "metrics.csv", "metrics.json"),
     ]
     assert main(["export", str(ran), "--out", str(out), "--png"]) == 2  # not empty
     assert "folder is not empty" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from workbench.export import (
     write_mp4,
 )
 from workbench.metrics import psnr
+from workbench.outputs import MARKER, OutputError
 from workbench.params import GenerationParams
 from workbench.session import Session
 from workbench.store import replay, save
@@ -222,6 +223,7 @@ def test_export_of_a_saved_session(pipe, saved, tmp_path):
 def test_export_of_a_live_session_without_drift_and_selected_formats(session, tmp_path):
     out = export_session(session, tmp_path / "live", formats={"png", "sheet"}, pipe=None)
     assert sorted(p.name for p in out.iterdir()) == [
+        MARKER,  # what lets a later export replace this folder
         "contact_sheet.png",
         "frames",
         "metrics.csv",
@@ -247,7 +249,7 @@ def test_export_refuses_bad_arguments_before_writing(saved, tmp_path, pipe):
     with pytest.raises(InputError, match="no frames to export"):
         export_session(empty, tmp_path / "x")
     (tmp_path / "a_file").write_text("x")
-    with pytest.raises(ExportError, match="not a folder"):
+    with pytest.raises(OutputError, match="not a folder"):
         export_session(saved, tmp_path / "a_file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
@@ -256,11 +258,12 @@ def test_export_refuses_a_non_empty_out_unless_overwrite(saved, tmp_path):
     out = tmp_path / "out"
     out.mkdir()  # an empty folder is fine
     export_session(saved, out, formats={"png"})
-    with pytest.raises(ExportError, match="not empty"):
+    with pytest.raises(OutputError, match="not empty"):
         export_session(saved, out, formats={"gif"})
     assert not (out / "frames.gif").exists()
     export_session(saved, out, formats={"gif"}, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["frames.gif", "metrics.csv", "metrics.json"]
+    names = ["frames.gif", "metrics.csv", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, *names]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folders left
 
 
@@ -276,7 +279,12 @@ def test_a_failure_mid_export_leaves_no_partial_out(saved, tmp_path, monkeypatch
     old = export_session(saved, tmp_path / "kept", formats={"png"})
     with pytest.raises(ExportError, match="disk full"):
         export_session(saved, old, overwrite=True)
-    assert sorted(p.name for p in old.iterdir()) == ["frames", "metrics.csv", "metrics.json"]
+    assert sorted(p.name for p in old.iterdir()) == [
+        MARKER,
+        "frames",
+        "metrics.csv",
+        "metrics.json",
+    ]
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]
 
 

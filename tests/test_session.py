@@ -175,7 +175,8 @@ def test_failing_turns_change_nothing(pipe):
         (dict(cfg_interval=(0.2, 1.4)), "cfg_interval"),
         (dict(height=64), "height and width must be given together"),
         (dict(seed=-1), "seed must be an integer between 0 and 2"),
-        (dict(do_sample=True, temperature=0), "temperature must be > 0"),
+        (dict(do_sample=True, temperature=0), "temperature must be >= 0.001"),
+        (dict(do_sample=True, temperature=1e-300), "temperature must be >= 0.001"),
     ],
 )
 def test_bad_generation_params(kwargs, message):

@@ -236,10 +236,11 @@ def _print_table(rows: list[_Row]) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Regenerate a saved session's outputs and compare them; 0 identical, 1 not."""
-    from workbench.store import replay
+    from workbench.store import replay, report_path
 
     folder = Path(args.session)
-    report = replay(folder, _load_for_session(folder, args))
+    path = report_path(folder, args.report)  # checked before the model loads
+    report = replay(folder, _load_for_session(folder, args), report=path)
     frames, texts = report.frames, report.texts_equal
     differ = [f for f in frames if f.max_abs_diff]
     texts_differ = [turn for turn, same in texts if not same]
@@ -256,7 +257,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"  turn {f.turn}: max abs diff {f.max_abs_diff}/255, PSNR {f.psnr:.1f} dB")
     if texts_differ:
         print(f"  texts differ at turns {texts_differ}")
-    print(f"report: {folder / 'replay_report.json'}")
+    print(f"report: {path}")
     return EXIT_OK if report.identical else EXIT_FAILED
 
 
@@ -301,7 +302,26 @@ def _beside(folder: Path, suffix: str) -> Path:
 
 
 def _listing(folder: Path) -> list[str]:
-    return [p.name + ("/" if p.is_dir() else "") for p in sorted(folder.iterdir())]
+    return [
+        p.name + ("/" if p.is_dir() else "")
+        for p in sorted(folder.iterdir())
+        if not p.name.startswith(".")
+    ]
+
+
+# -- the browser app ----------------------------------------------------------------------
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Serve the browser app on --address (127.0.0.1 unless another is chosen)."""
+    from workbench.app.launch import run_app
+
+    app_args = []
+    for name in ("model", "device", "sessions"):
+        if getattr(args, name) is not None:
+            app_args += [f"--{name}", str(getattr(args, name))]
+    run_app(args.address, args.port, app_args)
+    return EXIT_OK
 
 
 # -- model loading ----------------------------------------------------------------------
@@ -415,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"the session's checkpoint (default: the tiny one in {DEFAULT_TINY}); "
         "device and dtype default to the session's",
     )
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="write the JSON report here (default: SESSION_DIR/replay_report.json)",
+    )
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("export", help="export a saved session's frames (no model needed)")
@@ -434,9 +460,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="generated",
         help="the model's images only, or input images too",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out when an earlier export made it"
+    )
     _model_options(p, "the session's checkpoint, for the drift metric (default: no drift)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("app", help="serve the browser app (on 127.0.0.1 unless --address)")
+    p.add_argument(
+        "--address", default="127.0.0.1", help="where to listen; 0.0.0.0 serves other machines"
+    )
+    p.add_argument("--port", type=int, default=None, help="default: 8501")
+    p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: tiny)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda")
+    p.add_argument("--sessions", default=None, help="where sessions are saved (out/sessions)")
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("make-tiny", help="write a tiny random checkpoint in the official layout")
     p.add_argument("folder", type=Path)

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,8 +35,8 @@ from PIL import Image, ImageDraw, ImageFont
 from bagel.errors import BagelError, InputError
 from bagel.pipeline import BagelPipeline
 from bagel.tokenizer import GEN_THINK_PROMPT
-from workbench import store
-from workbench.files import write_atomic
+from workbench import outputs, store
+from workbench.files import check_regular_file, write_atomic
 from workbench.metrics import FrameMetrics, frame_metrics
 from workbench.session import Session
 
@@ -49,7 +50,8 @@ MP4_CRF = 18  # x264 quality: about visually lossless
 
 
 class ExportError(BagelError):
-    """An export target cannot be written: not writable, not a folder, or not empty."""
+    """An export cannot be written: a file cannot be made, or the encoder fails. (A
+    refused output folder is a workbench.outputs.OutputError.)"""
 
 
 @dataclass(frozen=True)
@@ -240,11 +242,15 @@ def export_session(
             with a folder, the folder must have been saved with this checkpoint.
             Without one the drift is left empty.
         include: "generated" or "all" images (see `session_frames`).
-        overwrite: replace a non-empty `out`; otherwise it is refused.
+        overwrite: replace `out` when an earlier export made it (workbench.outputs);
+            a non-empty `out` is refused otherwise, and so is one that is, holds or lies
+            inside the saved session folder exported.
     """
     formats = _check_formats(formats)
     if "gif" in formats or "mp4" in formats:
         _check_fps(fps, GIF_MAX_FPS if "gif" in formats else FPS_RANGE[1])
+    inputs = [] if isinstance(source, Session) else [Path(source)]
+    out = outputs.check_output_folder(out, "export", inputs, overwrite)  # before any read
     if isinstance(source, Session):
         pipe = pipe or source.pipe
     elif pipe is not None:
@@ -252,7 +258,7 @@ def export_session(
     picked = session_frames(source, include)
     if not picked:
         raise InputError(f"no frames to export: the session has no {include} images")
-    out = _check_out(Path(out), overwrite)
+    _make_folder(out.parent)
     metrics = frame_metrics(pipe, [p.frame.image for p in picked])
     with _staging(out) as tmp:
         _write_formats(source, picked, metrics, formats, tmp, fps, columns)
@@ -328,8 +334,54 @@ def _write_metrics(rows: list[dict], folder: Path) -> None:
 def _copy_session(source: Session | str | Path, target: Path) -> None:
     if isinstance(source, Session):
         store.save(source, target)
-    else:  # the manifest and its images; store's temporary files (".…") left behind
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*"))
+    else:
+        copy_saved_session(Path(source), target)
+
+
+def copy_saved_session(folder: Path, target: Path) -> list[Path]:
+    """Copy the files a saved session's manifest lists (session.json, its images, its
+    K/V snapshot) into the new folder `target`, nothing else: each must be a regular file
+    inside `folder` (no link followed, no FIFO or device opened), and their sizes are
+    checked against the free space before anything is read."""
+    manifest = store.read_manifest(folder, None, allow_other_checkpoint=True)
+    names = [store.MANIFEST, *(t["image"] for t in manifest["turns"] if "image" in t)]
+    if isinstance(manifest.get("snapshot"), dict):
+        names.append(store.SNAPSHOT)
+    names = list(dict.fromkeys(names))
+    sizes = {name: check_regular_file(folder / name, folder) for name in names}
+    _make_folder(target)
+    free = shutil.disk_usage(target).free
+    if sum(sizes.values()) > free:
+        raise ExportError(
+            f"{folder}: its {len(names)} files take {sum(sizes.values())} bytes, more than "
+            f"the {free} free at {target}"
+        )
+    copied = []
+    for name, size in sizes.items():
+        copied.append(target / name)
+        _make_folder(copied[-1].parent)
+        _write_atomic(copied[-1], lambda tmp, s=folder / name, n=size: _copy_exactly(s, tmp, n))
+    return copied
+
+
+def _copy_exactly(source: Path, target: Path, size: int) -> None:
+    """Copy the `size` bytes of the regular file `source` (opened without following a
+    link, checked again once open: it may have been swapped since it was checked)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(source, flags)
+    except OSError as err:
+        raise ExportError(f"{source}: cannot be read ({err.strerror})") from err
+    with os.fdopen(fd, "rb") as src, open(target, "wb") as dst:
+        info = os.fstat(src.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+            raise ExportError(f"{source}: changed while it was being copied")
+        left = size
+        while left and (chunk := src.read(min(left, 1 << 20))):
+            dst.write(chunk)
+            left -= len(chunk)
+        if left:
+            raise ExportError(f"{source}: changed while it was being copied")
 
 
 def _turns(source: Session | str | Path) -> list[tuple[str, str, str | None, Callable]]:
@@ -352,17 +404,6 @@ def _turns(source: Session | str | Path) -> list[tuple[str, str, str | None, Cal
 # -- folder staging -------------------------------------------------------------------
 
 
-def _check_out(out: Path, overwrite: bool) -> Path:
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out}: folder is not empty; pass overwrite to replace it")
-    _make_folder(out.parent)
-    if not os.access(out.parent, os.W_OK):
-        raise ExportError(f"{out.parent}: folder is not writable")
-    return out
-
-
 @contextmanager
 def _staging(out: Path) -> Iterator[Path]:
     """Build an export in a temporary folder beside `out`, then rename it into place; on
@@ -371,6 +412,7 @@ def _staging(out: Path) -> Iterator[Path]:
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; an export is meant to be shared
         yield tmp
+        outputs.mark(tmp, "export")  # what lets a later overwrite replace it
         _move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful move

@@ -13,6 +13,7 @@ from bagel.flow import SamplerParams
 MAX_SEED = 2**63 - 1  # torch generators take seeds below 2**64; JSON readers stop at 2**63
 MAX_SIDE = 2**16  # pixels; the model's own limit is far lower and checked at generation
 MAX_THINK_TOKENS = 2**20  # far past any context the model holds; the context refuses sooner
+MIN_TEMPERATURE = 1e-3  # far lower, logits / temperature overflow float32 and sampling fails
 
 
 def check_seed(seed: object, what: str = "seed") -> int:
@@ -62,8 +63,11 @@ class GenerationParams(SamplerParams):
             raise InputError(f"temperature must be a number, got {temperature!r}")
         if not math.isfinite(temperature):
             raise InputError(f"temperature must be finite, got {temperature!r}")
-        if self.do_sample and not self.temperature > 0:
-            raise InputError(f"temperature must be > 0 when sampling, got {self.temperature!r}")
+        if self.do_sample and not self.temperature >= MIN_TEMPERATURE:
+            raise InputError(
+                f"temperature must be >= {MIN_TEMPERATURE} when sampling (lower: set "
+                f"do_sample false for greedy replies), got {self.temperature!r}"
+            )
 
     def sampler(self) -> SamplerParams:
         return SamplerParams(**{f.name: getattr(self, f.name) for f in fields(SamplerParams)})

@@ -32,10 +32,13 @@ from PIL import Image
 
 from bagel.checkpoint import DTYPES
 from bagel.errors import BagelError, InputError
+from bagel.forcing import check_forcing
 from bagel.image import open_image
 from bagel.tokenizer import check_text
+from workbench import outputs
 from workbench.files import check_regular_file, write_atomic
 from workbench.params import GenerationParams
+from workbench.positions import scenario_positions
 from workbench.session import Session
 from workbench.store import save
 
@@ -330,8 +333,8 @@ class _Reader:
     def number(self, node: _Node, at: str) -> float:
         if not isinstance(node.value, int | float) or isinstance(node.value, bool):
             self.fail(node.line, at, f"expected a number, got {_what(node.value)}")
-        if not math.isfinite(node.value):
-            self.fail(node.line, at, f"expected a finite number, got {node.value!r}")
+        if not math.isfinite(node.value):  # YAML's .inf / .nan: no knob or angle takes them
+            self.fail(node.line, at, f"expected a finite number, got {node.value}")
         return float(node.value)
 
     def choice(self, node: _Node, at: str, choices: tuple[str, ...]) -> str:
@@ -363,6 +366,10 @@ class _Reader:
             self.fail(node.line, at, f"not a valid template ({err})")
         if "degrees" not in names or not names <= {"degrees", "axis"}:
             self.fail(node.line, at, "must contain {degrees} and may contain {axis}, nothing else")
+        try:  # as the chain fills it: a format spec such as {degrees:d} fails on text
+            text.format(degrees="90", axis="vertical")
+        except (ValueError, IndexError, KeyError) as err:
+            self.fail(node.line, at, f"not a valid template ({err})")
         return text
 
     def degrees(self, node: _Node, at: str) -> float:
@@ -596,6 +603,14 @@ def _check_predict(r: _Reader, items: dict[str, _Node], args: dict[str, Any], at
                 r.fail(items[key].line, f"{at}.{key}", f"must be {plain!r} unless mode is forcing")
     if args.get("window", 1) > args["frames"]:
         r.fail(items["window"].line, f"{at}.window", f"must be <= frames ({args['frames']})")
+    if args.get("mode") == "forcing":  # the sampler's own check, before anything runs
+        try:
+            check_forcing(
+                args.get("schedule", "autoregressive"), args.get("window", 1), args["frames"]
+            )
+        except InputError as err:
+            key = "schedule" if "schedule" in items else "mode"
+            r.fail(items[key].line, f"{at}.{key}", str(err))
 
 
 def _export_options(r: _Reader, node: _Node) -> ExportOptions:
@@ -734,6 +749,7 @@ def check_for_model(scenario: Scenario, pipe: BagelPipeline) -> None:
                 key = "height" if str(err).startswith("height") else "width"
                 line_at = f"{at}.{key}" if f"{at}.{key}" in scenario.lines else f"defaults.{key}"
                 raise scenario.error(line_at, str(err).removeprefix(f"{key} ")) from err
+    _check_positions(scenario, pipe)
     images = [("start.image", scenario.start.image)]
     for i, step in enumerate(scenario.steps):
         for j, beat in enumerate(step.args.get("beats", []) if step.chain == "story" else []):
@@ -744,6 +760,20 @@ def check_for_model(scenario: Scenario, pipe: BagelPipeline) -> None:
                 pipe.prepare_image(path)
             except BagelError as err:
                 raise scenario.error(at, str(err)) from err
+
+
+def _check_positions(scenario: Scenario, pipe: BagelPipeline) -> None:
+    """The run's turns must fit in the model's positions (workbench.positions), or the
+    session would refuse the turn that passes the limit once running."""
+    limit = pipe.config.llm.max_position_embeddings
+    for at, total in scenario_positions(scenario, pipe):
+        if total > limit:
+            raise scenario.error(
+                at,
+                f"the run would take up to {total} positions by the end of this step, past "
+                f"the model's limit of {limit}; use fewer frames, steps or rounds, shorter "
+                "texts or a smaller max_think_tokens",
+            )
 
 
 def _begin(session: Session, scenario: Scenario, progress: ProgressFn | None) -> None:
@@ -766,12 +796,11 @@ def _call(chains, session: Session, step: Step, progress: ProgressFn | None):
 
 
 def check_out_dir(out_dir: str | Path, scenario: Scenario) -> None:
-    """Refuse an output folder that is a saved session or holds another run or session
-    (run_scenario checks it too; a caller running several scenarios checks them all first).
-    """
+    """Refuse an output folder that is a saved session or holds another run or session,
+    or that workbench.outputs refuses (the scenario's files inside it, a link, a file,
+    read-only); run_scenario checks it too; a caller running several scenarios checks
+    them all first."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ScenarioError(out_dir, None, "out_dir", "exists and is not a folder")
     if (out_dir / "session.json").exists():
         raise ScenarioError(
             out_dir / "session.json",
@@ -779,6 +808,12 @@ def check_out_dir(out_dir: str | Path, scenario: Scenario) -> None:
             "out_dir",
             "this folder is a saved session; choose an empty or new output folder",
         )
+    try:
+        outputs.check_target(out_dir, inputs(scenario))
+        for name, folder in (("session", True), (RUN_MANIFEST, False), ("export", True)):
+            outputs.check_target(out_dir / name, folder=folder)
+    except outputs.OutputError as err:
+        raise ScenarioError(out_dir, None, "out_dir", str(err)) from None
     owner, folder = _owner(out_dir / RUN_MANIFEST), out_dir / "session"
     if owner not in (None, str(scenario.source)) or (owner is None and folder.exists()):
         whose = f"the run of scenario {owner}" if owner else "a session of unknown origin"
@@ -788,14 +823,32 @@ def check_out_dir(out_dir: str | Path, scenario: Scenario) -> None:
             "out_dir",
             f"holds {whose}, not of {scenario.source}; choose an empty or new output folder",
         )
+    export = out_dir / "export"
+    if owner is None and export.is_dir() and outputs.made_by(export) != "export":
+        if any(export.iterdir()):
+            raise ScenarioError(
+                export,
+                None,
+                "out_dir",
+                "holds a folder `export` that no export made; choose an empty or new output folder",
+            )
+
+
+def inputs(scenario: Scenario) -> list[Path]:
+    """The files a run of the scenario reads: the file itself and the images it names."""
+    found = [scenario.source, scenario.start.image]
+    for step in scenario.steps:
+        found += [beat.image for beat in step.args.get("beats", []) if step.chain == "story"]
+    return [path for path in found if path is not None]
 
 
 def _claim(out_dir: Path) -> None:
-    """Clear this scenario's previous session (a save keeps image files already present,
-    so stale frames would survive); create the folder."""
-    folder = out_dir / "session"
-    if folder.exists():  # this scenario's own earlier run
-        shutil.rmtree(folder)
+    """Clear this scenario's previous session and export (a save keeps image files already
+    present, so stale frames would survive); create the folder. check_out_dir has made
+    sure that they are this scenario's own and no links."""
+    for name in ("session", "export"):
+        if (out_dir / name).is_dir():
+            shutil.rmtree(out_dir / name)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 

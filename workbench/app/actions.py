@@ -10,6 +10,7 @@ runs they keep every button that reads or changes a session disabled.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,11 +162,19 @@ def edit(branch: Branch, instruction: str, params: GenerationParams, think: bool
 # -- saved sessions -------------------------------------------------------------------
 
 
-def open_saved(folder: Path, page: str, pipe: BagelPipeline, allow_other: bool) -> Work:
-    """Rebuild a saved session (its turns' appends run on the model) as a new branch."""
+def open_saved(
+    folder: Path, page: str, pipe: BagelPipeline, allow_other: bool, unpacked: bool = False
+) -> Work:
+    """Rebuild a saved session (its turns' appends run on the model) as a new branch.
+    An `unpacked` folder (an uploaded archive) is removed when it does not open."""
 
     def work(_progress: ProgressFn) -> Outcome:
-        session = store.load(folder, pipe, allow_other_checkpoint=allow_other)
+        try:
+            session = store.load(folder, pipe, allow_other_checkpoint=allow_other)
+        except BaseException:
+            if unpacked:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         steps = steps_from_turns(session.turns, 0, page)
         metrics = _metrics(pipe, steps) if page == "world" else None
         return Outcome(page, None, session, steps, metrics)

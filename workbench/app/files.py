@@ -21,7 +21,7 @@ from PIL import Image
 
 from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline
-from workbench import store
+from workbench import outputs, store
 from workbench.session import Session
 
 MB = 1024 * 1024
@@ -98,6 +98,10 @@ def unpack_session(name: str, data: bytes, dest: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
         try:
             _extract(name, archive, members, tmp)
+            try:  # a manifest that cannot be read never lands in the sessions folder
+                store.read_manifest(tmp, None, allow_other_checkpoint=True)
+            except BagelError as err:
+                raise UploadError(f"{name}: {str(err).replace(str(tmp), dest.name)}") from err
             os.replace(tmp, dest)
         finally:
             if tmp.exists():
@@ -190,10 +194,13 @@ def check_name(name: str) -> str:
 
 def save_session(session: Session, root: Path, name: str, overwrite: bool = False) -> Path:
     """Save into root/name: written beside, then renamed into place (an older save of
-    that name is replaced only with `overwrite`)."""
-    folder = root / check_name(name)
+    that name is replaced only with `overwrite`, and only a saved session: never a link,
+    a file or another folder; see workbench.outputs)."""
+    folder = outputs.check_target(root / check_name(name))
     if folder.exists() and not overwrite:
         raise UploadError(f"{folder}: a saved session of that name exists; tick overwrite")
+    if folder.exists() and not (folder / store.MANIFEST).is_file() and any(folder.iterdir()):
+        raise UploadError(f"{folder}: holds something else than a saved session; choose a name")
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}."))
     try:
