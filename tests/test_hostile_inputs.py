@@ -286,8 +286,24 @@ def nan_in_snapshot(folder: Path) -> None:
     manifest_edit(lambda m: m["snapshot"].__setitem__("sha256", sha))(folder)
 
 
-def link(name: str, target: Path | str) -> Callable[[Path], None]:
-    return lambda folder: (folder / name).symlink_to(target)
+def listed_image_becomes(make: Callable[[Path], object]) -> Callable[[Path], None]:
+    """Replace the first image file the manifest lists by make(path): a link, a FIFO."""
+
+    def apply(folder: Path) -> None:
+        first = sorted((folder / "images").glob("*.png"))[0]
+        first.unlink()
+        make(first)
+
+    return apply
+
+
+def snapshot_to_link(outside: Path) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        shutil.copy(folder / "kv.safetensors", outside)
+        (folder / "kv.safetensors").unlink()
+        (folder / "kv.safetensors").symlink_to(outside)
+
+    return apply
 
 
 def image_to_link(outside: Path) -> Callable[[Path], None]:
@@ -321,8 +337,11 @@ SESSION_CASES = {  # name -> (make the folder bad, words of the error)
     "edited_turn": (set_turn(1, "text", "a dog on a roof"), "transcript digest differs"),
     "swapped_image": (swap_images, "do not match the digest"),
     "nan_snapshot": (nan_in_snapshot, "holds NaN or infinite values"),
-    "dev_zero_link": (link("zero", "/dev/zero"), "a symbolic link that leaves the folder"),
-    "fifo": (lambda f: os.mkfifo(f / "images" / "pipe"), "not a regular file (a FIFO)"),
+    "dev_zero_link": (
+        listed_image_becomes(lambda p: p.symlink_to("/dev/zero")),
+        "a symbolic link that leaves the folder",
+    ),
+    "fifo": (listed_image_becomes(os.mkfifo), "not a regular file (a FIFO)"),
     "bad_params": (
         manifest_edit(lambda m: m["turns"][2]["params"].__setitem__("num_timesteps", 10**9)),
         "between 2 and 1000",
@@ -336,7 +355,7 @@ def test_session_corpus_same_verdict_everywhere(
 ):
     folder = shutil.copytree(snapped, tmp_path / "s", symlinks=True)
     if name == "outside_link":
-        make, words = link("notes.txt", outside), "a symbolic link that leaves the folder"
+        make, words = snapshot_to_link(outside), "a symbolic link that leaves the folder"
     elif name == "image_link":
         make, words = image_to_link(outside), "a symbolic link that leaves the folder"
     else:
@@ -350,7 +369,8 @@ def test_session_corpus_same_verdict_everywhere(
         lambda: export_session(folder, out, ["png", "session"]),
         lambda: actions.open_saved(folder, "world", pipe, False)(lambda *_: None),
     ]
-    forbidden = [outside, Path("/dev/zero"), folder / "images" / "pipe"]
+    fifos = [p for p in folder.rglob("*") if p.is_fifo()]
+    forbidden = [outside, Path("/dev/zero"), *fifos]
     for call in entry_points:
         with watch(forbidden), pytest.raises(SessionFileError, match=re.escape(words)):
             call()
@@ -363,13 +383,32 @@ def test_session_corpus_same_verdict_everywhere(
 
 @pytest.mark.parametrize("name", ["deep_json", "surrogate", "swapped_image", "nan_snapshot"])
 def test_session_archives_uploaded_to_the_app(pipe, snapped, tmp_path, name):
-    """The app unpacks an uploaded archive, then opens it with the same check."""
+    """The app checks an uploaded archive when it unpacks it (UploadError, nothing kept)
+    and opens it with load's check (the image digests): the same words either way."""
     folder = shutil.copytree(snapped, tmp_path / "s")
     make, words = SESSION_CASES[name]
     make(folder)
-    dest = unpack_session("s.zip", pack_folder(folder), tmp_path / "uploads" / "s")
-    with pytest.raises(SessionFileError, match=re.escape(words)):
+    dest = tmp_path / "uploads" / "s"
+    with pytest.raises((UploadError, SessionFileError), match=re.escape(words)):
+        unpack_session("s.zip", pack_folder(folder), dest)
         actions.open_saved(dest, "world", pipe, False)(lambda *_: None)
+    assert not dest.exists() or name == "swapped_image"  # unpacked, refused at opening
+
+
+def test_unlisted_links_and_fifos_are_never_opened(pipe, snapped, tmp_path, outside):
+    """Files the manifest does not list are no part of the session: every reader leaves
+    them alone (none opens them; the export's session copy leaves them out)."""
+    folder = shutil.copytree(snapped, tmp_path / "s")
+    (folder / "notes.txt").symlink_to(outside)
+    (folder / "zero").symlink_to("/dev/zero")
+    os.mkfifo(folder / "images" / "pipe")
+    forbidden = [outside, Path("/dev/zero"), folder / "images" / "pipe"]
+    with watch(forbidden):
+        assert len(load_session(folder, pipe).turns) == 3
+        assert replay(folder, pipe).identical
+        out = export_session(folder, tmp_path / "out", ["png", "session"])
+    copied = {p.relative_to(out / "session").as_posix() for p in (out / "session").rglob("*")}
+    assert not {"notes.txt", "zero", "images/pipe"} & copied
 
 
 def test_the_untouched_session_passes_every_reader(pipe, snapped, tmp_path):

@@ -54,26 +54,6 @@ def check_regular_file(path: Path, root: Path | None = None, max_bytes: int | No
     return info.st_size
 
 
-def check_tree(folder: Path, max_files: int = 100_000) -> None:
-    """Refuse a folder holding, anywhere below it, anything but regular files and folders
-    (links, FIFOs, devices, sockets), checked like `check_regular_file`, without following
-    a link; hidden entries (temporary files of an atomic write) are skipped. A reader that
-    copies the whole folder then cannot be led outside it or block on a FIFO."""
-    folder = Path(folder)
-    count = 0
-    for parent, dirs, files in os.walk(folder):  # never descends into links
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in dirs:
-            if (Path(parent) / name).is_symlink():
-                check_regular_file(Path(parent) / name, folder)  # raises, naming the link
-        for name in files:
-            if not name.startswith("."):
-                check_regular_file(Path(parent) / name, folder)
-        count += len(files) + len(dirs)
-        if count > max_files:
-            raise InputError(f"{folder}: more than {max_files} files")
-
-
 def _inside(path: Path, root: Path) -> bool:
     """Whether path (its parent folders resolved, the name itself not followed) is in root."""
     parent = Path(os.path.realpath(path.parent))

@@ -46,7 +46,7 @@ from bagel.kv import KVContext
 from bagel.pipeline import BagelPipeline
 from bagel.tokenizer import check_text
 from workbench import outputs
-from workbench.files import check_regular_file, check_tree, write_atomic
+from workbench.files import check_regular_file, write_atomic
 from workbench.metrics import frame_metrics, psnr
 from workbench.params import ContextLimit, GenerationParams, check_seed
 from workbench.session import Forcing, Mark, Session, Turn
@@ -297,9 +297,10 @@ def read_manifest(
     """Check a saved session folder and return its parsed session.json: the one check
     every reader (load, replay, export, the app) makes, so they give the same verdict.
 
-    The folder holds only regular files and folders (no links, FIFOs or devices); the
-    manifest is bounded in size and depth, every field is of its type and range, every
-    text valid Unicode, every image file present inside the folder, and a recorded K/V
+    Every file it lists (the manifest, the images, the K/V snapshot) is a regular file
+    inside the folder, checked before it is opened (no link, FIFO or device; nothing
+    else in the folder is ever read); the manifest is bounded in size and depth, every
+    field is of its type and range, every text valid Unicode, and a recorded K/V
     snapshot the file saved with these turns (unless not check_snapshot: `load` with
     use_snapshot=False; or the session is of another checkpoint than `pipe`, whose
     snapshot is never read). Errors name the file and the field.
@@ -313,7 +314,6 @@ def read_manifest(
         raise SessionFileError(f"{path}: no saved session here")
     try:
         check_regular_file(path, folder, MAX_MANIFEST_BYTES)
-        check_tree(folder)
     except BagelError as err:
         raise SessionFileError(str(err)) from err
     try:
