@@ -29,12 +29,12 @@ from workbench.app import actions
 from workbench.app.files import UploadError, pack_folder, save_session, unpack_session
 from workbench.cli import main
 from workbench.export import export_session
-from workbench.outputs import MARKER, OutputError, check_output_folder
+from workbench.outputs import MARKER, REPORT, OutputError, check_output_folder
 from workbench.params import GenerationParams
 from workbench.positions import scenario_positions
 from workbench.scenario import ScenarioError, load_scenario, run_scenario
 from workbench.session import Session
-from workbench.store import REPORT, replay, save
+from workbench.store import replay, save
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = GenerationParams(num_timesteps=2, height=32, width=32, seed=3)
@@ -131,6 +131,7 @@ def read_only(monkeypatch, *folders: Path) -> None:
     ("where", "problem"),
     [
         (lambda s: s, "is the input"),
+        (lambda s: s / "images" / "..", "is the input"),
         (lambda s: s / "images", "lies inside the input"),
         (lambda s: s.parent, "holds the input"),
     ],
@@ -509,3 +510,15 @@ def test_the_app_started_from_another_folder_listens_on_loopback_only(tmp_path):
     finally:
         process.terminate()
         process.wait(15)
+
+
+def test_the_launch_command_carries_the_address_and_the_config():
+    from workbench.app.launch import streamlit_command
+
+    command = streamlit_command()
+    flags = dict(zip(command[5::2], command[6::2], strict=True))
+    assert command[1:5] == ["-m", "streamlit", "run", str(ROOT / "streamlit_app.py")]
+    assert flags["--server.address"] == "127.0.0.1" and flags["--server.headless"] == "true"
+    assert flags["--browser.gatherUsageStats"] == "false"  # from .streamlit/config.toml
+    chosen = streamlit_command("0.0.0.0", 8600, ["--model", "m"])
+    assert chosen[-3:] == ["--", "--model", "m"] and "0.0.0.0" in chosen and "8600" in chosen

@@ -236,10 +236,11 @@ def _print_table(rows: list[_Row]) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Regenerate a saved session's outputs and compare them; 0 identical, 1 not."""
-    from workbench.store import replay, report_path
+    from workbench.outputs import replay_report_path
+    from workbench.store import replay
 
     folder = Path(args.session)
-    path = report_path(folder, args.report)  # checked before the model loads
+    path = replay_report_path(folder, args.report)  # checked before the model loads
     report = replay(folder, _load_for_session(folder, args), report=path)
     frames, texts = report.frames, report.texts_equal
     differ = [f for f in frames if f.max_abs_diff]

@@ -27,6 +27,8 @@ from workbench.files import write_atomic
 MARKER = ".bagel-workbench-output.json"
 MARKER_FORMAT = "bagel-workbench-output"
 SESSION_MANIFEST = "session.json"  # workbench.store.MANIFEST (store imports this module)
+REPORT = "replay_report.json"  # a replay's report, by default in the session folder
+REPORT_FORMAT = "bagel-workbench-replay-report"
 
 
 class OutputError(InputError):
@@ -37,7 +39,9 @@ def absolute(path: str | Path) -> Path:
     """path made absolute with its parent folders resolved; its own name is not followed,
     so a link stays visible as a link."""
     path = Path(path).expanduser()
-    return Path(os.path.realpath(path.parent)) / path.name if path.name else path.resolve()
+    if path.name in ("", ".", ".."):  # nothing of its own to keep unresolved
+        return path.resolve()
+    return Path(os.path.realpath(path.parent)) / path.name
 
 
 def check_target(
@@ -97,6 +101,39 @@ def check_output_folder(
             f"replaces only an earlier {kind}'s folder: choose another folder"
         )
     return out
+
+
+def replay_report_path(folder: str | Path, report: str | Path | None = None) -> Path:
+    """Where a replay of the session `folder` may write its report (checked before the
+    replay runs). The default, replay_report.json in the session folder, is the one file
+    a replay adds there (it needs a writable folder: pass another path for a read-only
+    one). Elsewhere the file may not lie in the session folder, and an existing file is
+    replaced only when it is an earlier replay report."""
+    folder = Path(folder)
+    path = folder / REPORT
+    if report is None or absolute(report) == absolute(path):
+        try:
+            return check_target(path, folder=False, in_session=True)
+        except OutputError as err:
+            raise OutputError(
+                f"{err}; the replay report cannot go in the session folder: pass another "
+                "path for it (workbench replay --report PATH)"
+            ) from None
+    path = check_target(report, [folder], folder=False)
+    if path.exists() and not _is_report(path):
+        raise OutputError(
+            f"{path}: exists and is not an earlier replay report; choose another path"
+        )
+    return path
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        if path.stat().st_size > 1 << 26:
+            return False
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == REPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def mark(folder: Path, kind: str) -> None:

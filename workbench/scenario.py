@@ -809,7 +809,7 @@ def check_out_dir(out_dir: str | Path, scenario: Scenario) -> None:
             "this folder is a saved session; choose an empty or new output folder",
         )
     try:
-        outputs.check_target(out_dir, inputs(scenario))
+        outputs.check_target(out_dir, input_files(scenario))
         for name, folder in (("session", True), (RUN_MANIFEST, False), ("export", True)):
             outputs.check_target(out_dir / name, folder=folder)
     except outputs.OutputError as err:
@@ -834,7 +834,7 @@ def check_out_dir(out_dir: str | Path, scenario: Scenario) -> None:
             )
 
 
-def inputs(scenario: Scenario) -> list[Path]:
+def input_files(scenario: Scenario) -> list[Path]:
     """The files a run of the scenario reads: the file itself and the images it names."""
     found = [scenario.source, scenario.start.image]
     for step in scenario.steps:

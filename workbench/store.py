@@ -71,8 +71,6 @@ SNAPSHOT = "kv.safetensors"
 SNAPSHOT_FORMAT = "bagel-workbench-kv"
 SNAPSHOT_VERSION = 1
 STORED_CONTEXTS = ("main", "image_dropped")  # the text-dropped context is a mark into main
-REPORT = "replay_report.json"
-REPORT_FORMAT = "bagel-workbench-replay-report"
 USE_TURNS = "; pass use_snapshot=False to rebuild the contexts from the turns instead"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 IMAGE_NAME = re.compile(r"images/(\d{4,})-([0-9a-f]{16})\.png")  # as `save` names them
@@ -207,13 +205,13 @@ def replay(
 ) -> ReplayReport:
     """Re-run a saved session's turns with their seeds; compare every generated output,
     and write the comparison as JSON to `report` (default: replay_report.json in the
-    session folder; see `report_path` for where else it may go).
+    session folder; see workbench.outputs.replay_report_path for where else it may go).
 
     The recorded drop turns are re-applied where they happened; the replaying session
     has no context limit of its own, so it drops nothing else."""
     folder = Path(folder)
     manifest = read_manifest(folder, pipe, allow_other_checkpoint)
-    report_file = report_path(folder, report)
+    report_file = outputs.replay_report_path(folder, report)
     session, frames, texts, started = Session(pipe), [], [], time.perf_counter()
     for index, entry in enumerate(manifest["turns"]):
         params = GenerationParams(**entry["params"]) if entry["params"] else None
@@ -248,44 +246,14 @@ def replay(
         else:
             _restore(session, folder, entry, index)
     result = ReplayReport(frames, texts, time.perf_counter() - started)
-    content = {"format": REPORT_FORMAT, "session": str(folder), **dataclasses.asdict(result)}
+    content = {
+        "format": outputs.REPORT_FORMAT,
+        "session": str(folder),
+        **dataclasses.asdict(result),
+    }
     text = json.dumps(content, indent=2, default=str)
     write_atomic(report_file, lambda t: t.write_bytes(text.encode()))
     return result
-
-
-def report_path(folder: Path, report: str | Path | None = None) -> Path:
-    """Where a replay of `folder` may write its report, checked before the replay runs.
-
-    The default, replay_report.json in the session folder, is the one file a replay may
-    add there (it needs a writable folder: pass another path for a read-only one).
-    Elsewhere the file may not lie in the session folder, and an existing file there is
-    replaced only when it is an earlier replay report."""
-    path = folder / REPORT
-    if report is None or outputs.absolute(report) == outputs.absolute(path):
-        try:
-            return outputs.check_target(path, folder=False, in_session=True)
-        except outputs.OutputError as err:
-            raise outputs.OutputError(
-                f"{err}; the replay report cannot go in the session folder: pass another "
-                "path for it (workbench replay --report PATH)"
-            ) from None
-    path = outputs.check_target(report, [folder], folder=False)
-    if path.exists() and not _is_report(path):
-        raise outputs.OutputError(
-            f"{path}: exists and is not an earlier replay report; choose another path"
-        )
-    return path
-
-
-def _is_report(path: Path) -> bool:
-    try:
-        return (
-            path.stat().st_size < 1 << 26
-            and json.loads(path.read_text()).get("format") == REPORT_FORMAT
-        )
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def read_manifest(
