@@ -23,6 +23,7 @@ params = common.sidebar_knobs(model.pipe.config.vae_max_side)
 common.finish_job()
 common.show_notice()
 common.job_panel()
+common.restore_offer(model)
 if page == "Sessions":
     sessions.page(model, opts)
 else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from bagel.errors import BagelError
-from workbench.app import actions
+from workbench.app import actions, autosave
 from workbench.app.branches import Branch, Workspace
 from workbench.app.files import DOWNLOADS
 from workbench.app.jobs import Job
@@ -25,7 +25,7 @@ from workbench.app.model import (
 )
 from workbench.params import GenerationParams
 
-POLL_SECONDS = 0.5  # how often the job panel redraws while a job runs
+POLL_SECONDS = 0.25  # how often the job panel redraws while a job runs (cheap: no GC)
 DOWNLOAD_LABELS = {
     "frames": "Frames (ZIP)",
     "gif": "GIF",
@@ -157,6 +157,69 @@ def workspace(model: LoadedModel) -> Workspace:
     return ws
 
 
+def workspace_id() -> str:
+    """The id this tab's branches are autosaved under; kept in the address (?ws=...), so
+    that a reload finds them."""
+    wid = st.session_state.get("workspace_id")
+    if wid is None:
+        asked = st.query_params.get("ws", "")
+        wid = asked if autosave.is_workspace_id(asked) else autosave.new_workspace_id()
+        st.session_state["workspace_id"] = wid
+        # branches saved under this address: until they are restored, this tab saves
+        # under a new id (so that new work never overwrites them)
+        st.session_state["unclaimed"] = bool(autosave.saved_branches(options().sessions, wid))
+    if st.query_params.get("ws") != wid:
+        st.query_params["ws"] = wid
+    return wid
+
+
+def save_branch(branch: Branch) -> None:
+    """Autosave the branch (after every finished turn, undo and fork)."""
+    if st.session_state.pop("unclaimed", False):
+        st.session_state["workspace_id"] = autosave.new_workspace_id()
+    try:
+        autosave.save_branch(options().sessions, workspace_id(), branch)
+    except (BagelError, OSError) as err:
+        st.session_state["notice"] = ("warning", f"Could not autosave {branch.name}: {err}")
+
+
+def restore_offer(model: LoadedModel) -> None:
+    """On a tab without branches: offer the branches saved under this address (a
+    reload), or those of the recent workspaces (a new tab, a restarted server)."""
+    ws = workspace(model)
+    if busy() or any(b.session.turns for b in ws.branches.values()):
+        return
+    if st.session_state.get("restore_dismissed"):
+        return
+    root, wid = options().sessions, workspace_id()
+    own = autosave.saved_branches(root, wid)
+    offers = [(wid, own)] if own else autosave.recent_workspaces(root, exclude=wid, limit=3)
+    if not offers:
+        return
+    with st.container(border=True):
+        st.markdown("**Restore your work**")
+        for k, (other, branches) in enumerate(offers):
+            names = ", ".join(f"{b.name} ({count(b.frames, 'frame')})" for b in branches)
+            when = "this address" if other == wid else "a recent visit"
+            left, right = st.columns([5, 1])
+            left.markdown(f"Autosaved from {when}: {names}")
+            if right.button("Restore", key=f"restore_{k}", type="primary"):
+
+                def on_done(outcomes) -> None:
+                    st.session_state["unclaimed"] = False  # restored: saving here is ours
+                    for outcome in outcomes:
+                        save_branch(actions.apply(ws, outcome))
+                    notify("success", f"Restored {count(len(outcomes), 'branch')}.")
+
+                title = f"restoring {count(len(branches), 'branch')}"
+                start_job(model, title, autosave.restore(branches, model.pipe), on_done)
+        if st.button("Start fresh", key="restore_dismiss", help="The autosaves stay on disk."):
+            st.session_state["restore_dismissed"] = True
+            if st.session_state.pop("unclaimed", False):  # keep those; save under a new id
+                st.session_state["workspace_id"] = autosave.new_workspace_id()
+            st.rerun()
+
+
 def notify(kind: str, text: str) -> None:
     """A message shown once, at the top of the next run."""
     st.session_state["notice"] = (kind, text)
@@ -215,31 +278,66 @@ def _job_fragment() -> None:
             icon=":material/hourglass_top:",
         )
     else:
-        done, total = job.steps_done, job.steps_total
-        text = f"{job.title}: step {done} of {total}" if total else f"{job.title}…"
-        st.progress(done / total if total else 0.0, text=text)
+        st.progress(*_progress_line(job))
     st.button(
         "Cancel",
         key="cancel_job",
         on_click=job.cancel,
         disabled=job.cancel_requested,
-        help="Stops after the current denoising step; the session stays as it was.",
+        help="Stops after the current denoising step, token or turn; everything stays as it was.",
     )
+
+
+def _progress_line(job: Job) -> tuple[float, str]:
+    """The bar's fill and text: the job, its phase, and its count in the phase's unit."""
+    done, total = job.steps_done, job.steps_total
+    title = f"{job.title}: {job.phase}" if job.phase else job.title
+    if not total:
+        return 0.0, f"{title}…"
+    return min(done / total, 1.0), f"{title}: {job.unit} {done} of {total}"
 
 
 # -- shared pieces of pages -----------------------------------------------------------
 
 
 def branch_picker(ws: Workspace, page: str) -> Branch:
-    """Choose the page's current branch."""
+    """Choose the page's current branch. The picker always shows the workspace's
+    current branch, so a branch an action just made is the one in view."""
     current = ws.branch(page)
     names = [b.name for b in ws.of_page(page)]
+    key = f"{page}_branch"
     if len(names) > 1:
-        picked = st.selectbox(
-            "Branch", names, index=names.index(current.name), key=f"{page}_branch"
-        )
-        ws.current[page] = picked
+        if st.session_state.get(key) != current.name:
+            st.session_state[key] = current.name
+        st.selectbox("Branch", names, key=key, on_change=_picked, args=(ws, page, key))
     return ws.branches[ws.current[page]]
+
+
+def new_branch_button(ws: Workspace, branch: Branch, page: str) -> None:
+    """ "New story" / "New world": an empty branch; the others stay (and autosaved)."""
+    if branch.session.turns and st.button(
+        f"New {page}",
+        key=f"{page}_new",
+        icon=":material/add:",
+        disabled=busy(),
+        help=f"Start an empty {page}; the other branches stay in the Branch picker.",
+    ):
+        fresh = ws.new(page)
+        notify("info", f"New {page}: **{fresh.name}**. The earlier branches are in the picker.")
+        st.rerun()
+
+
+def _picked(ws: Workspace, page: str, key: str) -> None:
+    ws.current[page] = st.session_state[key]
+
+
+def apply_outcome(ws: Workspace, outcome: actions.Outcome, done: str) -> None:
+    """Adopt a finished job's outcome; say what happened, naming a new branch."""
+    new = outcome.branch is None
+    branch = actions.apply(ws, outcome)
+    if new:
+        notify("success", f"{done}: made the branch **{branch.name}**, now shown.")
+    save_branch(branch)
 
 
 def downloads_row(model: LoadedModel, branch: Branch, key: str) -> None:
@@ -270,4 +368,5 @@ def downloads_row(model: LoadedModel, branch: Branch, key: str) -> None:
 
 
 def count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+    plural = noun + ("es" if noun.endswith(("ch", "sh", "s", "x")) else "s")
+    return f"{n} {noun if n == 1 else plural}"

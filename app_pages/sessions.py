@@ -4,22 +4,25 @@ diff report, download a branch's frames, GIF, MP4, contact sheet and archive."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import streamlit as st
 
 from app_pages import common
 from bagel.errors import BagelError
-from workbench.app import actions
+from workbench.app import actions, autosave
 from workbench.app.files import (
     MAX_ARCHIVE_MB,
+    delete_session,
+    rename_session,
     save_session,
     saved_sessions,
     unique_folder,
     unpack_session,
 )
 from workbench.app.model import AppOptions, LoadedModel
-from workbench.store import ReplayReport
+from workbench.replay_report import ReplayReport
 
 
 def page(model: LoadedModel, opts: AppOptions) -> None:
@@ -33,7 +36,8 @@ def page(model: LoadedModel, opts: AppOptions) -> None:
             st.info("Nothing to save yet: make frames on the Story or World page.")
         else:
             branch = _pick_branch(branches, "save_branch")
-            name = st.text_input("Name", value=branch.name, key="save_name")
+            # keyed by branch: the name follows the chosen branch
+            name = st.text_input("Name", value=branch.name, key=f"save_name_{branch.name}")
             overwrite = st.checkbox("Overwrite a saved session of that name", key="save_overwrite")
             if st.button("Save", key="save", disabled=common.busy()):
                 try:
@@ -47,6 +51,13 @@ def page(model: LoadedModel, opts: AppOptions) -> None:
     with st.container(border=True):
         st.subheader("Replay")
         _replay(model, opts)
+    manage, recent = st.columns(2)
+    with manage.container(border=True):
+        st.subheader("Rename or delete")
+        _manage(opts)
+    with recent.container(border=True):
+        st.subheader("Autosaved work")
+        _autosaved(opts)
     if branches:
         with st.container(border=True):
             st.subheader("Downloads")
@@ -81,8 +92,9 @@ def _open(model: LoadedModel, opts: AppOptions) -> None:
     )
     folder = None
     if source == "an archive (.zip)":
+        # any file: a rejected one gets its reason on Open, not a silent drop by the browser
         upload = st.file_uploader(
-            "Session archive", type=["zip"], key="open_upload", max_upload_size=MAX_ARCHIVE_MB
+            f"Session archive (.zip, up to {MAX_ARCHIVE_MB} MB)", key="open_upload"
         )
     else:
         folder = _saved_folder(opts, "open_folder")
@@ -111,21 +123,24 @@ def _open(model: LoadedModel, opts: AppOptions) -> None:
         except (BagelError, OSError) as err:
             st.error(str(err))
             return
+        unpacked = True
+    else:
+        unpacked = False
     if folder is None:
         return
-    unpacked = source == "an archive (.zip)"  # removed again if it does not open
     ws = common.workspace(model)
 
     def on_done(outcome) -> None:
         branch = actions.apply(ws, outcome)
+        common.save_branch(branch)
         common.notify(
-            "success", f"Opened {folder.name} as {branch.name} on the {page.title()} page."
+            "success", f"Opened {folder.name} as **{branch.name}** on the {page.title()} page."
         )
 
     common.start_job(
         model,
         f"opening {folder.name}",
-        actions.open_saved(folder, page, model.pipe, other, unpacked),
+        actions.open_saved(folder, page, model.pipe, other, discard=unpacked),
         on_done,
     )
 
@@ -139,6 +154,8 @@ def _replay(model: LoadedModel, opts: AppOptions) -> None:
         def on_done(report: ReplayReport) -> None:
             st.session_state["replay_report"] = (folder.name, report)
 
+        st.session_state.pop("replay_report", None)  # the last one is not this one's
+
         common.start_job(
             model,
             f"replaying {folder.name}",
@@ -151,21 +168,65 @@ def _replay(model: LoadedModel, opts: AppOptions) -> None:
 
 
 def _report(name: str, report: ReplayReport) -> None:
-    verdict = "identical" if report.identical else "different"
-    (st.success if report.identical else st.warning)(
-        f"Replay of {name}: {verdict} ({len(report.frames)} frames, "
-        f"{len(report.texts_equal)} texts, {report.seconds:.1f} s)"
-    )
+    (st.success if report.identical else st.warning)(f"Replay of {name}: {report.verdict()}")
     rows = [
         {
-            "turn": f.turn,
-            "max |diff|": f.max_abs_diff,
+            "frame": f"frame {k} (turn {f.turn})",
+            "max |diff| (0-255)": f.max_abs_diff,
             "PSNR (dB)": "identical" if math.isinf(f.psnr) else f"{f.psnr:.2f}",
         }
-        for f in report.frames
+        for k, f in enumerate(report.frames, 1)
     ]
     if rows:
         st.dataframe(rows, hide_index=True)
-    texts = [{"turn": turn, "same text": same} for turn, same in report.texts_equal]
+    texts = [
+        {"text": f"reply at turn {turn}", "same text": same} for turn, same in report.texts_equal
+    ]
     if texts:
         st.dataframe(texts, hide_index=True)
+
+
+def _manage(opts: AppOptions) -> None:
+    folder = _saved_folder(opts, "manage_folder")
+    if folder is None:
+        return
+    new_name = st.text_input("New name", value=folder.name, key=f"rename_{folder.name}")
+    left, right = st.columns(2)
+    if left.button("Rename", key="rename", disabled=common.busy()):
+        try:
+            target = rename_session(opts.sessions, folder.name, new_name)
+            common.notify("success", f"Renamed {folder.name} to {target.name}.")
+            st.rerun()
+        except (BagelError, OSError) as err:
+            st.error(str(err))
+    sure = right.checkbox("Yes, delete it", key=f"delete_sure_{folder.name}")
+    if right.button("Delete", key="delete", disabled=common.busy() or not sure):
+        try:
+            delete_session(opts.sessions, folder.name)
+            common.notify("success", f"Deleted the saved session {folder.name}.")
+            st.rerun()
+        except (BagelError, OSError) as err:
+            st.error(str(err))
+
+
+def _autosaved(opts: AppOptions) -> None:
+    """The workspaces autosaved by this app (restore them from a tab without branches)."""
+    mine = common.workspace_id()
+    others = autosave.recent_workspaces(opts.sessions, exclude=mine, limit=20)
+    own = autosave.saved_branches(opts.sessions, mine)
+    st.caption(
+        "Every branch is saved after each finished turn. A reload of this page restores "
+        "this tab's branches; a new tab offers the most recent ones."
+    )
+    if own:
+        st.markdown(f"This tab: {', '.join(b.name for b in own)}")
+    for wid, branches in others:
+        left, right = st.columns([4, 1])
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(b.mtime for b in branches)))
+        left.markdown(f"{when}: {', '.join(f'{b.name} ({b.frames})' for b in branches)}")
+        if right.button("Delete", key=f"autosave_delete_{wid}", disabled=common.busy()):
+            autosave.remove_workspace(opts.sessions, wid)
+            common.notify("success", "Deleted those autosaved branches.")
+            st.rerun()
+    if not own and not others:
+        st.caption("Nothing autosaved yet.")

@@ -25,6 +25,7 @@ def page(model: LoadedModel, params: GenerationParams | None) -> None:
     st.header("Story")
     ws = common.workspace(model)
     branch = common.branch_picker(ws, "story")
+    common.new_branch_button(ws, branch, "story")
     _new_beats(model, ws, branch, params)
     _strip(branch)
     if branch.shots:
@@ -43,22 +44,24 @@ def page(model: LoadedModel, params: GenerationParams | None) -> None:
 
 
 def _run(model: LoadedModel, ws: Workspace, title: str, work) -> None:
-    common.start_job(model, title, work, lambda outcome: actions.apply(ws, outcome))
+    done = title[0].upper() + title[1:]
+    common.start_job(model, title, work, lambda outcome: common.apply_outcome(ws, outcome, done))
 
 
 def _new_beats(model: LoadedModel, ws: Workspace, branch: Branch, params) -> None:
     pending: list[chains.Beat] = st.session_state.setdefault("story_pending", [])
-    with st.form("beat_form", clear_on_submit=True):
+    resets = st.session_state.setdefault("beat_resets", 0)  # a new uploader after each beat
+    with st.form("beat_form"):
         st.markdown("**Add a beat**")
-        text = st.text_area("Beat text", key="beat_text", placeholder="A fox finds a lantern…")
-        upload = st.file_uploader(
-            "Reference image (optional)",
-            type=list(IMAGE_TYPES),
-            key="beat_image",
-            max_upload_size=MAX_IMAGE_MB,
+        st.text_area("Beat text", key="beat_text", placeholder="A fox finds a lantern…")
+        st.file_uploader(
+            f"Reference image (optional: {', '.join(IMAGE_TYPES)}; up to {MAX_IMAGE_MB} MB)",
+            key=f"beat_image_{resets}",
         )
-        if st.form_submit_button("Add beat"):
-            _add_beat(model, pending, text, upload)
+        error = st.session_state.pop("beat_error", None)
+        if error:
+            st.error(error)
+        st.form_submit_button("Add beat", on_click=_add_beat, args=(model, pending, resets))
     for i, beat in enumerate(pending):
         left, right = st.columns([6, 1])
         left.markdown(
@@ -81,18 +84,26 @@ def _new_beats(model: LoadedModel, ws: Workspace, branch: Branch, params) -> Non
         _run(model, ws, label.lower(), actions.story(branch, beats, params, caption))
 
 
-def _add_beat(model: LoadedModel, pending: list, text: str, upload) -> None:
+def _add_beat(model: LoadedModel, pending: list, resets: int) -> None:
+    """The form's callback: add the beat, or keep what was typed and say why not.
+
+    The uploader takes any file, so that a rejected one gets its reason here instead of
+    being dropped by the browser."""
+    text = st.session_state.get("beat_text", "")
+    upload = st.session_state.get(f"beat_image_{resets}")
     if not text.strip():
-        st.error("A beat needs some text.")
+        st.session_state["beat_error"] = "Not added: a beat needs some text."
         return
     image = None
     if upload is not None:
         try:
             image = read_image(upload.name, upload.getvalue(), model.pipe)
         except BagelError as err:
-            st.error(str(err))
+            st.session_state["beat_error"] = f"Not added: the reference image {err}"
             return
     pending.append(chains.Beat(text.strip(), image))
+    st.session_state["beat_text"] = ""
+    st.session_state["beat_resets"] = resets + 1
 
 
 def _strip(branch: Branch) -> None:
@@ -112,9 +123,10 @@ def _strip(branch: Branch) -> None:
             )
             if shot.caption:
                 column.caption(f"Model's caption: {shot.caption}")
-            if shot.thought:
-                with column.expander("Thought"):
-                    st.text(shot.thought)
+    for index, shot in enumerate(shots):  # full width, folded: thoughts can be long
+        if shot.thought:
+            with st.expander(f"Thought before frame {index + 1}"):
+                st.markdown(shot.thought)
 
 
 def _regenerate(model, ws: Workspace, branch: Branch, params) -> None:
@@ -156,21 +168,29 @@ def _history(ws: Workspace, branch: Branch) -> None:
         "Undo last beat", key="story_undo", icon=":material/undo:", disabled=common.busy()
     ):
         branch.undo()
+        common.save_branch(branch)
         st.rerun()
     if st.button(
         "Fork this story", key="story_fork", icon=":material/call_split:", disabled=common.busy()
     ):
         fork = ws.fork(branch)
-        common.notify("success", f"Forked {branch.name} as {fork.name}.")
+        common.save_branch(fork)
+        common.notify("success", f"Forked {branch.name} as **{fork.name}**, now shown.")
         st.rerun()
 
 
 def _compare(ws: Workspace) -> None:
     st.subheader("Compare branches")
     names = [b.name for b in ws.of_page("story")]
+    # A new branch becomes B (the newest is the one to compare); a gone one is replaced
+    if st.session_state.get("compare_names") != names:
+        st.session_state["compare_names"] = names
+        st.session_state["compare_b"] = names[-1]
+        if st.session_state.get("compare_a") not in names:
+            st.session_state["compare_a"] = names[0]
     left, right = st.columns(2)
-    a = left.selectbox("Branch A", names, index=0, key="compare_a")
-    b = right.selectbox("Branch B", names, index=len(names) - 1, key="compare_b")
+    a = left.selectbox("Branch A", names, key="compare_a")
+    b = right.selectbox("Branch B", names, key="compare_b")
     shots_a, shots_b = ws.branches[a].shots, ws.branches[b].shots
     for i in range(max(len(shots_a), len(shots_b))):
         left, middle, right, _ = st.columns([2, 1, 2, 3])

@@ -33,6 +33,7 @@ def page(model: LoadedModel, params: GenerationParams | None) -> None:
     st.header("World")
     ws = common.workspace(model)
     branch = common.branch_picker(ws, "world")
+    common.new_branch_button(ws, branch, "world")
     if not branch.shots:
         _start(model, branch, params)
         return
@@ -44,7 +45,8 @@ def page(model: LoadedModel, params: GenerationParams | None) -> None:
 
 def _run(model: LoadedModel, title: str, work) -> None:
     ws = common.workspace(model)
-    common.start_job(model, title, work, lambda outcome: actions.apply(ws, outcome))
+    done = title[0].upper() + title[1:]
+    common.start_job(model, title, work, lambda outcome: common.apply_outcome(ws, outcome, done))
 
 
 def _start(model: LoadedModel, branch: Branch, params: GenerationParams | None) -> None:
@@ -58,8 +60,9 @@ def _start(model: LoadedModel, branch: Branch, params: GenerationParams | None) 
             elif params is not None:
                 _run(model, "first frame", actions.start_from_prompt(branch, prompt, params))
     with from_image:
+        # any file: a rejected one gets its reason here, not a silent drop by the browser
         upload = st.file_uploader(
-            "Start image", type=list(IMAGE_TYPES), key="world_upload", max_upload_size=MAX_IMAGE_MB
+            f"Start image ({', '.join(IMAGE_TYPES)}; up to {MAX_IMAGE_MB} MB)", key="world_upload"
         )
         if st.button("Start from image", key="world_start_image", disabled=common.busy()):
             if upload is None:
@@ -118,6 +121,7 @@ def _controls(model: LoadedModel, branch: Branch, params: GenerationParams | Non
             "Undo last frame", key="world_undo", icon=":material/undo:", disabled=common.busy()
         ):
             step = branch.undo()
+            common.save_branch(branch)
             common.notify("info", f"Undid {step.shots[0].label if step.shots else 'a step'}.")
             st.rerun()
         if st.button(
@@ -127,7 +131,8 @@ def _controls(model: LoadedModel, branch: Branch, params: GenerationParams | Non
             disabled=common.busy(),
         ):
             fork = common.workspace(model).fork(branch)
-            common.notify("success", f"Forked {branch.name} as {fork.name}.")
+            common.save_branch(fork)
+            common.notify("success", f"Forked {branch.name} as **{fork.name}**, now shown.")
             st.rerun()
         memory = branch.session.memory()
         st.caption(

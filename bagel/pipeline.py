@@ -195,12 +195,15 @@ class BagelPipeline:
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
         output_scores: bool = False,
+        progress: ProgressFn | None = None,
     ) -> TextOutput:
         """Decode a reply after the context: feed `<|im_start|>`, stop at `<|im_end|>`.
 
         Runs on a fork of `ctx`, which is left unchanged (the official code deep-copies
         the context instead). Sampling is plain softmax(logits / temperature): no top-k
         or top-p, as upstream. The official `max_length=L` equals `max_new_tokens=L-1`.
+        progress: called with (tokens decoded, max_new_tokens) after every token; an
+        exception it raises stops decoding (`ctx` is untouched either way).
         """
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
@@ -228,6 +231,8 @@ class BagelPipeline:
             if token == self.tokenizer.eos_id:
                 break
             out.append(token)
+            if progress is not None:
+                progress(len(out), max_new_tokens)
         text = self.tokenizer.reply_text([self.tokenizer.bos_id, *out])
         return TextOutput(text, out, torch.stack(scores) if output_scores else None)
 

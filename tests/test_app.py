@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from workbench.metrics import psnr
+from workbench.metrics import frame_metrics, psnr
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TIMEOUT = 180  # the first run loads the model
@@ -24,6 +24,12 @@ TIMEOUT = 180  # the first run loads the model
 
 @pytest.fixture
 def app(tiny_dir, tmp_path, monkeypatch):
+    yield from fast_app(tiny_dir, tmp_path, monkeypatch)
+
+
+def fast_app(tiny_dir, tmp_path, monkeypatch):
+    """The app on the tiny checkpoint with fast knobs (2 steps, 64x64); a generator for
+    fixtures (the job still running at the end is cancelled)."""
     monkeypatch.setenv("WORKBENCH_MODEL", str(tiny_dir))
     monkeypatch.setenv("WORKBENCH_SESSIONS", str(tmp_path / "sessions"))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
@@ -113,10 +119,10 @@ def test_world_start_forward_undo_fork(app):
     ws = app.session_state["workspace"]
     assert [b.name for b in ws.of_page("world")] == ["world-1", "world-2"]
     assert ws.current["world"] == "world-2"
-    assert any("Forked world-1 as world-2" in s.value for s in app.success)
+    assert any("Forked world-1 as **world-2**" in s.value for s in app.success)
     app.button(key="move_turn_left").click()
     settle(app.run())
-    assert [s.label for s in ws.branches["world-2"].shots] == ["start", "turn_left"]
+    assert [s.label for s in ws.branches["world-2"].shots] == ["start", "turn left"]
     assert [s.label for s in ws.branches["world-1"].shots] == ["start"]
 
 
@@ -129,7 +135,13 @@ def test_world_rotate_and_predict(app):
     app.button(key="predict").click()
     settle(app.run())
     branch = _world(app)
-    assert [s.label for s in branch.shots] == ["start", "30deg", "60deg", "t+1", "t+2"]
+    assert [s.label for s in branch.shots] == [
+        "start",
+        "rotate 30°",
+        "rotate 60°",
+        "autoregressive t+1",
+        "autoregressive t+2",
+    ]
     assert [m.index for m in branch.metrics] == [0, 1, 2, 3, 4] and "5 frames" in _texts(
         app.caption
     )
@@ -138,7 +150,10 @@ def test_world_rotate_and_predict(app):
     settle(app.run())
     _ok(app)
     branch = _world(app)
-    assert [s.label for s in branch.shots][-2:] == ["t+1", "t+2"] and len(branch.shots) == 7
+    assert [s.label for s in branch.shots][-2:] == ["forcing t+1", "forcing t+2"]
+    assert len(branch.shots) == 7
+    # metrics kept for the earlier frames equal a computation over the whole timeline
+    assert branch.metrics == frame_metrics(branch.session.pipe, [s.image for s in branch.shots])
 
 
 def test_world_from_an_uploaded_image_and_a_bad_upload(app):
@@ -159,7 +174,7 @@ def test_story_beats_regenerate_compare_and_edit_with_thinking(app):
     for text, image in (("a fox finds a lantern", _png()), ("the fox sleeps", None)):
         app.text_area(key="beat_text").set_value(text)
         if image:
-            app.file_uploader(key="beat_image").set_value(("ref.png", image, "image/png"))
+            app.file_uploader(key="beat_image_0").set_value(("ref.png", image, "image/png"))
         app.button[0].click()  # the form's "Add beat"
         app.run()
         _ok(app)
@@ -180,13 +195,27 @@ def test_story_beats_regenerate_compare_and_edit_with_thinking(app):
     one, two = ws.branches["story-1"].shots, ws.branches["story-2"].shots
     assert two[0].image is one[0].image and psnr(two[1].image, one[1].image) < 30
     assert app.selectbox(key="compare_a").value == "story-1"
+    assert app.selectbox(key="story_branch").value == "story-2"
     assert any("PSNR" in m.value or "identical" in m.value for m in app.markdown)
+    # again, from the branch now shown: the newest branch is shown and compared, each time
+    for new in ("story-3", "story-4"):
+        app.button(key="regenerate").click()
+        settle(app.run())
+        assert app.selectbox(key="story_branch").value == new == ws.current["story"]
+        assert app.selectbox(key="compare_b").value == new
+        assert any(f"**{new}**, now shown" in s.value for s in app.success)
+    app.selectbox(key="story_branch").set_value("story-2").run()
+    assert ws.current["story"] == "story-2"
+    for new in ("story-5", "story-6"):
+        app.button(key="story_fork").click().run()
+        assert app.selectbox(key="story_branch").value == new == ws.current["story"]
+        assert app.selectbox(key="compare_b").value == new
     app.text_input(key="edit_instruction").set_value("make it night")
     app.button(key="edit").click()
     settle(app.run())
-    last = ws.branches["story-2"].shots[-1]
-    assert last.thought is not None and last.label == "round-1"
-    assert any(e.label == "Thought" for e in app.expander)
+    last = ws.branches["story-6"].shots[-1]
+    assert last.thought is not None and last.label == "edit round 1"
+    assert any(e.label == "Thought before frame 3" for e in app.expander)
 
 
 def test_sessions_save_open_replay_and_downloads(app, tmp_path):
@@ -194,7 +223,7 @@ def test_sessions_save_open_replay_and_downloads(app, tmp_path):
     app.button(key="move_forward").click()
     settle(app.run())
     _page(app, "Sessions")
-    app.text_input(key="save_name").set_value("walk")
+    app.text_input(key="save_name_world-1").set_value("walk")
     app.button(key="save").click().run()
     assert (tmp_path / "sessions" / "walk" / "session.json").is_file()
     # replay the saved folder: the same device and dtype give identical frames
@@ -225,7 +254,7 @@ def test_sessions_save_open_replay_and_downloads(app, tmp_path):
     settle(app.run())
     ws = app.session_state["workspace"]
     assert ws.current["story"] == "story-1" and len(ws.branches["story-1"].session.turns) == 4
-    assert any("Opened walk-2 as story-1" in s.value for s in app.success)  # walk: taken
+    assert any("Opened walk-2 as **story-1**" in s.value for s in app.success)  # walk: taken
     app.radio(key="open_source").set_value("the saved sessions").run()
     app.radio(key="open_page").set_value("world")
     app.selectbox(key="open_folder").set_value(tmp_path / "sessions" / "walk")

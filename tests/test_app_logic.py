@@ -185,7 +185,7 @@ def test_world_work_runs_on_a_fork_and_applies_steps_with_metrics(pipe):
     outcome = _wait(Job("left", work, Gate()).start()).result
     assert len(branch.session.turns) == 3 and len(branch.steps) == 1  # the strip: unchanged
     actions.apply(ws, outcome)
-    assert [s.label for s in branch.shots] == ["start", "turn_left"]
+    assert [s.label for s in branch.shots] == ["start", "turn left"]
     assert [m.index for m in branch.metrics] == [0, 1]
     assert branch.metrics[0].drift == pytest.approx(1.0)
     revision = branch.revision
@@ -206,7 +206,7 @@ def test_story_steps_group_reference_beat_and_caption(pipe):
     actions.apply(ws, _wait(Job("story", work, Gate()).start()).result)
     assert [s.text for s in branch.steps] == ["a fox", "the fox sleeps"]
     assert branch.steps[0].reference is not None and branch.steps[1].reference is None
-    assert [s.label for s in branch.shots] == ["beat-1", "beat-2"]
+    assert [s.label for s in branch.shots] == ["beat 1", "beat 2"]
     assert all(isinstance(s.caption, str) for s in branch.shots)
     assert branch.steps[1].start == branch.steps[0].start + 5  # ref, text, image, question, caption
     # the same grouping from the turns alone (a loaded session)
@@ -232,7 +232,7 @@ def test_edit_with_thinking_keeps_the_thought(pipe):
     actions.apply(ws, _wait(Job("edit", work, Gate()).start()).result)
     last = branch.steps[-1]
     assert last.text == "make it night"
-    assert isinstance(last.shots[0].thought, str) and last.shots[0].label == "round-1"
+    assert isinstance(last.shots[0].thought, str) and last.shots[0].label == "edit round 1"
 
 
 # -- files ----------------------------------------------------------------------------

@@ -357,7 +357,7 @@ class _Run:
         self._frame(label)
 
     def caption(self, question: str) -> None:
-        reply = self.session.ask(question, self.params)
+        reply = self.session.ask(question, self.params, self._hold_progress())
         self._log("question", "caption")
         self.frames[-1] = replace(self.frames[-1], caption=reply)
 
@@ -387,6 +387,13 @@ class _Run:
         turn = self.session.turns[index]
         scores = dict(zip(turn.options, turn.scores, strict=True)) if turn.options else None
         self.trace.append(TraceStep(turn.role, kind, turn.text, turn.image, index, scores))
+
+    def _hold_progress(self) -> ProgressFn | None:
+        """For decoding: reports the steps done so far (a cancel is checked per token)."""
+        if self._progress is None:
+            return None
+        done, total, report = len(self.frames) * self._steps, self._total, self._progress
+        return lambda _i, _n: report(done, total)
 
     def _denoise_progress(self) -> ProgressFn | None:
         if self._progress is None:

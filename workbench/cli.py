@@ -242,22 +242,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     folder = Path(args.session)
     path = replay_report_path(folder, args.report)  # checked before the model loads
     report = replay(folder, _load_for_session(folder, args), report=path)
-    frames, texts = report.frames, report.texts_equal
-    differ = [f for f in frames if f.max_abs_diff]
-    texts_differ = [turn for turn, same in texts if not same]
-    outcome = (
-        "identical"
-        if report.identical
-        else (f"{len(differ)} frame(s) and {len(texts_differ)} text(s) differ")
-    )
-    print(
-        f"replayed {len(frames)} frame(s) and {len(texts)} text(s) in {report.seconds:.1f} s: "
-        f"{outcome}"
-    )
-    for f in differ:
-        print(f"  turn {f.turn}: max abs diff {f.max_abs_diff}/255, PSNR {f.psnr:.1f} dB")
-    if texts_differ:
-        print(f"  texts differ at turns {texts_differ}")
+    print(f"replay: {report.verdict()}")
+    for k in report.frames_differing:
+        f = report.frames[k - 1]
+        print(
+            f"  frame {k} (turn {f.turn}): max abs diff {f.max_abs_diff}/255, PSNR {f.psnr:.1f} dB"
+        )
+    if report.texts_differing:
+        print(f"  texts differ at turns {report.texts_differing}")
     print(f"report: {path}")
     return EXIT_OK if report.identical else EXIT_FAILED
 

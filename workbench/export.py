@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bagel.errors import BagelError, InputError
-from bagel.pipeline import BagelPipeline
+from bagel.pipeline import BagelPipeline, ProgressFn
 from bagel.tokenizer import GEN_THINK_PROMPT
 from workbench import outputs, store
 from workbench.files import check_regular_file, write_atomic
@@ -228,6 +228,7 @@ def export_session(
     include: str = "generated",
     columns: int = 4,
     overwrite: bool = False,
+    progress: ProgressFn | None = None,
 ) -> Path:
     """Export a session's frames into the folder `out`, all at once or not at all.
 
@@ -245,6 +246,8 @@ def export_session(
         overwrite: replace `out` when an earlier export made it (workbench.outputs);
             a non-empty `out` is refused otherwise, and so is one that is, holds or lies
             inside the saved session folder exported.
+        progress: called with (parts done, parts) after the metrics and after each
+            format; an exception it raises stops the export and nothing is written.
     """
     formats = _check_formats(formats)
     if "gif" in formats or "mp4" in formats:
@@ -259,9 +262,18 @@ def export_session(
     if not picked:
         raise InputError(f"no frames to export: the session has no {include} images")
     _make_folder(out.parent)
+    parts, done = len(formats) + 1, 1
     metrics = frame_metrics(pipe, [p.frame.image for p in picked])
+
+    def tick() -> None:
+        nonlocal done
+        if progress is not None:
+            progress(done, parts)
+        done += 1
+
+    tick()
     with _staging(out) as tmp:
-        _write_formats(source, picked, metrics, formats, tmp, fps, columns)
+        _write_formats(source, picked, metrics, formats, tmp, fps, columns, tick)
     return out
 
 
@@ -273,24 +285,31 @@ def _write_formats(
     folder: Path,
     fps: float,
     columns: int,
+    tick: Callable[[], None],
 ) -> None:
     frames = [p.frame for p in picked]
     files = [f"frames/frame_{i + 1:04d}.png" for i in range(len(frames))]
     if "png" in formats:
         write_frames(frames, folder / "frames")
+        tick()
     if "gif" in formats:
         write_gif(frames, folder / "frames.gif", fps)
+        tick()
     if "mp4" in formats:
         write_mp4(frames, folder / "frames.mp4", fps)
+        tick()
     if "sheet" in formats:
         captioned = [
             Frame(f.image, _sheet_caption(f, m)) for f, m in zip(frames, metrics, strict=True)
         ]
         write_contact_sheet(captioned, folder / "contact_sheet.png", columns)
+        tick()
     if "story" in formats:
         story_page(frames, folder / "story.html", image_files=files if "png" in formats else None)
+        tick()
     if "session" in formats:
         _copy_session(source, folder / "session")
+        tick()
     rows = [
         {
             "frame": i + 1,

@@ -228,14 +228,21 @@ class Session:
             )
         return [frame.image for frame in out]
 
-    def ask(self, question: str, params: GenerationParams | None = None) -> str:
+    def ask(
+        self,
+        question: str,
+        params: GenerationParams | None = None,
+        progress: ProgressFn | None = None,
+    ) -> str:
         """Understanding: the question as a user text, then the model's reply, which
-        stays in the main context (not in the guidance contexts)."""
+        stays in the main context (not in the guidance contexts). progress: (tokens
+        decoded, most tokens) after every token; an exception it raises stops the reply
+        and leaves the session as it was."""
         params = params or GenerationParams()
         n = self._text_tokens(question) + self._reply_bound(params)
         with self._transaction(n, n):
             self._user_text(question)
-            return self._reply("text", params)
+            return self._reply("text", params, progress)
 
     def choose(self, question: str, options: list[str]) -> tuple[str, list[float]]:
         """Constrained understanding: the question as a user text, then the option whose
@@ -267,7 +274,11 @@ class Session:
         with self._transaction(texts + image, texts + 2):
             self._user_text(GEN_THINK_PROMPT)
             self._user_text(prompt)
-            thought = self._reply("thinking", params)
+            # during the thinking no denoising step is done yet: (0, steps) per token
+            steps = params.num_timesteps - 1
+            thought = self._reply(
+                "thinking", params, None if progress is None else lambda *_: progress(0, steps)
+            )
             return thought, self._generated_image(params, height, width, progress)
 
     # -- branches -----------------------------------------------------------------
@@ -451,7 +462,9 @@ class Session:
         )
         return out.image
 
-    def _reply(self, kind: str, params: GenerationParams) -> str:
+    def _reply(
+        self, kind: str, params: GenerationParams, progress: ProgressFn | None = None
+    ) -> str:
         before, started = self._marks(), time.perf_counter()
         reply = self.pipe.generate_text(
             self.main,
@@ -459,6 +472,7 @@ class Session:
             params.do_sample,
             params.temperature,
             params.generator(),
+            progress=progress,
         )
         self.pipe.append_text(self.main, reply.text)
         self.turns.append(

@@ -29,7 +29,6 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +42,13 @@ from bagel import safejson
 from bagel.errors import BagelError
 from bagel.forcing import check_forcing
 from bagel.kv import KVContext
-from bagel.pipeline import BagelPipeline
+from bagel.pipeline import BagelPipeline, ProgressFn
 from bagel.tokenizer import check_text
 from workbench import outputs
 from workbench.files import check_regular_file, write_atomic
 from workbench.metrics import frame_metrics, psnr
 from workbench.params import ContextLimit, GenerationParams, check_seed
+from workbench.replay_report import FrameDiff, ReplayReport
 from workbench.session import Forcing, Mark, Session, Turn
 
 MANIFEST = "session.json"
@@ -155,6 +155,7 @@ def load(
     pipe: BagelPipeline,
     allow_other_checkpoint: bool = False,
     use_snapshot: bool = True,
+    progress: ProgressFn | None = None,
 ) -> Session:
     """Rebuild a saved session on `pipe`; nothing is generated and no file is written.
 
@@ -166,6 +167,8 @@ def load(
     what differs. Overrides: use_snapshot=False ignores the snapshot and re-encodes the
     turns; allow_other_checkpoint=True also accepts a session of another checkpoint, and
     then re-encodes its turns (another model's K/V mean nothing to this one).
+    progress: called with (turns restored, turns) after every turn; an exception it
+    raises stops the load (nothing is kept).
     """
     folder = Path(folder)
     manifest = read_manifest(folder, pipe, allow_other_checkpoint, check_snapshot=use_snapshot)
@@ -173,28 +176,12 @@ def load(
         session = _load_snapshot(folder, manifest, pipe, allow_other_checkpoint)
         if session is not None:
             return session
-    session = Session(pipe, limit=_limit(folder, manifest))
-    for index, entry in enumerate(manifest["turns"]):
+    session, turns = Session(pipe, limit=_limit(folder, manifest)), manifest["turns"]
+    for index, entry in enumerate(turns):
         _restore(session, folder, entry, index)
+        if progress is not None:
+            progress(index + 1, len(turns))
     return session
-
-
-@dataclass(frozen=True)
-class FrameDiff:
-    turn: int
-    max_abs_diff: int
-    psnr: float  # inf when identical
-
-
-@dataclass(frozen=True)
-class ReplayReport:
-    frames: list[FrameDiff]
-    texts_equal: list[tuple[int, bool]]
-    seconds: float
-
-    @property
-    def identical(self) -> bool:
-        return all(f.max_abs_diff == 0 for f in self.frames) and all(e for _, e in self.texts_equal)
 
 
 def replay(
@@ -202,58 +189,76 @@ def replay(
     pipe: BagelPipeline,
     allow_other_checkpoint: bool = False,
     report: str | Path | None = None,
+    progress: ProgressFn | None = None,
 ) -> ReplayReport:
     """Re-run a saved session's turns with their seeds; compare every generated output,
     and write the comparison as JSON to `report` (default: replay_report.json in the
     session folder; see workbench.outputs.replay_report_path for where else it may go).
 
     The recorded drop turns are re-applied where they happened; the replaying session
-    has no context limit of its own, so it drops nothing else."""
+    has no context limit of its own, so it drops nothing else. progress: called with
+    (turns done, turns) after every turn, and again after every denoising step and
+    every decoded token (same counts), so an exception it raises stops the replay
+    within one step; then no report is written."""
     folder = Path(folder)
     manifest = read_manifest(folder, pipe, allow_other_checkpoint)
     report_file = outputs.replay_report_path(folder, report)
     session, frames, texts, started = Session(pipe), [], [], time.perf_counter()
+    total = len(manifest["turns"])
     for index, entry in enumerate(manifest["turns"]):
-        params = GenerationParams(**entry["params"]) if entry["params"] else None
-        forcing = entry.get("forcing")
-        if forcing is not None and forcing["index"] > 0:
-            continue  # regenerated with the first frame of its run
-        if forcing is not None:  # the frames of a run were denoised together: re-run it
-            images = session.predict_frames(
-                forcing["frames"], params, forcing["window"], forcing["schedule"]
-            )
-            for k, image in enumerate(images):
-                name = manifest["turns"][index + k]["image"]
-                saved = open_turn_image(folder, name, index + k, verify=False)
-                frames.append(_compare(index + k, image, saved))
-        elif entry["role"] == "model" and entry["kind"] == "image":
-            image = session.generate_image(params)
-            saved = open_turn_image(folder, entry["image"], index, verify=False)
-            frames.append(_compare(index, image, saved))
-        elif entry["kind"] == "choice":
-            answer, _ = session._answer(entry["options"])
-            texts.append((index, answer == entry["text"]))
-        elif entry["role"] == "model":
-            reply = session.pipe.generate_text(
-                session.main,
-                params.max_think_tokens,
-                params.do_sample,
-                params.temperature,
-                params.generator(),
-            ).text
-            texts.append((index, reply == entry["text"]))
-            _restore(session, folder, {**entry, "text": reply}, index)
-        else:
-            _restore(session, folder, entry, index)
+        step = None if progress is None else (lambda _d, _t, i=index: progress(i, total))
+        _replay_turn(session, folder, manifest, index, entry, step, frames, texts)
+        if progress is not None:
+            progress(index + 1, total)
     result = ReplayReport(frames, texts, time.perf_counter() - started)
-    content = {
-        "format": outputs.REPORT_FORMAT,
-        "session": str(folder),
-        **dataclasses.asdict(result),
-    }
-    text = json.dumps(content, indent=2, default=str)
-    write_atomic(report_file, lambda t: t.write_bytes(text.encode()))
+    text = result.to_json(format=outputs.REPORT_FORMAT, session=str(folder))
+    write_atomic(report_file, lambda t: t.write_text(text, encoding="utf-8"))
     return result
+
+
+def _replay_turn(
+    session: Session,
+    folder: Path,
+    manifest: dict,
+    index: int,
+    entry: dict,
+    step: ProgressFn | None,
+    frames: list[FrameDiff],
+    texts: list[tuple[int, bool]],
+) -> None:
+    """Regenerate (model turns) or re-append (the others) one turn; record the diffs."""
+    params = GenerationParams(**entry["params"]) if entry["params"] else None
+    forcing = entry.get("forcing")
+    if forcing is not None and forcing["index"] > 0:
+        return  # regenerated with the first frame of its run
+    if forcing is not None:  # the frames of a run were denoised together: re-run it
+        images = session.predict_frames(
+            forcing["frames"], params, forcing["window"], forcing["schedule"], step
+        )
+        for k, image in enumerate(images):
+            name = manifest["turns"][index + k]["image"]
+            saved = open_turn_image(folder, name, index + k, verify=False)
+            frames.append(_compare(index + k, image, saved))
+    elif entry["role"] == "model" and entry["kind"] == "image":
+        image = session.generate_image(params, step)
+        saved = open_turn_image(folder, entry["image"], index, verify=False)
+        frames.append(_compare(index, image, saved))
+    elif entry["kind"] == "choice":
+        answer, _ = session._answer(entry["options"])
+        texts.append((index, answer == entry["text"]))
+    elif entry["role"] == "model":
+        reply = session.pipe.generate_text(
+            session.main,
+            params.max_think_tokens,
+            params.do_sample,
+            params.temperature,
+            params.generator(),
+            progress=step,
+        ).text
+        texts.append((index, reply == entry["text"]))
+        _restore(session, folder, {**entry, "text": reply}, index)
+    else:
+        _restore(session, folder, entry, index)
 
 
 def read_manifest(

@@ -10,6 +10,7 @@ runs they keep every button that reads or changes a session disabled.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -22,9 +23,11 @@ from bagel.pipeline import BagelPipeline, ProgressFn
 from workbench import chains, store
 from workbench.app.branches import Branch, Step, Workspace, steps_from_turns
 from workbench.app.files import pack_folder
-from workbench.export import export_session
+from workbench.app.jobs import set_phase
+from workbench.export import export_session, session_frames, story_page
 from workbench.metrics import FrameMetrics, frame_metrics
 from workbench.params import GenerationParams
+from workbench.replay_report import ReplayReport
 from workbench.session import Session
 
 Chain = Callable[[Session, ProgressFn], chains.ChainResult | None]
@@ -33,7 +36,8 @@ Work = Callable[[ProgressFn], object]
 
 @dataclass(frozen=True)
 class Outcome:
-    """A branch's new state: continue `branch`, or (branch None) make a new branch."""
+    """A branch's new state: continue `branch` (made with that name if it is gone), or
+    (branch None) make a new branch."""
 
     page: str
     branch: str | None
@@ -47,8 +51,27 @@ def apply(workspace: Workspace, outcome: Outcome) -> Branch:
     if outcome.branch in workspace.branches:
         branch = workspace.branches[outcome.branch]
         branch.update(outcome.session, outcome.steps, outcome.metrics)
+        workspace.current[branch.page] = branch.name
         return branch
-    return workspace.add(outcome.page, outcome.session, outcome.steps, outcome.metrics)
+    return workspace.add(
+        outcome.page, outcome.session, outcome.steps, outcome.metrics, name=outcome.branch
+    )
+
+
+def human_label(label: str, mode: str = "") -> str:
+    """A chain's frame label in words: "turn_left" -> "turn left", "30deg" -> "rotate
+    30°", "t+1" -> "forcing t+1" (mode: how the frames were predicted), "round-2" ->
+    "edit round 2"."""
+    if label in chains.ACTIONS:
+        return label.replace("_", " ")
+    if label.endswith("deg"):
+        return f"rotate {label.removesuffix('deg')}°"
+    if label.startswith("t+"):
+        return f"{mode} {label}".strip()
+    for prefix, words in (("round-", "edit round"), ("beat-", "beat")):
+        if label.startswith(prefix):
+            return f"{words} {label.removeprefix(prefix)}"
+    return label
 
 
 def _on_branch(
@@ -56,6 +79,7 @@ def _on_branch(
     chain: Chain,
     label: str = "",
     new_branch_from: int | None = None,
+    mode: str = "",
 ) -> Work:
     """Work that runs `chain` on the branch's session, or with `new_branch_from` on a
     fork of it cut back to that step, and reads the new steps off the turns (frames
@@ -65,6 +89,7 @@ def _on_branch(
         session, kept = branch.session.fork(), branch.steps[:new_branch_from]
         session.rewind(len(session.turns) - branch.steps[new_branch_from].start)
     start = len(session.turns)
+    known = branch.metrics[: sum(len(step.shots) for step in kept)]
 
     def work(progress: ProgressFn) -> Outcome:
         try:
@@ -73,20 +98,36 @@ def _on_branch(
             session.rewind(len(session.turns) - start)
             raise
         if result is not None:
-            labels = {f.turn: f.label for f in result.frames}
+            labels = {f.turn: human_label(f.label, mode) for f in result.frames}
         else:
             labels = dict.fromkeys(range(start, len(session.turns)), label)
         steps = kept + steps_from_turns(session.turns, start, branch.page, labels)
-        metrics = _metrics(session.pipe, steps) if branch.page == "world" else None
+        metrics = None
+        if branch.page == "world":
+            set_phase(progress, "consistency metrics of the new frames")
+            metrics = metrics_of(session.pipe, steps, known)
         target = None if new_branch_from is not None else branch.name
         return Outcome(branch.page, target, session, steps, metrics)
 
     return work
 
 
-def _metrics(pipe: BagelPipeline, steps: list[Step]) -> list[FrameMetrics]:
+def metrics_of(
+    pipe: BagelPipeline, steps: list[Step], known: list[FrameMetrics] | None = None
+) -> list[FrameMetrics]:
+    """Every frame's metrics; `known` (those of the first frames) are kept, since a
+    frame's metrics depend on the first, the previous and itself only."""
     images = [shot.image for step in steps for shot in step.shots]
-    return frame_metrics(pipe, images) if images else []
+    known = list(known or [])[: len(images)]
+    if not images or len(known) == len(images):
+        return known
+    if not known:
+        return frame_metrics(pipe, images)
+    # the new frames after [first, previous]: their drift to the first, PSNR/SSIM to the
+    # previous frame, renumbered to their place
+    context = [images[0], images[len(known) - 1]] if len(known) > 1 else [images[0]]
+    fresh = frame_metrics(pipe, context + images[len(known) :])[len(context) :]
+    return known + [dataclasses.replace(m, index=len(known) + i) for i, m in enumerate(fresh)]
 
 
 # -- world ----------------------------------------------------------------------------
@@ -128,6 +169,7 @@ def predict(
     return _on_branch(
         branch,
         lambda s, p: chains.predict(s, frames, params, mode, window, schedule, progress=p),
+        mode="forcing" if mode == "forcing" else "autoregressive",
     )
 
 
@@ -163,44 +205,62 @@ def edit(branch: Branch, instruction: str, params: GenerationParams, think: bool
 
 
 def open_saved(
-    folder: Path, page: str, pipe: BagelPipeline, allow_other: bool, unpacked: bool = False
+    folder: Path, page: str, pipe: BagelPipeline, allow_other: bool, discard: bool = False
 ) -> Work:
     """Rebuild a saved session (its turns' appends run on the model) as a new branch.
-    An `unpacked` folder (an uploaded archive) is removed when it does not open."""
+    discard: remove `folder` if the session cannot be opened (or the user cancels), for
+    a just-unpacked upload that should leave nothing behind."""
 
-    def work(_progress: ProgressFn) -> Outcome:
+    def work(progress: ProgressFn) -> Outcome:
+        set_phase(progress, "re-encoding the turns", "turn")
         try:
-            session = store.load(folder, pipe, allow_other_checkpoint=allow_other)
+            session = store.load(
+                folder, pipe, allow_other_checkpoint=allow_other, progress=progress
+            )
         except BaseException:
-            if unpacked:
+            if discard:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
         steps = steps_from_turns(session.turns, 0, page)
-        metrics = _metrics(pipe, steps) if page == "world" else None
+        metrics = None
+        if page == "world":
+            set_phase(progress, "consistency metrics")
+            metrics = metrics_of(pipe, steps)
         return Outcome(page, None, session, steps, metrics)
 
     return work
 
 
 def replay_saved(folder: Path, pipe: BagelPipeline, allow_other: bool) -> Work:
-    return lambda _progress: store.replay(folder, pipe, allow_other_checkpoint=allow_other)
+    def work(progress: ProgressFn) -> ReplayReport:
+        set_phase(progress, "regenerating and comparing", "turn")
+        return store.replay(folder, pipe, allow_other_checkpoint=allow_other, progress=progress)
+
+    return work
 
 
 def downloads(branch: Branch) -> Work:
     """Every download of the branch, {what: bytes} (what: files.DOWNLOADS), from one
-    export_session run (its metrics need the model, hence a job)."""
+    export_session run (its metrics need the model, hence a job). The story page embeds
+    its images, so the one file opens anywhere."""
     session = branch.session
     include = "all" if branch.page == "world" else "generated"
 
-    def work(_progress: ProgressFn) -> dict[str, bytes]:
+    def work(progress: ProgressFn) -> dict[str, bytes]:
+        set_phase(progress, "writing the files", "part")
         with tempfile.TemporaryDirectory(prefix="workbench-export-") as tmp:
-            out = export_session(session, Path(tmp) / "export", include=include)
+            formats = ("png", "gif", "mp4", "sheet", "session")
+            out = export_session(
+                session, Path(tmp) / "export", formats, include=include, progress=progress
+            )
+            frames = [f.frame for f in session_frames(session, include)]
+            page = story_page(frames, Path(tmp) / "story.html", title=branch.name)
             return {
                 "frames": pack_folder(out / "frames"),
                 "gif": (out / "frames.gif").read_bytes(),
                 "mp4": (out / "frames.mp4").read_bytes(),
                 "sheet": (out / "contact_sheet.png").read_bytes(),
-                "story": (out / "story.html").read_bytes(),
+                "story": page.read_bytes(),
                 "session": pack_folder(out / "session"),
             }
 

@@ -159,21 +159,27 @@ class Workspace:
         session: Session,
         steps: list[Step] | None = None,
         metrics: list[FrameMetrics] | None = None,
-        stem: str | None = None,
+        name: str | None = None,
     ) -> Branch:
-        """A new branch, named `{stem}-{n}` (stem: the page), which becomes current; it
-        takes the place of the page's empty branches."""
+        """A new branch, named `name` if given and free, else `{page}-{n}`, which becomes
+        current; it takes the place of the page's empty branches."""
         if page not in PAGES:
             raise ValueError(f"page must be one of {PAGES}, got {page!r}")
         for empty in [b.name for b in self.of_page(page) if not b.session.turns]:
             del self.branches[empty]
-        stem, n = stem or page, 1
-        while f"{stem}-{n}" in self.branches:
-            n += 1
-        branch = Branch(f"{stem}-{n}", page, session, list(steps or []), list(metrics or []))
+        if name is None or name in self.branches:
+            n = 1
+            while f"{page}-{n}" in self.branches:
+                n += 1
+            name = f"{page}-{n}"
+        branch = Branch(name, page, session, list(steps or []), list(metrics or []))
         self.branches[branch.name] = branch
         self.current[page] = branch.name
         return branch
+
+    def new(self, page: str) -> Branch:
+        """An empty branch on the page (a new story or world), made current."""
+        return self.add(page, Session(self.pipe))
 
     def fork(self, branch: Branch) -> Branch:
         """A new branch sharing `branch`'s past (no KV copied)."""

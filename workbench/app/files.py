@@ -218,6 +218,29 @@ def save_session(session: Session, root: Path, name: str, overwrite: bool = Fals
     return folder
 
 
+def _saved_folder(root: Path, name: str) -> Path:
+    """root/name, a saved session (its manifest there), named as a save would name it."""
+    folder = root / check_name(name)
+    if not (folder / store.MANIFEST).is_file() or folder.is_symlink():
+        raise UploadError(f"{folder}: no saved session of that name")
+    return folder
+
+
+def rename_session(root: Path, name: str, new_name: str) -> Path:
+    """Rename the saved session root/name to root/new_name (which must not exist)."""
+    folder = _saved_folder(root, name)
+    target = root / check_name(new_name)
+    if target.exists() or target.is_symlink():
+        raise UploadError(f"{target}: a saved session of that name exists")
+    os.replace(folder, target)
+    return target
+
+
+def delete_session(root: Path, name: str) -> None:
+    """Remove the saved session root/name (only a folder holding a session manifest)."""
+    shutil.rmtree(_saved_folder(root, name))
+
+
 def unique_folder(root: Path, stem: str) -> Path:
     """root/stem, or root/stem-2, -3, ... whichever does not exist yet."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-_")[:48] or "session"

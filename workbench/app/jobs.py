@@ -89,6 +89,7 @@ class Job:
         self._work = work
         self.state = "queued"
         self.steps_done, self.steps_total = 0, 0
+        self.phase, self.unit = "", "step"  # what the work is doing now, what it counts
         self.result: Any = None
         self.error: str | None = None
         self._cancel = threading.Event()
@@ -124,6 +125,11 @@ class Job:
         if self._cancel.is_set():
             raise Cancelled(self.title)
 
+    def set_phase(self, phase: str, unit: str = "step") -> None:
+        """Name what the work does next (its counts start again); honours a cancel."""
+        self.phase, self.unit = phase, unit
+        self.progress(0, 0)
+
     def _run(self) -> None:
         if not self.gate.enter(self, self._cancel):
             self.state = "cancelled"
@@ -145,3 +151,10 @@ class Job:
     def _fail(self, message: str) -> None:
         self.error = message
         self.state = "failed"
+
+
+def set_phase(progress: ProgressFn, phase: str, unit: str = "step") -> None:
+    """Name the work's next phase when `progress` is a Job's (a plain callback has none)."""
+    job = getattr(progress, "__self__", None)
+    if isinstance(job, Job):
+        job.set_phase(phase, unit)

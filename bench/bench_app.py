@@ -1,0 +1,323 @@
+"""The browser app against the command line's code doing the same work, in one run.
+
+    .venv/bin/python bench/bench_app.py [--steps 8] [--size 128] [--moves 5] [--idle 20]
+
+What is measured, on a tiny random checkpoint (float32, CPU):
+
+- replay: a saved 3-beat story (made here first) is replayed by `workbench.store.replay`
+  in this process (what `workbench replay` runs, model load excluded) and by the app:
+  `streamlit run streamlit_app.py` on a free 127.0.0.1 port, driven by headless
+  Chromium (Sessions page, Replay), timed from the click to the report on the page.
+- open: the same saved story opened by `workbench.store.load` in this process and by
+  the app (Sessions page, Open from the saved sessions, on the Story page), timed from
+  the click to the notice that it is open.
+- world: a first frame from a prompt, then `--moves` Forward moves, by `Session` +
+  `workbench.chains.navigate` in this process (then the consistency metrics once, as an
+  export computes them) and by the app (World page: Start from prompt, then one Forward
+  click per move; the app also computes each new frame's metrics and autosaves the
+  branch after every move), timed from the first click to the last frame shown.
+- idle: the app server's CPU time (user + system, from /proc) over `--idle` seconds
+  with the tab open and nothing running, as a share of one core.
+
+The in-process baseline runs once before and once after the app (the ratio is to their
+mean; both are printed, to show how much the machine's load moved meanwhile), then the
+app's idle CPU is sampled. Compare the ratios, not the seconds, across machines. Needs Debian's
+chromium and chromium-driver (scripts/browser-deps.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bagel.checkpoint import load  # noqa: E402
+from bagel.tiny import make_tiny  # noqa: E402
+from workbench import chains, store  # noqa: E402
+from workbench.metrics import frame_metrics  # noqa: E402
+from workbench.params import GenerationParams  # noqa: E402
+from workbench.session import Session  # noqa: E402
+
+BEATS = ["a fox finds a lantern", "the fox walks into the forest", "the lantern lights a cave"]
+WAIT_SECONDS = 1800
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=8, help="denoising steps")
+    parser.add_argument("--size", type=int, default=128, help="image side")
+    parser.add_argument("--moves", type=int, default=5)
+    parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle sampling")
+    parser.add_argument("--only", default="replay,open,world", help="which work, comma-separated")
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    params = GenerationParams(
+        num_timesteps=args.steps, height=args.size, width=args.size, max_think_tokens=8
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp:
+        tmp = Path(tmp)
+        model = tmp / "tiny"
+        make_tiny(model)
+        pipe = load(model, dtype="float32")
+        sessions = tmp / "sessions"
+        story = Session(pipe)
+        chains.story(story, [chains.Beat(t) for t in BEATS], params)
+        store.save(story, sessions / "story")
+        print(
+            f"tiny checkpoint, {args.steps} steps, {args.size}x{args.size}, torch threads "
+            f"{__import__('torch').get_num_threads()}"
+        )
+
+        works = [w for w in ("replay", "open", "world") if w in args.only.split(",")]
+        cli_work = {
+            "replay": lambda: _replay_in_process(sessions / "story", pipe),
+            "open": lambda: store.load(sessions / "story", pipe),
+            "world": lambda: _world_in_process(pipe, params, args.moves),
+        }
+        cli_s: dict[str, list[float]] = {w: [] for w in works}
+        app_s: dict[str, list[float]] = {w: [] for w in works}
+        with _App(model, sessions, tmp) as app:
+            app_work = {
+                "replay": app.replay,
+                "open": app.open,
+                "world": lambda: app.world(args.steps, args.size, args.moves),
+            }
+            for rep in range(args.reps):  # interleaved, the order alternating
+                for w in works:
+                    if rep % 2 == 0:
+                        cli_s[w].append(_seconds(cli_work[w]))
+                        app_s[w].append(app_work[w]())
+                    else:
+                        app_s[w].append(app_work[w]())
+                        cli_s[w].append(_seconds(cli_work[w]))
+            idle = app.idle_cpu(args.idle)
+
+    names = {
+        "replay": "replay, 3-frame story",
+        "open": "open, 3-frame story",
+        "world": f"world: start + {args.moves} moves",
+    }
+    print(f"{args.reps} interleaved reps; medians (each rep's seconds in brackets)")
+    print(f"{'work':<28}{'CLI code (s)':>28}{'app (s)':>28}{'app / CLI':>11}")
+    for w in works:
+        cli, app_m = statistics.median(cli_s[w]), statistics.median(app_s[w])
+        print(
+            f"{names[w]:<28}{_cell(cli, cli_s[w]):>28}{_cell(app_m, app_s[w]):>28}"
+            f"{app_m / cli:>11.2f}"
+        )
+    print(f"idle server, one tab open: {100 * idle:.1f}% of one core over {args.idle:g} s")
+
+
+def _cell(median: float, values: list[float]) -> str:
+    return f"{median:.1f} [{', '.join(f'{v:.1f}' for v in values)}]"
+
+
+def _seconds(work) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def _replay_in_process(folder: Path, pipe) -> None:
+    report = store.replay(folder, pipe)
+    assert report.identical, "the in-process replay differs from the saved story"
+
+
+def _world_in_process(pipe, params: GenerationParams, moves: int) -> None:
+    session = Session(pipe)
+    session.add_text("a quiet street at dawn")
+    session.generate_image(params)
+    images = [session.turns[-1].image]
+    for _ in range(moves):
+        result = chains.navigate(session, ["forward"], params)
+        images += [f.image for f in result.frames]
+    frame_metrics(pipe, images)
+
+
+class _App:
+    """`streamlit run` on a free loopback port with a headless Chromium tab."""
+
+    def __init__(self, model: Path, sessions: Path, tmp: Path):
+        self.model, self.sessions, self.tmp = model, sessions, tmp
+        self.worlds = 0
+
+    def __enter__(self) -> _App:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {
+            **os.environ,
+            "WORKBENCH_MODEL": str(self.model),
+            "WORKBENCH_SESSIONS": str(self.sessions),
+        }
+        command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py"]
+        command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
+        self.log = open(self.tmp / "streamlit.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self.log, stderr=self.log
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError((self.tmp / "streamlit.log").read_text()) from None
+                time.sleep(0.5)
+        options = webdriver.ChromeOptions()
+        options.binary_location = shutil.which("chromium")
+        for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+            options.add_argument(flag)
+        options.add_argument("--window-size=1400,1200")
+        self.driver = webdriver.Chrome(
+            service=Service(shutil.which("chromedriver")), options=options
+        )
+        self.wait = WebDriverWait(self.driver, WAIT_SECONDS, poll_frequency=0.1)
+        self.driver.get(self.url)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.driver.quit()
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+    def replay(self) -> float:
+        self._click(_sidebar("Sessions"))
+        time.sleep(1)
+        self._click(_button("Replay"))
+        started = time.perf_counter()
+        self._wait_gone("Replay of story:")  # the last report goes when the job starts
+        self._wait_text("Replay of story:")
+        return time.perf_counter() - started
+
+    def open(self) -> float:
+        self._click(_sidebar("Sessions"))
+        self._click(_label("the saved sessions"))
+        self._click(
+            "//*[@data-testid='stRadio'][.//*[contains(text(), 'Open on the page')]]"
+            "//label[normalize-space(.)='Story']"
+        )
+        time.sleep(1)
+        self._click(_button("Open"))
+        started = time.perf_counter()
+        self._wait_gone("Opened story as")  # an earlier notice goes with the next run
+        self._wait_text("Opened story as")
+        return time.perf_counter() - started
+
+    def world(self, steps: int, size: int, moves: int) -> float:
+        self._click(_sidebar("World"))
+        time.sleep(1)
+        from selenium.webdriver.common.by import By
+
+        if self.driver.find_elements(By.XPATH, _button("New world")):
+            self._click(_button("New world"))
+            time.sleep(1)
+        if self.worlds == 0:
+            self._type("Denoising steps", str(steps))
+            self._click(_label("Automatic size"))
+            self._type("Height", str(size))
+            self._type("Width", str(size))
+        self.worlds += 1
+        self._type("Prompt", "a quiet street at dawn")
+        self._click(_button("Start from prompt"))
+        started = time.perf_counter()
+        self._wait_caption("1 frame")
+        for n in range(2, moves + 2):
+            self._click(_button("Forward"))
+            self._wait_caption(f"{n} frames")
+        return time.perf_counter() - started
+
+    def idle_cpu(self, seconds: float) -> float:
+        time.sleep(3)  # the last rerun settles
+        before, started = _cpu_seconds(self.process.pid), time.perf_counter()
+        time.sleep(seconds)
+        return (_cpu_seconds(self.process.pid) - before) / (time.perf_counter() - started)
+
+    def _click(self, xpath: str) -> None:
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.common.by import By
+
+        def clicked(driver) -> bool:
+            for element in driver.find_elements(By.XPATH, xpath):
+                try:
+                    if element.is_displayed() and element.is_enabled():
+                        element.click()
+                        return True
+                except WebDriverException:
+                    return False
+            return False
+
+        self.wait.until(clicked, f"no enabled element {xpath}")
+
+    def _type(self, label: str, text: str) -> None:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+
+        xpath = f"//input[@aria-label='{label}']"
+        self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no input {label!r}")
+        field = self.driver.find_element(By.XPATH, xpath)
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(text, Keys.ENTER)
+        time.sleep(1)  # the rerun the value triggers
+
+    def _wait_text(self, text: str) -> None:
+        from selenium.webdriver.common.by import By
+
+        xpath = f"//*[contains(normalize-space(.), '{text}')]"
+        self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no text {text!r}")
+
+    def _wait_gone(self, text: str) -> None:
+        from selenium.webdriver.common.by import By
+
+        xpath = f"//*[contains(normalize-space(.), '{text}')]"
+        self.wait.until(lambda d: not d.find_elements(By.XPATH, xpath), f"still {text!r}")
+
+    def _wait_caption(self, text: str) -> None:
+        from selenium.webdriver.common.by import By
+
+        xpath = f"//*[@data-testid='stCaptionContainer'][normalize-space(.)='{text}']"
+        self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no caption {text!r}")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _button(text: str) -> str:
+    return f"//button[normalize-space(.)='{text}' or .//p[normalize-space(.)='{text}']]"
+
+
+def _sidebar(text: str) -> str:
+    return f"//*[@data-testid='stSidebar']//label[normalize-space(.)='{text}']"
+
+
+def _label(text: str) -> str:
+    return f"//label[normalize-space(.)='{text}']"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Every branch of a browser session, saved after each change, and restoring them.
+
+    SESSIONS/autosave/<workspace id>/<branch name>/   a saved session (workbench.store)
+                                      .../branch.json  its page and frame labels
+
+A branch is saved in place after every finished turn, undo and fork: store.save writes
+the new images, then the manifest atomically, so whatever moment the server dies, the
+folder loads as the branch was after its last finished turn. The workspace id travels
+in the page's address (?ws=...): a reload finds its own branches; a new tab lists the
+recent workspaces. Restoring loads each branch with store.load (the same frames, the
+contexts rebuilt from the turns, as a replay of the session has them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from bagel.errors import BagelError
+from bagel.pipeline import BagelPipeline, ProgressFn
+from workbench import store
+from workbench.app.actions import Outcome, metrics_of
+from workbench.app.branches import PAGES, Branch, steps_from_turns
+from workbench.app.jobs import set_phase
+from workbench.files import write_atomic
+
+AUTOSAVE = "autosave"
+META = "branch.json"
+WORKSPACE_ID = re.compile(r"[0-9a-f]{12}")
+BRANCH_NAME = re.compile(r"(story|world)-[0-9]{1,6}")
+
+
+def new_workspace_id() -> str:
+    return secrets.token_hex(6)
+
+
+def is_workspace_id(text: str) -> bool:
+    return bool(WORKSPACE_ID.fullmatch(text))
+
+
+def workspace_folder(root: Path, workspace: str) -> Path:
+    if not is_workspace_id(workspace):  # it comes from the address bar
+        raise ValueError(f"not a workspace id: {workspace!r}")
+    return root / AUTOSAVE / workspace
+
+
+@dataclass(frozen=True)
+class SavedBranch:
+    name: str
+    page: str
+    folder: Path
+    labels: dict[int, str]  # frame label by turn
+    frames: int
+    mtime: float
+
+
+def save_branch(root: Path, workspace: str, branch: Branch) -> Path | None:
+    """Save the branch (in place; see the module's text); an empty branch's folder is
+    removed. Returns the folder, or None for an empty branch."""
+    folder = workspace_folder(root, workspace) / branch.name
+    if not branch.session.turns:
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    store.save(branch.session, folder)
+    shots = branch.shots
+    meta = {
+        "page": branch.page,
+        "frames": len(shots),
+        "labels": {str(shot.turn): shot.label for shot in shots},
+    }
+    text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(folder / META, lambda t: t.write_text(text, encoding="utf-8"))
+    return folder
+
+
+def saved_branches(root: Path, workspace: str) -> list[SavedBranch]:
+    """The workspace's saved branches, oldest first (unreadable folders are left out)."""
+    found = []
+    base = workspace_folder(root, workspace)
+    if not base.is_dir():
+        return []
+    for folder in base.iterdir():
+        if not (BRANCH_NAME.fullmatch(folder.name) and (folder / store.MANIFEST).is_file()):
+            continue
+        try:
+            meta = json.loads((folder / META).read_text(encoding="utf-8"))
+            page, labels = meta["page"], {int(k): str(v) for k, v in meta["labels"].items()}
+            frames = int(meta["frames"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if page in PAGES:
+            mtime = (folder / store.MANIFEST).stat().st_mtime
+            found.append(SavedBranch(folder.name, page, folder, labels, frames, mtime))
+    return sorted(found, key=lambda b: b.mtime)
+
+
+def recent_workspaces(
+    root: Path, exclude: str = "", limit: int = 5
+) -> list[tuple[str, list[SavedBranch]]]:
+    """The most recently saved workspaces other than `exclude`, newest first."""
+    base = root / AUTOSAVE
+    if not base.is_dir():
+        return []
+    found = []
+    for folder in base.iterdir():
+        if folder.name != exclude and is_workspace_id(folder.name):
+            branches = saved_branches(root, folder.name)
+            if branches:
+                found.append((folder.name, branches))
+    found.sort(key=lambda w: max(b.mtime for b in w[1]), reverse=True)
+    return found[:limit]
+
+
+def remove_workspace(root: Path, workspace: str) -> None:
+    shutil.rmtree(workspace_folder(root, workspace), ignore_errors=True)
+
+
+def restore(saved: list[SavedBranch], pipe: BagelPipeline) -> object:
+    """Work (for a Job) loading every saved branch: a list of Outcomes, named as saved."""
+
+    def work(progress: ProgressFn) -> list[Outcome]:
+        outcomes = []
+        for k, branch in enumerate(saved, 1):
+            set_phase(progress, f"restoring {branch.name} ({k} of {len(saved)})", "turn")
+            try:
+                session = store.load(branch.folder, pipe, progress=progress)
+            except BagelError as err:
+                raise type(err)(f"autosaved branch {branch.name}: {err}") from err
+            steps = steps_from_turns(session.turns, 0, branch.page, branch.labels)
+            metrics = metrics_of(pipe, steps) if branch.page == "world" else None
+            outcomes.append(Outcome(branch.page, branch.name, session, steps, metrics))
+        return outcomes
+
+    return work
