@@ -448,14 +448,14 @@ def test_an_archive_that_does_not_open_is_removed_again(saved, tmp_path, pipe):
     dest = tmp_path / "sessions" / "broken"
     folder = unpack_session("broken.zip", pack_folder(broken), dest)
     with pytest.raises(BagelError):
-        actions.open_saved(folder, "world", pipe, False, unpacked=True)(lambda *_: None)
+        actions.open_saved(folder, "world", pipe, False, discard=True)(lambda *_: None)
     assert not dest.exists()
     (broken / "session.json").write_text("{not json")
     with pytest.raises(UploadError, match="not valid JSON"):
         unpack_session("broken.zip", pack_folder(broken), dest)
     assert list((tmp_path / "sessions").iterdir()) == []
     good = unpack_session("s.zip", pack_folder(saved), tmp_path / "sessions" / "s")
-    actions.open_saved(good, "world", pipe, False, unpacked=True)(lambda *_: None)
+    actions.open_saved(good, "world", pipe, False, discard=True)(lambda *_: None)
     assert (good / "session.json").is_file()  # opened: kept
 
 

@@ -87,6 +87,8 @@ def _run_batch(scenarios: list[Scenario], out: Path, args: argparse.Namespace) -
         check_out_dir(folder, scenario)
     model = _pick(scenarios, "model", args.model)
     device = _pick(scenarios, "device", args.device) or "cpu"
+    if getattr(args, "ray", None) is not None:
+        return _run_on_ray(targets, model, device, _pick(scenarios, "dtype", args.dtype), args)
     pipe = _load(model, device, _pick(scenarios, "dtype", args.dtype))
     for scenario in scenarios:
         check_for_model(scenario, pipe)
@@ -97,6 +99,43 @@ def _run_batch(scenarios: list[Scenario], out: Path, args: argparse.Namespace) -
     finally:  # on Ctrl-C too: what finished
         _print_table(rows)
     return EXIT_OK if all(row.frames is not None for row in rows) else EXIT_FAILED
+
+
+def _run_on_ray(
+    targets: list[tuple[Scenario, Path]],
+    model: str | None,
+    device: str,
+    dtype: str | None,
+    args: argparse.Namespace,
+) -> int:
+    """`run --ray`: the scenarios spread over Ray replicas (workbench.fanout)."""
+    from workbench.fanout import run_scenarios
+
+    cluster = _cluster(args, device)
+    items = [(scenario.source, folder) for scenario, folder in targets]
+    results = run_scenarios(items, _model_path(model), dtype, cluster)
+    rows = []
+    for (scenario, folder), result in zip(targets, results, strict=True):
+        if not result.ok:
+            print(f"error: {scenario.source.stem}: {result.error}", file=sys.stderr)
+        rows.append(_Row(scenario.source.stem, result.frames, result.seconds, folder))
+    _print_table(rows)
+    return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
+
+
+def _cluster(args: argparse.Namespace, device: str):
+    from workbench.fanout import Cluster, import_ray
+
+    import_ray()  # a clear error before any work when Ray is missing
+    address = None if args.ray == "local" else args.ray
+    return Cluster(address, args.actors, args.cpus_per_actor, device)
+
+
+def _model_path(model: str | None) -> str:
+    """What a replica loads: an existing folder made absolute (replicas may start in
+    another folder), a hub id as given, the tiny default made here first."""
+    path = _tiny() if model is None else Path(model)
+    return str(path.resolve()) if path.exists() else str(model)
 
 
 def _targets(scenarios: list[Scenario], out: Path) -> list[tuple[Scenario, Path]]:
@@ -235,13 +274,50 @@ def _print_table(rows: list[_Row]) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Regenerate a saved session's outputs and compare them; 0 identical, 1 not."""
+    """Regenerate saved sessions' outputs and compare them; 0 all identical, 1 not."""
+    from bagel.errors import InputError
     from workbench.outputs import replay_report_path
+
+    folders = [Path(p) for p in args.sessions]
+    if args.report is not None and (len(folders) > 1 or args.ray is not None):
+        raise InputError("--report names one file: give it with one SESSION_DIR, without --ray")
+    if args.ray is not None:
+        return _replay_on_ray(folders, args)
+    paths = [
+        replay_report_path(folder, args.report) for folder in folders
+    ]  # before the model loads
+    pipe = _load_for_session(folders[0], args)
+    codes = [_replay_one(folder, pipe, path) for folder, path in zip(folders, paths, strict=True)]
+    return max(codes)
+
+
+def _replay_on_ray(folders: list[Path], args: argparse.Namespace) -> int:
+    """`replay --ray`: the sessions spread over Ray replicas (workbench.fanout)."""
+    from workbench.fanout import replay_sessions
+    from workbench.store import read_manifest
+
+    manifest = read_manifest(folders[0], None, allow_other_checkpoint=True)
+    device = args.device or manifest.get("device") or "cpu"
+    cluster = _cluster(args, device)
+    dtype = args.dtype or manifest.get("dtype")
+    results = replay_sessions(folders, _model_path(args.model), dtype, cluster)
+    for result in results:
+        if not result.ok:
+            print(f"error: {result.item}: {result.error}", file=sys.stderr)
+            continue
+        outcome = f"turns {list(result.differ)} differ" if result.differ else "identical"
+        print(
+            f"{result.item}: replayed {result.frames} frame(s) and {result.texts} text(s) "
+            f"in {result.seconds:.1f} s: {outcome}; report: {result.output}"
+        )
+    same = all(result.ok and not result.differ for result in results)
+    return EXIT_OK if same else EXIT_FAILED
+
+
+def _replay_one(folder: Path, pipe: BagelPipeline, path: Path) -> int:
     from workbench.store import replay
 
-    folder = Path(args.session)
-    path = replay_report_path(folder, args.report)  # checked before the model loads
-    report = replay(folder, _load_for_session(folder, args), report=path)
+    report = replay(folder, pipe, report=path)
     print(f"replay: {report.verdict()}")
     for k in report.frames_differing:
         f = report.frames[k - 1]
@@ -344,6 +420,21 @@ def _tiny() -> Path:
     return DEFAULT_TINY
 
 
+# -- serve ------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bagel.errors import InputError
+
+    try:
+        from workbench.server.run import serve
+    except ImportError as err:
+        raise InputError(
+            f"workbench serve needs {err.name}: pip install 'bagel-workbench[serve]'"
+        ) from err
+    return serve(args, _load)
+
+
 # -- make-tiny and info -----------------------------------------------------------------
 
 
@@ -403,6 +494,19 @@ def _model_options(p: argparse.ArgumentParser, model_help: str) -> None:
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
 
 
+def _ray_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="spread the items over Ray replicas (a local cluster, or the one at ADDRESS)",
+    )
+    p.add_argument("--actors", type=int, default=None, help="replicas (default: as many as fit)")
+    p.add_argument("--cpus-per-actor", type=int, default=1, help="CPU cores per CPU replica")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from workbench.export import FORMATS
 
@@ -414,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
     p.add_argument("--out", default="runs", help="each scenario writes to OUT/<file name>/")
     _model_options(p, tiny)
+    _ray_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run every example scenario (tiny random model by default)")
@@ -421,12 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p, f"checkpoint folder or hub id (default: a tiny random one in {DEFAULT_TINY})")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("replay", help="regenerate a saved session and compare every output")
-    p.add_argument("session", type=Path, metavar="SESSION_DIR")
+    p = sub.add_parser("replay", help="regenerate saved sessions and compare every output")
+    p.add_argument("sessions", nargs="+", type=Path, metavar="SESSION_DIR")
     _model_options(
         p,
-        f"the session's checkpoint (default: the tiny one in {DEFAULT_TINY}); "
-        "device and dtype default to the session's",
+        f"the sessions' checkpoint (default: the tiny one in {DEFAULT_TINY}); "
+        "device and dtype default to the first session's",
     )
     p.add_argument(
         "--report",
@@ -434,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="write the JSON report here (default: SESSION_DIR/replay_report.json)",
     )
+    _ray_options(p)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("export", help="export a saved session's frames (no model needed)")
@@ -458,6 +564,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_options(p, "the session's checkpoint, for the drift metric (default: no drift)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="an HTTP API over persistent sessions on one model")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (others need a token)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--sessions", type=Path, default=Path("out/served-sessions"))
+    p.add_argument("--token", default=None, help="bearer token (default: $WORKBENCH_TOKEN)")
+    _model_options(p, f"checkpoint folder or hub id (default: the tiny one in {DEFAULT_TINY})")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("app", help="serve the browser app (on 127.0.0.1 unless --address)")
     p.add_argument(

@@ -1,0 +1,217 @@
+"""The FastAPI application: sessions, their files, jobs and the queue.
+
+`create_app` builds it over a loaded pipeline and a sessions folder; the verbs that add
+turns are in turns.py. Errors are JSON with a `detail`: FastAPI's own list (field
+location, message) for a malformed body, a string otherwise. No traceback reaches a
+client.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+import workbench
+from bagel.errors import BagelError
+from bagel.pipeline import BagelPipeline
+from workbench import store
+from workbench.app.files import MAX_ARCHIVE_MB, MB, pack_folder, unpack_session
+from workbench.server import turns
+from workbench.server.guard import Guard
+from workbench.server.replies import answer, job_out, turn_out
+from workbench.server.schemas import (
+    FieldError,
+    Health,
+    JobOut,
+    NewSession,
+    Queue,
+    SessionOut,
+    Transcript,
+    TurnResult,
+    check,
+)
+from workbench.server.service import Done, Service
+from workbench.server.sessions import NotFound, Registry
+from workbench.server.turns import SessionId, TooLarge, read_upload
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = MAX_ARCHIVE_MB * MB + MB  # the largest upload (a session archive) + form
+
+
+def create_app(pipe: BagelPipeline, sessions_dir: str | Path, token: str | None = None) -> FastAPI:
+    """The API over `pipe`, keeping sessions in `sessions_dir` (restored from it now).
+
+    token: when given, every request must carry `Authorization: Bearer <token>`.
+    """
+    registry = Registry(Path(sessions_dir), pipe)
+    for problem in registry.restore():
+        log.warning(problem)
+    service = Service(pipe, registry)
+    app = FastAPI(
+        title="BAGEL Workbench",
+        version=workbench.__version__,
+        description="Persistent multimodal KV sessions over one BAGEL model (docs/serve.md).",
+    )
+    app.state.service = service
+    app.add_middleware(Guard, token=token, max_body_bytes=MAX_BODY_BYTES)
+    _add_error_handlers(app)
+    _add_session_routes(app, service)
+    app.include_router(turns.router)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(NotFound)
+    async def unknown(_request: Request, err: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, 404)
+
+    @app.exception_handler(FieldError)
+    async def bad_field(_request: Request, err: FieldError) -> JSONResponse:
+        where = ["body", *err.field.split(".")]
+        detail = [{"loc": where, "msg": err.problem, "type": "value_error"}]
+        return JSONResponse({"detail": detail}, 422)
+
+    @app.exception_handler(TooLarge)
+    async def too_large(_request: Request, err: TooLarge) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, 413)
+
+    @app.exception_handler(BagelError)
+    async def refused(_request: Request, err: BagelError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, 400)
+
+    @app.exception_handler(Exception)
+    async def bug(_request: Request, err: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return JSONResponse({"detail": f"internal error: {type(err).__name__}"}, 500)
+
+
+def _add_session_routes(app: FastAPI, service: Service) -> None:
+    registry, pipe = service.registry, service.pipe
+
+    @app.get("/health")
+    def health() -> Health:
+        return Health(
+            checkpoint=pipe.identity,
+            device=pipe.device.type,
+            dtype=str(pipe.net.dtype).removeprefix("torch."),
+            sessions=len(registry.all()),
+            queue=_queue(service),
+        )
+
+    @app.get("/queue")
+    def queue() -> Queue:
+        return _queue(service)
+
+    @app.get("/sessions")
+    def list_sessions() -> list[SessionOut]:
+        return [SessionOut(id=e.id, turns=len(e.turns)) for e in registry.all()]
+
+    @app.post("/sessions", status_code=201)
+    def create_session(body: NewSession | None = None) -> SessionOut:
+        limit = check(body.limit.build, "limit") if body and body.limit else None
+        entry = registry.create(limit)
+        return SessionOut(id=entry.id, turns=0)
+
+    @app.post("/sessions/import", response_model=TurnResult)
+    async def import_session(file: Annotated[UploadFile, File()]):
+        """A saved session (a zip of its folder, as GET /sessions/{id}/archive or the app
+        gives) becomes a new session here; its turns are re-encoded in the queue."""
+        data = await read_upload(file, MAX_ARCHIVE_MB)
+        staging = Path(tempfile.mkdtemp(prefix="import-"))
+        try:
+            folder = unpack_session(file.filename or "upload", data, staging / "session")
+            store.read_manifest(folder, pipe, allow_other_checkpoint=False)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+        def work(_progress) -> Done:
+            try:
+                session = store.load(folder, pipe, use_snapshot=False)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            return Done(new_session=registry.add(session).id)
+
+        return await answer(service.on_model("import", work), stream=False)
+
+    @app.get("/sessions/{session_id}")
+    def transcript(session_id: SessionId) -> Transcript:
+        entry = registry.get(session_id)
+        return Transcript(
+            id=entry.id, turns=[turn_out(entry.id, i, t) for i, t in enumerate(entry.turns)]
+        )
+
+    @app.delete("/sessions/{session_id}", status_code=204)
+    async def delete_session(session_id: SessionId) -> Response:
+        entry = registry.get(session_id)
+
+        def forget(_session, _progress) -> Done:
+            registry.delete(entry)
+            return Done()
+
+        reply = await answer(service.on_session(entry, "delete", forget, saves=False), False)
+        return reply if reply.status_code != 200 else Response(status_code=204)
+
+    @app.get(
+        "/sessions/{session_id}/turns/{index}/image",
+        responses={200: {"content": {"image/png": {}}}},
+        response_class=Response,
+    )
+    def turn_image(session_id: SessionId, index: int) -> Response:
+        entry = registry.get(session_id)
+        if not 0 <= index < len(entry.turns) or entry.turns[index].image is None:
+            return JSONResponse({"detail": f"turn {index} of {session_id} has no image"}, 404)
+        buffer = io.BytesIO()
+        entry.turns[index].image.save(buffer, "PNG")
+        return Response(buffer.getvalue(), media_type="image/png")
+
+    @app.get(
+        "/sessions/{session_id}/archive",
+        responses={200: {"content": {"application/zip": {}}}},
+        response_class=Response,
+    )
+    async def archive(session_id: SessionId) -> Response:
+        """The saved session folder as a zip (loads with workbench.store, replays with
+        `workbench replay`)."""
+        entry = registry.get(session_id)
+
+        def pack(_session, _progress) -> Done:  # in the queue: no save runs meanwhile
+            return Done(download=pack_folder(entry.folder), filename=f"{entry.id}.zip")
+
+        return await answer(service.on_session(entry, "archive", pack, saves=False), False)
+
+    @app.get("/jobs")
+    def jobs() -> list[JobOut]:
+        """The queued and running jobs, first in line first."""
+        return [job_out(task) for task in service.unfinished()]
+
+    @app.get("/jobs/{job_id}")
+    def job(job_id: str) -> JobOut:
+        return job_out(_task(service, job_id))
+
+    @app.post("/jobs/{job_id}/cancel")
+    def cancel(job_id: str) -> JobOut:
+        """Stop after the current denoising step (or leave the queue); the session keeps
+        what it held before the job."""
+        task = _task(service, job_id)
+        task.job.cancel()
+        return job_out(task)
+
+
+def _task(service: Service, job_id: str):
+    task = service.task(job_id)
+    if task is None:
+        raise NotFound(f"no job {job_id!r}")
+    return task
+
+
+def _queue(service: Service) -> Queue:
+    return Queue(busy=service.gate.busy, waiting=service.gate.waiting)

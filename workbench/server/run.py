@@ -1,0 +1,50 @@
+"""`workbench serve`: load the model once, restore the saved sessions, serve on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+
+from bagel.errors import InputError
+
+TOKEN_VARIABLE = "WORKBENCH_TOKEN"
+
+
+def serve(args: argparse.Namespace, load) -> int:
+    """Check the address and token, load the model (`load(model, device, dtype)`), serve."""
+    token = args.token or os.environ.get(TOKEN_VARIABLE) or None
+    if not is_loopback(args.host) and token is None:
+        raise InputError(
+            f"--host {args.host} is reachable from other machines: give a token "
+            f"(--token or ${TOKEN_VARIABLE}); every request must then carry it"
+        )
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port must be in 1..65535, got {args.port}")
+    import uvicorn
+
+    from workbench.server.app import create_app
+
+    pipe = load(args.model, args.device or "cpu", args.dtype)
+    app = create_app(pipe, args.sessions, token=token)
+    restored = len(app.state.service.registry.all())
+    print(f"{restored} session(s) restored from {args.sessions}", flush=True)
+    print(f"serving on http://{args.host}:{args.port} (API docs at /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: whatever it resolves to
+        try:
+            return all(
+                ipaddress.ip_address(info[4][0]).is_loopback
+                for info in socket.getaddrinfo(host, None)
+            )
+        except OSError:
+            return False

@@ -1,0 +1,150 @@
+"""What the HTTP layer asks of the model: one queue, tasks on sessions, their outcomes.
+
+Every piece of work that reads or changes a session or runs the model is a `Task`: a
+`workbench.app.jobs.Job` behind the model's one `Gate` (first come, first served, with
+queue positions; cancelled through the progress callback). Fast verbs (rewind, fork,
+delete) queue too, so nothing ever runs beside a generation on the same session.
+
+A task that changes a session saves it before it counts as done. A verb that fails or is
+cancelled has already undone itself (Session and the chains are transactional); a save
+that fails is undone here, so the session and its folder keep their last finished state.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bagel.errors import BagelError
+from bagel.pipeline import BagelPipeline, ProgressFn
+from workbench.app.jobs import Gate, Job
+from workbench.server.sessions import Entry, NotFound, Registry
+from workbench.session import Session
+
+KEEP_TASKS = 1024  # finished tasks kept for GET /jobs/{id}, oldest dropped first
+
+Verb = Callable[[Session, ProgressFn], "Done"]
+
+
+@dataclass
+class Done:
+    """A verb's answer besides its turns (see schemas.TurnResult)."""
+
+    text: str | None = None
+    scores: list[float] | None = None
+    stopped: str | None = None
+    new_session: str | None = None
+    report: dict[str, Any] | None = None
+    download: bytes | None = None  # export, archive: a zip ...
+    filename: str = "export.zip"  # ... and the name to save it under
+
+
+@dataclass
+class Refused:
+    """The workbench refused the request (a BagelError): nothing changed."""
+
+    message: str
+    status: int = 400
+
+
+@dataclass
+class Outcome:
+    entry: Entry | None
+    first_turn: int  # the turns from here on are the verb's
+    done: Done
+
+
+@dataclass
+class Task:
+    id: str
+    title: str
+    session: str | None
+    job: Job
+    created: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def result(self) -> Outcome | Refused | None:
+        return self.job.result
+
+    @property
+    def queued_seconds(self) -> float:
+        return (self.started or time.monotonic()) - self.created
+
+    @property
+    def run_seconds(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.monotonic()) - self.started
+
+
+class Service:
+    def __init__(self, pipe: BagelPipeline, registry: Registry):
+        self.pipe, self.registry, self.gate = pipe, registry, Gate()
+        self._tasks: OrderedDict[str, Task] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def on_session(self, entry: Entry, title: str, verb: Verb, saves: bool = True) -> Task:
+        """Queue `verb(session, progress)`; with `saves`, save the session after it."""
+
+        def work(session: Session, progress: ProgressFn) -> Outcome:
+            if entry.deleted:  # deleted while this job waited: nothing to save it into
+                raise NotFound(f"no session {entry.id!r} (deleted)")
+            first = len(session.turns)
+            done = verb(session, progress)
+            if saves:
+                try:
+                    self.registry.commit(entry)
+                except BaseException:
+                    session.rewind(len(session.turns) - first)
+                    raise
+            return Outcome(entry, first, done)
+
+        return self._submit(title, entry, work)
+
+    def on_model(self, title: str, work: Callable[[ProgressFn], Done]) -> Task:
+        """Queue work that makes or reads no live session (e.g. a new one, a replay)."""
+        return self._submit(title, None, lambda _s, progress: Outcome(None, 0, work(progress)))
+
+    def unfinished(self) -> list[Task]:
+        """Queued and running tasks, in arrival order."""
+        with self._lock:
+            return [t for t in self._tasks.values() if not t.job.finished]
+
+    def task(self, task_id: str) -> Task | None:
+        with self._lock:
+            return self._tasks.get(task_id)
+
+    def _submit(
+        self, title: str, entry: Entry | None, work: Callable[[Session | None, ProgressFn], Any]
+    ) -> Task:
+        task: Task
+
+        def run(progress: ProgressFn) -> Outcome | Refused:
+            task.started = time.monotonic()
+            try:
+                return work(entry.session if entry else None, progress)
+            except NotFound as err:
+                return Refused(str(err), 404)
+            except BagelError as err:  # bad input: the verb changed nothing
+                return Refused(str(err))
+            finally:
+                task.finished = time.monotonic()
+
+        task_id = secrets.token_hex(8)
+        task = Task(task_id, title, entry.id if entry else None, Job(title, run, self.gate))
+        with self._lock:
+            self._tasks[task_id] = task
+            while len(self._tasks) > KEEP_TASKS:
+                oldest = next(iter(self._tasks))
+                if not self._tasks[oldest].job.finished:
+                    break
+                del self._tasks[oldest]
+        task.job.start()
+        return task

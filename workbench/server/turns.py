@@ -1,0 +1,280 @@
+"""The verbs on one session: add turns (Session's verbs and workbench.chains), fork,
+rewind, export, replay.
+
+Each route checks its request (pydantic, then GenerationParams and friends) before it
+queues anything, then queues the verb as one task. `?stream=true` answers with
+server-sent events (queue position, denoising steps) ending with the result; otherwise
+the request waits for the result. Either way the task can be cancelled with
+POST /jobs/{id}/cancel (its id is in every event and result).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from PIL import Image
+
+from bagel.errors import BagelError
+from workbench import chains, store
+from workbench.app.files import MAX_IMAGE_MB, MB, pack_folder, read_image
+from workbench.export import FORMATS, export_session
+from workbench.params import GenerationParams
+from workbench.server import schemas as s
+from workbench.server.replies import answer
+from workbench.server.service import Done, Service, Verb
+from workbench.server.sessions import ID
+
+SessionId = Annotated[str, PathParam(pattern=f"^{ID.pattern}$", description="a server-made id")]
+Stream = Annotated[bool, Query(description="stream progress as server-sent events")]
+RESULT = {"model": s.TurnResult, "description": "the turns added (or a text/event-stream)"}
+
+router = APIRouter(prefix="/sessions/{session_id}", responses={200: RESULT})
+
+
+class TooLarge(BagelError):
+    """An upload over its size limit: a 413."""
+
+
+async def read_upload(file: UploadFile, max_mb: int) -> bytes:
+    """An uploaded file's bytes, refused past max_mb without reading further."""
+    data = await file.read(max_mb * MB + 1)
+    if len(data) > max_mb * MB:
+        raise TooLarge(f"{file.filename}: over the {max_mb} MB limit")
+    return data
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+Svc = Annotated[Service, Depends(_service)]
+
+
+async def _queue(
+    service: Service, session_id: str, title: str, verb: Verb, stream: bool = False, saves=True
+) -> Response:
+    entry = service.registry.get(session_id)  # a 404 before anything is queued
+    return await answer(service.on_session(entry, title, verb, saves), stream)
+
+
+def _params(
+    params: s.Params | None, base: GenerationParams | None = None
+) -> GenerationParams | None:
+    """None stays None (the verb's own default); else checked now, naming the field."""
+    if params is None:
+        return None
+    try:
+        return params.build(base)
+    except BagelError as err:  # GenerationParams names the field first
+        name = str(err).split()[0]
+        raise s.FieldError(
+            f"params.{name}" if name in s.Params.model_fields else "params", str(err)
+        ) from err
+
+
+# -- the Session verbs --------------------------------------------------------------------
+
+
+@router.post("/text")
+async def add_text(session_id: SessionId, body: s.Text, service: Svc, stream: Stream = False):
+    verb = lambda ses, _p: _nothing(ses.add_text(body.text))  # noqa: E731
+    return await _queue(service, session_id, "text", verb, stream)
+
+
+@router.post("/image")
+async def add_image(
+    session_id: SessionId,
+    file: Annotated[UploadFile, File(description=f"an image, at most {MAX_IMAGE_MB} MB")],
+    service: Svc,
+    seed: Annotated[int, Form(ge=0)] = 0,
+    stream: Stream = False,
+):
+    service.registry.get(session_id)
+    data = await read_upload(file, MAX_IMAGE_MB)
+    image: Image.Image = await run_in_threadpool(
+        read_image, file.filename or "upload", data, service.pipe
+    )
+    verb = lambda ses, _p: _nothing(ses.add_image(image, seed))  # noqa: E731
+    return await _queue(service, session_id, "image", verb, stream)
+
+
+@router.post("/generate")
+async def generate_image(
+    session_id: SessionId, service: Svc, body: s.Generate | None = None, stream: Stream = False
+):
+    params = _params(body.params if body else None)
+    verb = lambda ses, p: _nothing(ses.generate_image(params, p))  # noqa: E731
+    return await _queue(service, session_id, "generate", verb, stream)
+
+
+@router.post("/predict-frames")
+async def predict_frames(
+    session_id: SessionId, body: s.PredictFrames, service: Svc, stream: Stream = False
+):
+    params = _params(body.params)
+
+    def verb(ses, progress) -> Done:
+        ses.predict_frames(body.frames, params, body.window, body.schedule, progress)
+        return Done()
+
+    return await _queue(service, session_id, "predict frames", verb, stream)
+
+
+@router.post("/ask")
+async def ask(session_id: SessionId, body: s.Ask, service: Svc, stream: Stream = False):
+    params = _params(body.params)
+    verb = lambda ses, _p: Done(text=ses.ask(body.question, params))  # noqa: E731
+    return await _queue(service, session_id, "ask", verb, stream)
+
+
+@router.post("/choose")
+async def choose(session_id: SessionId, body: s.Choose, service: Svc, stream: Stream = False):
+    def verb(ses, _progress) -> Done:
+        text, scores = ses.choose(body.question, body.options)
+        return Done(text=text, scores=scores)
+
+    return await _queue(service, session_id, "choose", verb, stream)
+
+
+@router.post("/think")
+async def think_then_generate(
+    session_id: SessionId, body: s.Think, service: Svc, stream: Stream = False
+):
+    params = _params(body.params)
+
+    def verb(ses, progress) -> Done:
+        thought, _ = ses.think_then_generate(body.prompt, params, progress)
+        return Done(text=thought)
+
+    return await _queue(service, session_id, "think", verb, stream)
+
+
+# -- chains -------------------------------------------------------------------------------
+
+
+def _chain(run) -> Verb:
+    return lambda ses, progress: Done(stopped=run(ses, progress).stopped)
+
+
+@router.post("/chains/navigate")
+async def navigate(session_id: SessionId, body: s.Navigate, service: Svc, stream: Stream = False):
+    params = _params(body.params)
+    run = lambda ses, p: chains.navigate(ses, body.actions, params, body.templates, p)  # noqa: E731
+    return await _queue(service, session_id, "navigate", _chain(run), stream)
+
+
+@router.post("/chains/rotate")
+async def rotate(session_id: SessionId, body: s.Rotate, service: Svc, stream: Stream = False):
+    params = _params(body.params)
+
+    def run(ses, progress):
+        return chains.rotate(
+            ses, body.degrees, body.steps, body.axis, params, body.template, progress
+        )
+
+    return await _queue(service, session_id, "rotate", _chain(run), stream)
+
+
+@router.post("/chains/predict")
+async def predict(session_id: SessionId, body: s.Predict, service: Svc, stream: Stream = False):
+    params = _params(body.params)
+
+    def run(ses, progress):
+        return chains.predict(
+            ses,
+            body.frames,
+            params,
+            body.mode,
+            body.window,
+            body.schedule,
+            body.instruction,
+            progress,
+        )
+
+    return await _queue(service, session_id, "predict", _chain(run), stream)
+
+
+@router.post("/chains/story")
+async def story(session_id: SessionId, body: s.Story, service: Svc, stream: Stream = False):
+    params = _params(body.params)
+    run = lambda ses, p: chains.story(ses, body.beats, params, body.caption, p)  # noqa: E731
+    return await _queue(service, session_id, "story", _chain(run), stream)
+
+
+@router.post("/chains/edit")
+async def edit(session_id: SessionId, body: s.Edit, service: Svc, stream: Stream = False):
+    params = _params(body.params, GenerationParams.edit())
+
+    def run(ses, progress):
+        return chains.edit(ses, body.instruction, params, body.think, body.max_rounds, progress)
+
+    return await _queue(service, session_id, "edit", _chain(run), stream)
+
+
+@router.post("/chains/agent")
+async def agent(session_id: SessionId, body: s.Agent, service: Svc, stream: Stream = False):
+    params = _params(body.params)
+    actions = chains.ACTIONS if body.actions is None else body.actions
+
+    def run(ses, progress):
+        return chains.agent(
+            ses, body.goal, actions, params, body.max_steps, body.templates, progress
+        )
+
+    return await _queue(service, session_id, "agent", _chain(run), stream)
+
+
+# -- branches, files, replay --------------------------------------------------------------
+
+
+@router.post("/rewind")
+async def rewind(session_id: SessionId, body: s.Rewind, service: Svc):
+    verb = lambda ses, _p: _nothing(ses.rewind(body.n))  # noqa: E731
+    return await _queue(service, session_id, "rewind", verb)
+
+
+@router.post("/fork")
+async def fork(session_id: SessionId, service: Svc):
+    """A new session sharing this one's past (its id is `new_session`)."""
+    verb = lambda ses, _p: Done(new_session=service.registry.add(ses.fork()).id)  # noqa: E731
+    return await _queue(service, session_id, "fork", verb, saves=False)
+
+
+@router.post(
+    "/export", responses={200: {"content": {"application/zip": {}}, "description": "a zip"}}
+)
+async def export(session_id: SessionId, service: Svc, body: s.Export | None = None):
+    """The session's frames in the formats of `workbench export`, as one zip."""
+    body = body or s.Export()
+    formats = sorted(FORMATS) if body.formats is None else body.formats
+
+    def verb(ses, _progress) -> Done:
+        with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+            out = export_session(
+                ses, Path(tmp) / "export", formats, fps=body.fps, include=body.include
+            )
+            return Done(download=pack_folder(out), filename=f"{session_id}-export.zip")
+
+    return await _queue(service, session_id, "export", verb, saves=False)
+
+
+@router.post("/replay")
+async def replay(session_id: SessionId, service: Svc, stream: Stream = False):
+    """Regenerate the saved session's model turns and compare them (`workbench replay`)."""
+    entry = service.registry.get(session_id)
+
+    def verb(_ses, progress) -> Done:
+        report = store.replay(entry.folder, service.pipe, progress=progress)
+        return Done(report=report.to_dict())  # replay_report.json's form: standard JSON
+
+    return await _queue(service, session_id, "replay", verb, stream, saves=False)
+
+
+def _nothing(_value: object) -> Done:
+    return Done()
