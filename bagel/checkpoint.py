@@ -131,6 +131,8 @@ def load(
         )
         stream_layers([net.language_model.model.layers[i] for i in streamed], device)
     load_weights(ae, folder / AE_WEIGHTS, placement.get("vae2llm", device), torch.float32)
+    check_finite(net, folder / EMA_WEIGHTS)
+    check_finite(ae, folder / AE_WEIGHTS)
     if compile:
         compile_decoder(net.language_model.model.layers)
     pipe = BagelPipeline(net, ae, tokenizer, attn_backend)
@@ -228,6 +230,81 @@ def load_weights(
         raise CheckpointError(f"{file}: cannot read tensor data ({err})") from err
     module.load_state_dict(state, strict=not swapped, assign=True)
     module.eval().requires_grad_(False)
+
+
+def check_finite(module: nn.Module, file: Path) -> None:
+    """Refuse weights holding NaN or infinity, naming the first such tensor: a broken file
+    would otherwise give NaN images with no error. One read of every weight where it lies
+    (docs/checkpoint.md has its cost on the 7B model)."""
+    for name, tensor in module.state_dict().items():
+        if has_nonfinite(tensor):
+            raise CheckpointError(f"{file}: tensor {name} holds NaN or infinite values")
+
+
+def has_nonfinite(tensor: torch.Tensor, chunk: int = 1 << 24) -> bool:
+    """Whether a floating-point tensor holds NaN or ±inf: per chunk, its minimum and
+    maximum (one fast reduction, no mask; both propagate NaN, and an infinity is one of
+    them)."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return False
+    flat = tensor.detach().reshape(-1)
+    for part in flat.split(chunk):
+        low, high = torch.aminmax(part)
+        if not (torch.isfinite(low) and torch.isfinite(high)):
+            return True
+    return False
+
+
+def check_checkpoint(path: str | Path, scan_weights: bool = True) -> list[str]:
+    """Every problem `load` would refuse a checkpoint folder for: missing files, configs,
+    tokenizer, each weight file's names and shapes against the model the configs build,
+    and (scan_weights) non-finite weights, read from the files one tensor at a time.
+    Empty when the folder loads."""
+    try:
+        folder = resolve_folder(path)
+    except CheckpointError as err:
+        return [str(err)]
+    problems: list[str] = []
+    try:
+        config = BagelConfig.from_checkpoint(folder)
+    except CheckpointError as err:
+        problems.append(str(err))
+        config = None
+    try:
+        tokenizer = BagelTokenizer.from_folder(folder)
+        if config is not None and tokenizer.vocab_len > config.llm.vocab_size:
+            problems.append(
+                f"{folder}: the tokenizer has {tokenizer.vocab_len} tokens but "
+                f"{LLM_CONFIG} has vocab_size {config.llm.vocab_size}"
+            )
+    except CheckpointError as err:
+        problems.append(str(err))
+    if config is None:
+        return problems
+    with torch.device("meta"):
+        modules = ((Bagel(config), EMA_WEIGHTS), (AutoEncoder(config.ae), AE_WEIGHTS))
+    ignore = _dropped_vit_layer(config)
+    for module, name in modules:
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        try:
+            found = read_header(folder / name)
+            found = {k: s for k, s in found.items() if not k.startswith(ignore)}
+            check_names_and_shapes(expected, found, folder / name)
+            if scan_weights:
+                _check_finite_file(folder / name)
+        except CheckpointError as err:
+            problems.append(str(err))
+    return problems
+
+
+def _check_finite_file(file: Path) -> None:
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            bad = next((k for k in f.keys() if has_nonfinite(f.get_tensor(k))), None)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{file}: cannot read tensor data ({err})") from err
+    if bad is not None:
+        raise CheckpointError(f"{file}: tensor {bad} holds NaN or infinite values")
 
 
 def plan_device_map(

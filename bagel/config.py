@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bagel import safejson
 from bagel.errors import CheckpointError
 
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # the release's config files are about 1 KB
 LLM_CONFIG = "llm_config.json"
 VIT_CONFIG = "vit_config.json"
 AE_CONFIG = "ae_config.json"
@@ -57,6 +60,7 @@ class LLMConfig:
             "num_attention_heads must be a multiple of num_key_value_heads",
         )
         _require(self.head_dim % 2 == 0, LLM_CONFIG, "head_dim must be even for RoPE")
+        _require(self.num_hidden_layers >= 1, LLM_CONFIG, "needs at least one layer")
         _require(
             self.hidden_act == "silu",
             LLM_CONFIG,
@@ -95,6 +99,11 @@ class ViTConfig:
             f"hidden_act {self.hidden_act!r} is not supported",
         )
         _require(self.num_hidden_layers >= 1, VIT_CONFIG, "needs at least one layer")
+        _require(
+            self.image_size >= self.patch_size,
+            VIT_CONFIG,
+            f"image_size {self.image_size} is smaller than patch_size {self.patch_size}",
+        )
 
 
 @dataclass(frozen=True)
@@ -173,7 +182,10 @@ class BagelConfig:
         vit_raw = _read_json(path / VIT_CONFIG)
         ae_raw = _read_json(path / AE_CONFIG) if (path / AE_CONFIG).exists() else {}
         bagel_raw = _read_json(path / BAGEL_CONFIG) if (path / BAGEL_CONFIG).exists() else {}
-        return cls.from_dicts(llm_raw, vit_raw, ae_raw, bagel_raw)
+        try:
+            return cls.from_dicts(llm_raw, vit_raw, ae_raw, bagel_raw)
+        except CheckpointError as err:  # name the folder too: "ckpt/vit_config.json: ..."
+            raise CheckpointError(f"{path}/{err}") from err
 
     @classmethod
     def from_dicts(
@@ -309,9 +321,12 @@ def _check_rope_scaling(llm_raw: dict) -> None:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path}: {size} bytes, more than the {MAX_CONFIG_BYTES} allowed")
     try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        content = safejson.loads(path.read_text(encoding="utf-8"))
+    except (safejson.JSONLimitError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(content, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(content).__name__}")
@@ -335,8 +350,33 @@ def _pick_fields(cls: type, raw: dict, source: str, exclude: tuple[str, ...] = (
             raise CheckpointError(
                 f"{source}: field {f.name!r} must be {expected.__name__}, found {value!r}"
             )
+        _check_range(f.name, value, source)
         picked[f.name] = value
     return picked
+
+
+# float fields that may be zero or negative; every other number must be > 0
+_SIGNED = ("shift_factor",)
+
+
+def _check_range(name: str, value: Any, source: str) -> None:
+    """Every int field is a size or a count (>= 1); every float is finite, and > 0 unless
+    listed in _SIGNED (eps, theta and scale divide or multiply)."""
+    if isinstance(value, tuple) and not all(
+        isinstance(n, int) and not isinstance(n, bool) for n in value
+    ):
+        raise CheckpointError(
+            f"{source}: field {name!r} must be a list of integers, found {value!r}"
+        )
+    numbers = value if isinstance(value, tuple) else (value,)
+    for number in numbers:
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            continue
+        if not math.isfinite(number):
+            raise CheckpointError(f"{source}: field {name!r} must be finite, found {value!r}")
+        # a ViT's layer count is checked after the official override takes one off
+        if name not in _SIGNED and (number < 0 or number == 0 and name != "num_hidden_layers"):
+            raise CheckpointError(f"{source}: field {name!r} must be > 0, found {value!r}")
 
 
 def _pick(cls: type, raw: dict, source: str) -> Any:

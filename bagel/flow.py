@@ -7,6 +7,7 @@ text-dropped context and the image-dropped context.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ from bagel.errors import InputError
 from bagel.taylorseer import DEFAULT_INTERVAL, FEATURE_CACHES
 
 RENORM_TYPES = ("global", "channel", "text_channel")
+MAX_TIMESTEPS = 1000  # the release uses 50; more only costs time
 
 
 @dataclass(frozen=True)
@@ -37,19 +39,22 @@ class SamplerParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InputError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise InputError(f"{name} must be finite, got {value!r}")
         interval = tuple(self.cfg_interval)
         object.__setattr__(self, "cfg_interval", interval)
         interval_ok = (
             len(interval) == 2
-            and all(isinstance(x, int | float) for x in interval)
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in interval)
             and 0.0 <= interval[0] <= interval[1] <= 1.0
         )
         checks = [
             (
                 isinstance(self.num_timesteps, int)
                 and not isinstance(self.num_timesteps, bool)
-                and self.num_timesteps >= 2,
-                f"num_timesteps must be an integer >= 2, got {self.num_timesteps!r}",
+                and 2 <= self.num_timesteps <= MAX_TIMESTEPS,
+                f"num_timesteps must be an integer between 2 and {MAX_TIMESTEPS}, "
+                f"got {self.num_timesteps!r}",
             ),
             (self.timestep_shift > 0, f"timestep_shift must be > 0, got {self.timestep_shift!r}"),
             (self.cfg_text_scale >= 0, f"cfg_text_scale must be >= 0, got {self.cfg_text_scale!r}"),

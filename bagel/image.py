@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bagel.errors import ImageError, InputError
 
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 # before any pixel data is decoded (64 Mi pixels ≈ 8192 × 8192, 192 MiB as RGB). Every
 # accepted image is shrunk to at most 1024 px per side anyway, so nothing useful is lost.
 MAX_INPUT_PIXELS = 64 * 1024 * 1024
+
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
+EXIF_ORIENTATION = 0x0112
 
 # Single-channel modes with more than 8 bits per sample (see `to_rgb`).
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
@@ -138,9 +141,13 @@ def _high_depth_to_l(image: Image.Image) -> tuple[Image.Image, np.ndarray]:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert to RGB with the reference rule: transparency is composited over white.
 
-    RGBA images and images carrying a 'transparency' entry go through RGBA and are
-    pasted on a white canvas with alpha as the mask; everything else is
-    `convert("RGB")` (so LA, which has no 'transparency' entry, simply loses alpha).
+    Images with an alpha channel (RGBA, LA, PA) and images carrying a 'transparency'
+    entry go through RGBA and are pasted on a white canvas with alpha as the mask;
+    everything else is `convert("RGB")`.
+
+    Deliberate deviation from the reference: it composites only RGBA and 'transparency'
+    images, so an LA (grey + alpha) image lost its alpha and showed its hidden pixels;
+    here it looks as the same picture saved as RGBA does.
 
     Deliberate deviation from the reference: single-channel modes with more than
     8 bits per sample would be clipped by `convert("RGB")` (every value above 255
@@ -159,7 +166,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
             mask = Image.fromarray(np.where(samples == transparent, 0, 255).astype(np.uint8))
             return _over_white(gray.convert("RGB"), mask)
         return gray.convert("RGB")
-    if image.mode == "RGBA" or image.info.get("transparency") is not None:
+    if image.mode in _ALPHA_MODES or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         return _over_white(rgba, rgba.getchannel("A"))
     return image.convert("RGB")
@@ -189,8 +196,9 @@ def _open_lazy(source: str | Path | bytes, name: str) -> Image.Image:
         fp = Path(source)
         if not fp.exists():
             raise ImageError(f"{name}: file not found")
-        if fp.is_dir():
-            raise ImageError(f"{name}: is a directory, not an image file")
+        if not fp.is_file():  # a folder, FIFO or device: opening could block or never end
+            kind = "a folder" if fp.is_dir() else "a FIFO, device or socket"
+            raise ImageError(f"{name}: not a regular file ({kind})")
         if fp.stat().st_size == 0:
             raise ImageError(f"{name}: empty file (0 bytes)")
     try:
@@ -224,9 +232,24 @@ def _decode_rgb(image: Image.Image, name: str) -> Image.Image:
             f"{name}: truncated or corrupt image data ({type(exc).__name__}: {exc})"
         ) from exc
     try:
-        return to_rgb(image)
+        return to_rgb(_upright(image))
     except (ValueError, OSError) as exc:
         raise ImageError(f"{name}: cannot convert mode {image.mode!r} to RGB ({exc})") from exc
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (a phone's portrait photo is stored
+    sideways with orientation 6); unchanged without one.
+
+    Deliberate deviation from the reference, which ignores the tag and uses such photos
+    sideways."""
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # an unreadable EXIF block: the pixels as stored
+        return image
+    if orientation in (None, 1):
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def open_image(source: str | Path | bytes | Image.Image, name: str | None = None) -> Image.Image:
@@ -234,7 +257,10 @@ def open_image(source: str | Path | bytes | Image.Image, name: str | None = None
 
     The header's size is checked against MAX_INPUT_PIXELS before any decoding, a
     truncated file is an error (Pillow's LOAD_TRUNCATED_IMAGES is left alone), an
-    animated image gives its first frame, and `to_rgb` is applied. Every failure raises
+    animated image gives its first frame, the EXIF orientation is applied and then
+    `to_rgb`. The shape is not judged here: whether an image's aspect ratio fits is the
+    model's resize rules' call (`ResizeRule.check`, via `BagelPipeline.prepare_image`,
+    which every entry point that hands an image to a session goes through first). Every failure raises
     ImageError whose message starts with `name` (default: the path, "<bytes>" or
     "<image>").
     """

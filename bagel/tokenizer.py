@@ -6,6 +6,13 @@ special tokens exist (spec §2.2).  Every text item is framed as
 `<|im_start|>` + BPE(text) + `<|im_end|>` (spec §2.3), and a generated reply is
 decoded and cut at the special-token strings (spec §6.2 step 5).
 
+Text is encoded as plain text: a special-token string typed in it (`<|im_start|>`, …)
+becomes ordinary BPE pieces, never the special id, so a user's text cannot forge turn or
+image boundaries. Only the framing here inserts special ids (the official code encodes
+with split_special_tokens=False; for text without those strings the ids are the same).
+Every text must be a sequence of Unicode scalar values: a lone surrogate (which no UTF-8
+input can produce) is refused, never replaced (`check_text`).
+
 `write_tiny_tokenizer` writes a small, deterministic tokenizer in the same file
 layout, learned here with a pure-Python BPE over an embedded English corpus, so tests
 and tiny random checkpoints need no download.
@@ -49,6 +56,32 @@ GEN_THINK_PROMPT = (
     "The planning process is enclosed within <think> </think> tags, i.e. "
     "<think> planning process here </think> image here"
 )
+
+
+def check_text(text: object, what: str = "text", blank_ok: bool = True) -> str:
+    """Return `text` if it is a str of Unicode scalar values (no lone surrogate), and, unless
+    `blank_ok`, holds a non-space character; else raise InputError naming `what`.
+
+    The one rule for every text that reaches the model: prompts, questions, instructions,
+    beats, scenario fields and the turns of a saved session."""
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a str, got {type(text).__name__}")
+    bad = _LONE_SURROGATE.search(text)
+    if bad is not None:
+        raise InputError(
+            f"{what} holds a lone surrogate U+{ord(bad.group()):04X} at character "
+            f"{bad.start()}: not valid Unicode text"
+        )
+    if not blank_ok and not text.strip():
+        raise InputError(f"{what} must be text with a non-space character, got {_preview(text)}")
+    return text
+
+
+def _preview(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{len(text)} characters of white space"
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def split_reply(text: str) -> str:
@@ -161,14 +194,13 @@ class BagelTokenizer:
         return self.vocab_len
 
     def encode(self, text: str) -> list[int]:
-        """BPE ids of `text`; no bos/eos added.
+        """BPE ids of `text` as plain text; no bos/eos added.
 
-        Special-token strings typed in the text (`<|im_end|>`, ...) become their special
-        ids, as in the official code (split_special_tokens=False, spec §2.1).
+        Special-token strings typed in the text (`<|im_end|>`, ...) are split into ordinary
+        pieces (split_special_tokens=True), so they never become special ids (module doc).
         """
-        if not isinstance(text, str):
-            raise InputError(f"text must be a str, got {type(text).__name__}")
-        return list(self._tok.encode(text, add_special_tokens=False))
+        check_text(text)
+        return list(self._tok.encode(text, add_special_tokens=False, split_special_tokens=True))
 
     def frame(self, text: str) -> list[int]:
         """One text segment: `[bos_id] + encode(text) + [eos_id]` (spec §2.3).

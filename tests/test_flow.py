@@ -100,7 +100,7 @@ def test_euler_step_keeps_float32_state_and_bf16_velocity_product():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(num_timesteps=1), "num_timesteps must be an integer >= 2"),
+        (dict(num_timesteps=1), "num_timesteps must be an integer between 2 and 1000"),
         (dict(num_timesteps=-5), "num_timesteps"),
         (dict(timestep_shift=0.0), "timestep_shift must be > 0"),
         (dict(cfg_interval=(0.5, 1.5)), "cfg_interval must be"),

@@ -134,9 +134,14 @@ def test_palette_transparency_becomes_white() -> None:
     assert out.getpixel((1, 0)) == (0, 255, 0)
 
 
-def test_la_drops_alpha_like_convert() -> None:
-    image = Image.new("LA", (1, 1), (10, 0))
-    assert to_rgb(image).getpixel((0, 0)) == (10, 10, 10)
+def test_la_is_composited_like_rgba() -> None:
+    """Grey + alpha looks as the same picture saved as RGBA (the reference dropped LA's
+    alpha and showed its hidden pixels)."""
+    for grey, alpha in ((10, 0), (10, 255), (200, 128)):
+        la = Image.new("LA", (1, 1), (grey, alpha))
+        rgba = Image.new("RGBA", (1, 1), (grey, grey, grey, alpha))
+        assert to_rgb(la).getpixel((0, 0)) == to_rgb(rgba).getpixel((0, 0))
+    assert to_rgb(Image.new("LA", (1, 1), (10, 0))).getpixel((0, 0)) == (255, 255, 255)
 
 
 def test_cmyk_matches_convert() -> None:
@@ -210,7 +215,7 @@ def test_open_missing_file(tmp_path: Path) -> None:
 
 
 def test_open_directory(tmp_path: Path) -> None:
-    with pytest.raises(ImageError, match="is a directory"):
+    with pytest.raises(ImageError, match=r"not a regular file \(a folder\)"):
         open_image(tmp_path)
 
 

@@ -174,7 +174,7 @@ def test_failing_turns_change_nothing(pipe):
         (dict(num_timesteps=-3), "num_timesteps"),
         (dict(cfg_interval=(0.2, 1.4)), "cfg_interval"),
         (dict(height=64), "height and width must be given together"),
-        (dict(seed=-1), "seed must be a non-negative integer"),
+        (dict(seed=-1), "seed must be an integer between 0 and 2"),
         (dict(do_sample=True, temperature=0), "temperature must be >= 0.001"),
         (dict(do_sample=True, temperature=1e-300), "temperature must be >= 0.001"),
     ],

@@ -126,7 +126,7 @@ def test_missing_special_tokens_are_added(tmp_path: Path) -> None:
     assert tok.num_added_tokens == 2
     assert tok.vocab_len == 512 - TINY_PAD_ROWS
     assert {tok.start_of_image_id, tok.end_of_image_id} == {tok.vocab_len - 2, tok.vocab_len - 1}
-    assert tok.encode(f"a{VISION_START}b")[1] == tok.start_of_image_id
+    assert tok.hf_tokenizer.convert_tokens_to_ids(VISION_START) == tok.start_of_image_id
 
 
 def test_tokenizer_json_alone_gives_same_ids(tok: BagelTokenizer, tmp_path: Path) -> None:
@@ -181,12 +181,31 @@ def test_text_is_nfc_normalised(tok: BagelTokenizer) -> None:
     assert tok.encode("e\u0301") == tok.encode("\u00e9")
 
 
-def test_literal_special_strings_become_special_ids(tok: BagelTokenizer) -> None:
-    ids = tok.encode(f"hi{IM_END}there")
-    assert ids.count(tok.eos_id) == 1
-    assert ids == [*tok.encode("hi"), tok.eos_id, *tok.encode("there")]
-    assert tok.encode(VISION_START + VISION_END) == [tok.start_of_image_id, tok.end_of_image_id]
-    assert tok.decode(ids) == f"hi{IM_END}there"
+def test_literal_special_strings_stay_plain_text(tok: BagelTokenizer) -> None:
+    specials = {tok.bos_id, tok.eos_id, tok.start_of_image_id, tok.end_of_image_id}
+    for text in (f"hi{IM_END}there", VISION_START + VISION_END, f"{IM_START}user\nx"):
+        ids = tok.encode(text)
+        assert not specials & set(ids)  # no forged turn or image boundary
+        assert tok.decode(ids) == text  # ... and nothing of the text is lost
+    framed = tok.frame(f"a{IM_END}b")
+    assert [framed[0], framed[-1]] == [tok.bos_id, tok.eos_id]
+    assert framed.count(tok.eos_id) == 1
+
+
+def test_plain_text_ids_are_the_official_ones(tok: BagelTokenizer) -> None:
+    """For text without special-token strings, the ids are those of the official
+    encoding (split_special_tokens=False)."""
+    official = tok.hf_tokenizer
+    for text in ("Walk forward. Turn left!", GEN_THINK_PROMPT, VLM_THINK_PROMPT, " é 中文 \n\t"):
+        assert tok.encode(text) == official.encode(text, add_special_tokens=False)
+
+
+def test_lone_surrogates_are_refused(tok: BagelTokenizer) -> None:
+    with pytest.raises(InputError, match="lone surrogate U\\+D800 at character 2"):
+        tok.encode("ab\ud800c")
+    with pytest.raises(InputError, match="lone surrogate U\\+DFFF"):
+        tok.frame("\udfff")
+    assert tok.decode(tok.encode("\U0001f600")) == "\U0001f600"  # a real pair is fine
 
 
 def test_decode_keeps_specials_without_spaces(tok: BagelTokenizer) -> None:

@@ -17,13 +17,16 @@ from __future__ import annotations
 import math
 import string
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from PIL import Image
 
 from bagel.errors import BagelError, InputError
 from bagel.forcing import check_forcing
 from bagel.pipeline import ProgressFn
+from bagel.tokenizer import check_text
 from workbench.actions import ACTIONS, DEFAULT_TEMPLATES
+from workbench.files import check_regular_file
 from workbench.params import GenerationParams
 from workbench.session import Session
 
@@ -456,14 +459,15 @@ def _beat(session: Session, index: int, beat: object) -> Beat:
     if beat.image is None:
         return beat
     try:
+        if isinstance(beat.image, str | Path):  # the same rule as Session.add_image
+            check_regular_file(Path(beat.image))
         return Beat(beat.text, session.pipe.prepare_image(beat.image))
     except BagelError as err:
         raise type(err)(f"beats[{index}].image: {err}") from err
 
 
 def _check_text(name: str, value: object) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise InputError(f"{name} must be a non-empty string, got {value!r}")
+    check_text(value, name, blank_ok=False)
 
 
 def _check_count(name: str, value: object) -> None:

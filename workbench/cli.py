@@ -381,7 +381,8 @@ def _load_for_session(folder: Path, args: argparse.Namespace) -> BagelPipeline:
     quantisation unless --device / --dtype / --profile say otherwise."""
     from workbench.store import read_manifest
 
-    manifest = read_manifest(folder, None, allow_other_checkpoint=True)
+    # device and dtype only: the command's own reader checks the snapshot, once
+    manifest = read_manifest(folder, None, allow_other_checkpoint=True, check_snapshot=False)
     device = args.device or manifest.get("device") or "cpu"
     profile = args.profile or _quantised_kind(manifest.get("profile"))
     dtype = args.dtype or (None if args.profile else manifest.get("dtype"))
@@ -490,9 +491,16 @@ def cmd_eval_world(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from bagel.checkpoint import checkpoint_identity, read_header, resolve_folder
+    from bagel.checkpoint import check_checkpoint, checkpoint_identity, read_header, resolve_folder
     from bagel.config import BagelConfig
+    from bagel.errors import CheckpointError
 
+    problems = check_checkpoint(args.model)  # what `load` would refuse, all of it
+    if problems:
+        raise CheckpointError(
+            f"{args.model}: {len(problems)} problem(s) that loading refuses:\n"
+            + "\n".join(problems)
+        )
     folder = resolve_folder(args.model)
     config = BagelConfig.from_checkpoint(folder)
     counts = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -9,7 +10,17 @@ import torch
 from bagel.errors import InputError
 from bagel.flow import SamplerParams
 
+MAX_SEED = 2**63 - 1  # torch generators take seeds below 2**64; JSON readers stop at 2**63
+MAX_SIDE = 2**16  # pixels; the model's own limit is far lower and checked at generation
+MAX_THINK_TOKENS = 2**20  # far past any context the model holds; the context refuses sooner
 MIN_TEMPERATURE = 1e-3  # far lower, logits / temperature overflow float32 and sampling fails
+
+
+def check_seed(seed: object, what: str = "seed") -> int:
+    """A seed: an integer in 0..MAX_SEED (the same rule for turns, params and files)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{what} must be an integer between 0 and 2**63-1, got {seed!r}")
+    return seed
 
 
 @dataclass(frozen=True)
@@ -33,12 +44,25 @@ class GenerationParams(SamplerParams):
         super().__post_init__()
         if (self.height is None) != (self.width is None):
             raise InputError("height and width must be given together")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not isinstance(self.max_think_tokens, int) or self.max_think_tokens < 1:
+        for name in ("height", "width"):  # the model checks the exact sizes it takes
+            value = getattr(self, name)
+            if value is not None and not (_positive_int(value) and value <= MAX_SIDE):
+                raise InputError(
+                    f"{name} must be an integer between 1 and {MAX_SIDE}, got {value!r}"
+                )
+        check_seed(self.seed)
+        if not _positive_int(self.max_think_tokens) or self.max_think_tokens > MAX_THINK_TOKENS:
             raise InputError(
-                f"max_think_tokens must be a positive integer, got {self.max_think_tokens!r}"
+                f"max_think_tokens must be an integer between 1 and {MAX_THINK_TOKENS}, "
+                f"got {self.max_think_tokens!r}"
             )
+        if not isinstance(self.do_sample, bool):
+            raise InputError(f"do_sample must be true or false, got {self.do_sample!r}")
+        temperature = self.temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+            raise InputError(f"temperature must be a number, got {temperature!r}")
+        if not math.isfinite(temperature):
+            raise InputError(f"temperature must be finite, got {temperature!r}")
         if self.do_sample and not self.temperature >= MIN_TEMPERATURE:
             raise InputError(
                 f"temperature must be >= {MIN_TEMPERATURE} when sampling (lower: set "

@@ -35,8 +35,9 @@ from bagel.errors import BagelError, InputError
 from bagel.forcing import check_forcing
 from bagel.image import open_image
 from bagel.profiles import PROFILES
+from bagel.tokenizer import check_text
 from workbench import outputs
-from workbench.files import write_atomic
+from workbench.files import check_regular_file, write_atomic
 from workbench.params import GenerationParams
 from workbench.positions import scenario_positions
 from workbench.session import Session
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 CHAINS = ("navigate", "rotate", "predict", "story", "edit", "agent")
 MAX_COUNT = 256  # frames, steps, rounds or actions in one step
 MAX_NODES = 100_000  # YAML values after alias expansion (guards against alias bombs)
+MAX_DEPTH = 32  # nesting of YAML collections (a scenario needs 6), counted before composing
+MAX_FILE_BYTES = 1024 * 1024
 TOP_KEYS = (
     *("name", "description", "model", "device", "dtype", "profile", "seed"),
     *("defaults", "start", "steps", "export"),
@@ -217,9 +220,24 @@ class _Builder:
         return items
 
 
+def _check_depth(text: str, file: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH from the event stream (the parser keeps an
+    explicit stack; composing and building recurse, so they run only after this)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1
+                raise ScenarioError(file, line, "yaml", f"nested more than {MAX_DEPTH} levels deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def _parse(text: str, file: str) -> _Node | None:
     loader = yaml.SafeLoader(text)
     try:
+        _check_depth(text, file)
         root = loader.get_single_node()
         return None if root is None else _Builder(loader, file).build(root, "")
     except yaml.MarkedYAMLError as err:
@@ -295,7 +313,10 @@ class _Reader:
     def text(self, node: _Node, at: str) -> str:
         if not isinstance(node.value, str) or not node.value.strip():
             self.fail(node.line, at, f"expected non-empty text, got {_what(node.value)}")
-        return node.value
+        try:
+            return check_text(node.value, "the text")
+        except BagelError as err:
+            self.fail(node.line, at, str(err))
 
     def boolean(self, node: _Node, at: str) -> bool:
         if not isinstance(node.value, bool):
@@ -307,7 +328,7 @@ class _Reader:
         if not isinstance(value, int) or isinstance(value, bool):
             self.fail(node.line, at, f"expected an integer, got {_what(value)}")
         if not low <= value <= high:
-            bound = f"between {low} and {high}" if high < 2**63 - 1 else f">= {low}"
+            bound = f"between {low} and {high if high < 2**63 - 1 else '2**63-1'}"
             self.fail(node.line, at, f"must be {bound}, got {value}")
         return value
 
@@ -403,7 +424,8 @@ class _Reader:
     def image(self, node: _Node, at: str) -> Path:
         """A path relative to the scenario's folder (or absolute), that opens as an image."""
         name = self.text(node, at)
-        path = (self.folder / Path(name).expanduser()).resolve()
+        given = self.folder / Path(name).expanduser()
+        path = given.resolve()
         if not self.allow_outside and not path.is_relative_to(self.folder):
             self.fail(
                 node.line,
@@ -412,6 +434,8 @@ class _Reader:
                 "only the caller can allow that (load_scenario(..., allow_outside=True))",
             )
         try:
+            if given.is_symlink() or given.exists():  # a missing one: open_image says so
+                check_regular_file(given, None if self.allow_outside else self.folder)
             open_image(path, name=name)
         except BagelError as err:
             self.fail(node.line, at, str(err))
@@ -465,15 +489,27 @@ def load_scenario(path: str | Path, allow_outside: bool = False) -> Scenario:
         allow_outside: let image paths leave the scenario's folder (off: they may not).
     Raises:
         ScenarioError: `{file}:{line}: {field}: {problem}` for the first problem found.
+            The file must be a regular file (no link, FIFO or device) of at most
+            MAX_FILE_BYTES, UTF-8, nested at most MAX_DEPTH levels.
     """
     file = str(path)
     source = Path(path).resolve()
     try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(file, None, None, "file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
+        if not Path(path).exists() and not Path(path).is_symlink():
+            raise ScenarioError(file, None, None, "file not found")
+        check_regular_file(Path(path), max_bytes=MAX_FILE_BYTES)  # no FIFO, device or link
+        data = source.read_bytes()
+    except BagelError as err:
+        raise ScenarioError(file, None, None, str(err).removeprefix(f"{file}: ")) from err
+    except OSError as err:
         raise ScenarioError(file, None, None, f"cannot read file ({err})") from err
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ScenarioError(
+            file, line, None, f"not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start})"
+        ) from err
     root = _parse(text, file)
     if root is None:
         raise ScenarioError(file, 1, "document", "the file is empty; expected a scenario mapping")

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -34,8 +35,9 @@ from bagel.errors import InputError
 from bagel.forcing import check_forcing
 from bagel.kv import KVContext, allocated_bytes
 from bagel.pipeline import FRAME_ROPE_STRIDE, BagelPipeline, ImageOutput, ProgressFn
-from bagel.tokenizer import GEN_THINK_PROMPT
-from workbench.params import ContextLimit, GenerationParams
+from bagel.tokenizer import GEN_THINK_PROMPT, check_text
+from workbench.files import check_regular_file
+from workbench.params import ContextLimit, GenerationParams, check_seed
 
 ImagePart = tuple[int, str]  # (turn index of an image, "vae" or "vit")
 
@@ -145,7 +147,12 @@ class Session:
             self._user_text(text)
 
     def add_image(self, image: Image.Image | str | bytes, seed: int = 0) -> Image.Image:
-        """A user image as VAE + ViT tokens; returns the prepared (resized RGB) image."""
+        """A user image as VAE + ViT tokens; returns the prepared (resized RGB) image.
+
+        A path must name a regular file (no link, FIFO or device: workbench.files)."""
+        check_seed(seed)
+        if isinstance(image, str | Path):
+            check_regular_file(Path(image))
         prepared = self.pipe.prepare_image(image)
         with self._transaction(sum(self.pipe.image_token_counts(*prepared.size)), 2):
             before = self._marks()
@@ -517,9 +524,9 @@ class Session:
         return unpatchify_latent(x, h, w, cfg.latent_channels, p)
 
     def _text_tokens(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise InputError(f"text must be a str, got {type(text).__name__}")
-        return len(self.pipe.tokenizer.frame(text))
+        """Tokens of a user text, which must hold a non-space character (bagel.tokenizer
+        check_text: the one rule for prompts, questions, instructions and scenario texts)."""
+        return len(self.pipe.tokenizer.frame(check_text(text, blank_ok=False)))
 
     @staticmethod
     def _reply_bound(params: GenerationParams) -> int:

@@ -26,6 +26,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import re
 import time
 from pathlib import Path
 
@@ -36,14 +38,16 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import workbench
+from bagel import safejson
 from bagel.errors import BagelError
 from bagel.forcing import check_forcing
 from bagel.kv import KVContext
 from bagel.pipeline import BagelPipeline, ProgressFn
+from bagel.tokenizer import check_text
 from workbench import outputs
-from workbench.files import write_atomic
+from workbench.files import check_regular_file, write_atomic
 from workbench.metrics import frame_metrics, psnr
-from workbench.params import ContextLimit, GenerationParams
+from workbench.params import ContextLimit, GenerationParams, check_seed
 from workbench.replay_report import FrameDiff, ReplayReport
 from workbench.session import Forcing, Mark, Session, Turn
 
@@ -68,6 +72,8 @@ SNAPSHOT_FORMAT = "bagel-workbench-kv"
 SNAPSHOT_VERSION = 1
 STORED_CONTEXTS = ("main", "image_dropped")  # the text-dropped context is a mark into main
 USE_TURNS = "; pass use_snapshot=False to rebuild the contexts from the turns instead"
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+IMAGE_NAME = re.compile(r"images/(\d{4,})-([0-9a-f]{16})\.png")  # as `save` names them
 
 
 class SessionFileError(BagelError):
@@ -166,7 +172,7 @@ def load(
     raises stops the load (nothing is kept).
     """
     folder = Path(folder)
-    manifest = read_manifest(folder, pipe, allow_other_checkpoint)
+    manifest = read_manifest(folder, pipe, allow_other_checkpoint, check_snapshot=use_snapshot)
     if use_snapshot and "snapshot" in manifest:
         session = _load_snapshot(folder, manifest, pipe, allow_other_checkpoint)
         if session is not None:
@@ -231,11 +237,13 @@ def _replay_turn(
             forcing["frames"], params, forcing["window"], forcing["schedule"], step
         )
         for k, image in enumerate(images):
-            saved = open_turn_image(folder, manifest["turns"][index + k]["image"], index + k)
+            name = manifest["turns"][index + k]["image"]
+            saved = open_turn_image(folder, name, index + k, verify=False)
             frames.append(_compare(index + k, image, saved))
     elif entry["role"] == "model" and entry["kind"] == "image":
         image = session.generate_image(params, step)
-        frames.append(_compare(index, image, open_turn_image(folder, entry["image"], index)))
+        saved = open_turn_image(folder, entry["image"], index, verify=False)
+        frames.append(_compare(index, image, saved))
     elif entry["kind"] == "choice":
         answer, _ = session._answer(entry["options"])
         texts.append((index, answer == entry["text"]))
@@ -254,18 +262,37 @@ def _replay_turn(
         _restore(session, folder, entry, index)
 
 
-def read_manifest(folder: Path, pipe: BagelPipeline | None, allow_other_checkpoint: bool) -> dict:
-    """Parse and validate session.json; errors name the file and the field.
+def read_manifest(
+    folder: Path,
+    pipe: BagelPipeline | None,
+    allow_other_checkpoint: bool,
+    check_snapshot: bool = True,
+) -> dict:
+    """Check a saved session folder and return its parsed session.json: the one check
+    every reader (load, replay, export, the app) makes, so they give the same verdict.
+
+    Every file it lists (the manifest, the images, the K/V snapshot) is a regular file
+    inside the folder, checked before it is opened (no link, FIFO or device; nothing
+    else in the folder is ever read); the manifest is bounded in size and depth, every
+    field is of its type and range, every text valid Unicode, and a recorded K/V
+    snapshot the file saved with these turns (unless not check_snapshot: `load` with
+    use_snapshot=False; or the session is of another checkpoint than `pipe`, whose
+    snapshot is never read). Errors name the file and the field.
 
     The checkpoint must be `pipe`'s unless allow_other_checkpoint (or pipe is None:
     reading only, as an export does).
     """
+    folder = Path(folder)
     path = folder / MANIFEST
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise SessionFileError(f"{path}: no saved session here")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        check_regular_file(path, folder, MAX_MANIFEST_BYTES)
+    except BagelError as err:
+        raise SessionFileError(str(err)) from err
+    try:
+        manifest = safejson.loads(path.read_bytes().decode("utf-8"))
+    except (safejson.JSONLimitError, UnicodeDecodeError) as err:
         raise SessionFileError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SessionFileError(f"{path}: not a {FORMAT} manifest")
@@ -287,7 +314,11 @@ def read_manifest(folder: Path, pipe: BagelPipeline | None, allow_other_checkpoi
         raise SessionFileError(f"{path}: field 'turns' must be a list")
     for index, entry in enumerate(turns):
         _check_turn(path, index, entry)
+        if entry["kind"] == "image":
+            _image_path(folder, entry["image"], index)
     _limit(folder, manifest)
+    if check_snapshot and not other and "snapshot" in manifest:  # another model's: ignored
+        _check_snapshot_file(folder, manifest)
     return manifest
 
 
@@ -303,11 +334,19 @@ def _check_turn(path: Path, index: int, entry: object) -> None:
     where = f"{path}: turns[{index}]"
     if not isinstance(entry, dict):
         raise SessionFileError(f"{where} must be an object")
-    if (entry.get("role"), entry.get("kind")) not in ROLES_KINDS:
+    role_kind = (entry.get("role"), entry.get("kind"))
+    if not all(isinstance(v, str) for v in role_kind) or role_kind not in ROLES_KINDS:
         raise SessionFileError(
             f"{where}: role/kind {entry.get('role')!r}/{entry.get('kind')!r} "
             f"is not one of {sorted(ROLES_KINDS)}"
         )
+    try:
+        check_seed(entry.get("seed", 0))
+    except BagelError as err:
+        raise SessionFileError(f"{where}.{err}") from err
+    seconds = entry.get("seconds", 0.0)
+    if not _finite(seconds) or seconds < 0:
+        raise SessionFileError(f"{where}.seconds must be a finite number >= 0, got {seconds!r}")
     if entry["kind"] == "drop":
         dropped = entry.get("dropped")
         if not isinstance(dropped, list) or not all(_is_part(p) for p in dropped):
@@ -317,8 +356,11 @@ def _check_turn(path: Path, index: int, entry: object) -> None:
         return
     if entry["kind"] == "image" and not isinstance(entry.get("image"), str):
         raise SessionFileError(f"{where}.image must be a file name")
-    if entry["kind"] != "image" and not isinstance(entry.get("text"), str):
-        raise SessionFileError(f"{where}.text must be a string")
+    if entry["kind"] != "image":
+        try:
+            check_text(entry.get("text"), blank_ok=entry["role"] != "user")
+        except BagelError as err:
+            raise SessionFileError(f"{where}.{err}") from err
     if entry["kind"] == "choice":
         options = entry.get("options")
         if (
@@ -327,13 +369,20 @@ def _check_turn(path: Path, index: int, entry: object) -> None:
             or entry["text"] not in options
         ):
             raise SessionFileError(f"{where}.options must be a list holding the answer text")
+        for i, option in enumerate(options):
+            try:
+                check_text(option, f"options[{i}]")
+            except BagelError as err:
+                raise SessionFileError(f"{where}.{err}") from err
         scores = entry.get("scores")
-        if not isinstance(scores, list) or len(scores) != len(options):
-            raise SessionFileError(f"{where}.scores must be a list, one number per option")
+        if (
+            not isinstance(scores, list)
+            or len(scores) != len(options)
+            or not all(_finite(score) for score in scores)
+        ):
+            raise SessionFileError(f"{where}.scores must be a list, one finite number per option")
     elif entry["role"] == "model" and not isinstance(entry.get("params"), dict):
         raise SessionFileError(f"{where}.params must be an object")
-    if not isinstance(entry.get("seed", 0), int):
-        raise SessionFileError(f"{where}.seed must be an integer")
     if "forcing" in entry:
         _check_forcing_entry(where, entry)
     if isinstance(entry.get("params"), dict):
@@ -356,6 +405,10 @@ def _check_forcing_entry(where: str, entry: dict) -> None:
         raise SessionFileError(f"{where}.forcing: {err}") from err
     if not isinstance(forcing["index"], int) or not 0 <= forcing["index"] < forcing["frames"]:
         raise SessionFileError(f"{where}.forcing.index must be in 0..frames-1")
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_part(part: object) -> bool:
@@ -461,31 +514,13 @@ def _load_snapshot(
     """The session with its contexts read from kv.safetensors, after checking that the
     file is the one saved with these turns by this model; None where it is to be rebuilt
     from the turns instead (another checkpoint's snapshot, under allow_other_checkpoint)."""
-    path, entry = folder / SNAPSHOT, manifest["snapshot"]
-    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-        raise SessionFileError(
-            f"{folder / MANIFEST}: field 'snapshot' must be an object with a 'sha256' string"
-        )
+    path = folder / SNAPSHOT
     if allow_other_checkpoint and manifest["checkpoint"] != pipe.identity:
         return None
-    if not path.is_file():
-        raise SessionFileError(f"{path} is missing, but {MANIFEST} records a snapshot{USE_TURNS}")
-    if _sha256(path) != entry["sha256"]:
-        raise SessionFileError(
-            f"{path}: sha256 differs from the one {MANIFEST} records (the file was changed, "
-            f"cut short, or left by another save){USE_TURNS}"
-        )
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}
-    except (SafetensorError, OSError) as err:
-        raise SessionFileError(
-            f"{path}: not a readable safetensors file ({err}){USE_TURNS}"
-        ) from err
+    meta, shapes = _snapshot_header(path)
     if allow_other_checkpoint and meta.get("checkpoint") != str(pipe.identity):
         return None
-    _check_snapshot_meta(path, meta, pipe, manifest["turns"])
+    _check_snapshot_meta(path, meta, pipe)
     ends, befores = _snapshot_marks(path, meta, len(manifest["turns"]))
     _check_snapshot_tensors(path, shapes, pipe.kv_layout, ends)
     turns = []
@@ -509,8 +544,58 @@ def _load_snapshot(
     )
 
 
-def _check_snapshot_meta(path: Path, meta: dict, pipe: BagelPipeline, turns: list) -> None:
-    """Format, model, dtype and transcript of a snapshot, from its header metadata."""
+def _check_snapshot_file(folder: Path, manifest: dict) -> None:
+    """The snapshot a manifest records is that very file (sha256), saved with exactly
+    these turns (the transcript digest in its header), holding only finite values: what
+    every reader checks, with or without a model (the file is read whole for the sha256
+    anyway; the value scan is a second read of it)."""
+    path, entry = folder / SNAPSHOT, manifest["snapshot"]
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        raise SessionFileError(
+            f"{folder / MANIFEST}: field 'snapshot' must be an object with a 'sha256' string"
+        )
+    if not path.exists() and not path.is_symlink():
+        raise SessionFileError(f"{path} is missing, but {MANIFEST} records a snapshot{USE_TURNS}")
+    try:
+        check_regular_file(path, folder)
+    except BagelError as err:
+        raise SessionFileError(f"{err}{USE_TURNS}") from err
+    if _sha256(path) != entry["sha256"]:
+        raise SessionFileError(
+            f"{path}: sha256 differs from the one {MANIFEST} records (the file was changed, "
+            f"cut short, or left by another save){USE_TURNS}"
+        )
+    meta, _ = _snapshot_header(path)
+    if meta.get("transcript") != _transcript_digest(manifest["turns"]):
+        raise SessionFileError(
+            f"{path}: saved with other turns than {MANIFEST} holds (transcript digest "
+            f"differs){USE_TURNS}"
+        )
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            bad = next((k for k in f.keys() if not torch.isfinite(f.get_tensor(k)).all()), None)
+    except (SafetensorError, OSError) as err:
+        raise SessionFileError(f"{path}: cannot read tensor data ({err}){USE_TURNS}") from err
+    if bad is not None:
+        raise SessionFileError(f"{path}: tensor {bad} holds NaN or infinite values{USE_TURNS}")
+
+
+def _snapshot_header(path: Path) -> tuple[dict, dict[str, list[int]]]:
+    """The snapshot's metadata and tensor shapes (no tensor data read)."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise SessionFileError(
+            f"{path}: not a readable safetensors file ({err}){USE_TURNS}"
+        ) from err
+    return meta, shapes
+
+
+def _check_snapshot_meta(path: Path, meta: dict, pipe: BagelPipeline) -> None:
+    """Format, model and dtype of a snapshot, from its header metadata (its transcript was
+    checked by read_manifest)."""
     if meta.get("format") != SNAPSHOT_FORMAT or meta.get("version") != str(SNAPSHOT_VERSION):
         raise SessionFileError(
             f"{path}: not a {SNAPSHOT_FORMAT} version {SNAPSHOT_VERSION} snapshot (metadata "
@@ -526,11 +611,6 @@ def _check_snapshot_meta(path: Path, meta: dict, pipe: BagelPipeline, turns: lis
         raise SessionFileError(
             f"{path}: K/V stored in {meta.get('dtype')}, but the loaded model runs in "
             f"{dtype}{USE_TURNS}"
-        )
-    if meta.get("transcript") != _transcript_digest(turns):
-        raise SessionFileError(
-            f"{path}: saved with other turns than {MANIFEST} holds (transcript digest "
-            f"differs){USE_TURNS}"
         )
 
 
@@ -625,18 +705,38 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def open_turn_image(folder: Path, name: str, index: int) -> Image.Image:
-    """The image file of turns[index], which must lie inside the session folder."""
-    path = (folder / name).resolve()
-    if not path.is_relative_to(folder.resolve()):
-        raise SessionFileError(
-            f"{folder / MANIFEST}: turns[{index}].image {name!r} escapes the session directory"
-        )
-    if not path.is_file():
-        raise SessionFileError(f"{folder / MANIFEST}: turns[{index}].image {name!r} is missing")
+def open_turn_image(folder: Path, name: str, index: int, verify: bool = True) -> Image.Image:
+    """The image file of turns[index]: a regular file inside the session folder, whose
+    content matches the digest in its name (`save` names it so; a swapped or edited image
+    is refused). verify=False skips the digest: replay compares a recorded output frame
+    with the regenerated one and reports an edited frame as a difference."""
     from bagel.image import open_image
 
-    return open_image(path)
+    path = _image_path(folder, name, index)
+    image = open_image(path)
+    named = IMAGE_NAME.fullmatch(name)
+    if verify and named and hashlib.sha256(image.tobytes()).hexdigest()[:16] != named.group(2):
+        raise SessionFileError(
+            f"{folder / MANIFEST}: turns[{index}].image {name!r}: its pixels do not match "
+            "the digest in its name (the file was replaced or edited)"
+        )
+    return image
+
+
+def _image_path(folder: Path, name: str, index: int) -> Path:
+    """turns[index]'s image file, checked without opening it: inside the folder, a
+    regular file, no link."""
+    where = f"{folder / MANIFEST}: turns[{index}].image {name!r}"
+    path = folder / name
+    if Path(name).is_absolute() or not Path(os.path.normpath(path)).is_relative_to(folder):
+        raise SessionFileError(f"{where} escapes the session directory")
+    if not path.exists() and not path.is_symlink():
+        raise SessionFileError(f"{where} is missing")
+    try:
+        check_regular_file(path, folder)
+    except BagelError as err:
+        raise SessionFileError(f"{where}: {err}") from err
+    return path
 
 
 def _compare(index: int, image: Image.Image, saved: Image.Image) -> FrameDiff:

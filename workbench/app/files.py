@@ -79,7 +79,8 @@ def pack_folder(folder: Path) -> bytes:
 def unpack_session(name: str, data: bytes, dest: Path) -> Path:
     """Check a session archive and unpack it into the new folder `dest`.
 
-    The archive holds session.json (at its root or in one top folder) and images/. Refused:
+    The archive holds session.json (at its root or in one top folder), images/ and
+    perhaps the K/V snapshot kv.safetensors. Refused:
     archives over the size limits, members with absolute paths, `..`, backslashes or
     links, and archives without session.json. Other files are skipped.
     """
@@ -142,7 +143,9 @@ def _check_members(name: str, archive: zipfile.ZipFile) -> dict[str, zipfile.Zip
         if parts[: len(root.parts)] != root.parts:
             continue
         inside = parts[len(root.parts) :]
-        if inside == (store.MANIFEST,) or (len(inside) == 2 and inside[0] == "images"):
+        if inside in ((store.MANIFEST,), (store.SNAPSHOT,)) or (
+            len(inside) == 2 and inside[0] == "images"
+        ):
             picked["/".join(inside)] = info
     return picked
 
