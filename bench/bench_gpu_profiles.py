@@ -127,6 +127,7 @@ def matrix(config, names, device, side, steps, compiled_for) -> list[dict[str, o
     return rows
 
 
+@torch.no_grad()  # scoped: tests call main() in-process
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny config on CPU, 3 steps")
@@ -134,7 +135,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="timesteps (steps + 1)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    torch.set_grad_enabled(False)
     if args.smoke:
         rows = matrix(BagelConfig.tiny(), ["fp32", "int8", "nf4"], torch.device("cpu"), 32, 3, ())
     else:

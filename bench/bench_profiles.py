@@ -178,13 +178,13 @@ def full(name: str, side: int) -> None:
     )
 
 
+@torch.no_grad()  # scoped: tests call main() in-process
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", choices=("bf16", "int8", "nf4"), help="the 7B architecture")
     parser.add_argument("--side", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8, help="tiny: denoising steps")
     args = parser.parse_args()
-    torch.set_grad_enabled(False)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.full:
         full(args.full, args.side)
