@@ -19,7 +19,7 @@ from workbench.app.files import IMAGE_TYPES, MAX_IMAGE_MB, read_image
 from workbench.app.model import LoadedModel
 from workbench.app.world_truth import start_view, truth_scores
 from workbench.params import GenerationParams
-from workbench.world_eval import world_params
+from workbench.world_eval import PSNR_CAP, world_params
 
 MOVES = {  # action -> (button label, Material icon)
     "forward": ("Forward", "arrow_upward"),
@@ -201,7 +201,7 @@ def _timeline(branch: Branch, truth_seed: int | None = None) -> None:
     if scores:
         st.markdown(
             "**Against the truth** (the model's frame vs the renderer's; PSNR capped at "
-            "60 dB, as `workbench eval-world` computes it)"
+            f"{PSNR_CAP:g} dB, as `workbench eval-world` computes it)"
         )
         st.dataframe(
             [
