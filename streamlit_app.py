@@ -16,7 +16,7 @@ st.set_page_config(page_title="BAGEL Workbench", page_icon="🥯", layout="wide"
 opts = common.options()
 st.sidebar.title("BAGEL Workbench")
 page = st.sidebar.radio("Page", ["Story", "World", "Sessions"], key="page")
-model = common.sidebar_model(opts)
+model = common.sidebar_model(opts, page)
 if model is None:
     st.stop()
 params = common.sidebar_knobs(model.pipe.config.vae_max_side)

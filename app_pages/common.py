@@ -24,6 +24,7 @@ from workbench.app.model import (
     LoadedModel,
     app_options,
     load_model,
+    model_for_page,
 )
 from workbench.params import GenerationParams
 
@@ -53,7 +54,7 @@ def options() -> AppOptions:
 # -- sidebar --------------------------------------------------------------------------
 
 
-def sidebar_model(opts: AppOptions) -> LoadedModel | None:
+def sidebar_model(opts: AppOptions, page: str = "") -> LoadedModel | None:
     with st.sidebar.expander("Model", expanded=False):
         spec = st.text_input(
             "Checkpoint folder or hub id",
@@ -70,12 +71,14 @@ def sidebar_model(opts: AppOptions) -> LoadedModel | None:
             help="How the weights are held: int8 / nf4 quantise the decoder, offload streams "
             "layers from CPU memory (docs/profiles.md). default: fp32 on CPU, bf16 on CUDA.",
         )
+    chosen = model_for_page(spec, page)
     try:
-        model = cached_model(spec.strip(), device, profile)
+        model = cached_model(chosen, device, profile)
     except (BagelError, OSError) as err:
-        st.error(f"Cannot load the model {spec.strip() or '(tiny default)'}: {err}")
+        st.error(f"Cannot load the model {chosen or '(tiny default)'}: {err}")
         return None
     st.sidebar.caption(f"Model: `{model.name}` on {model.pipe.device.type}")
+    st.sidebar.caption(model.summary)
     if model.random_weights:
         st.warning(RANDOM_WEIGHTS_BANNER, icon=":material/warning:")
     if model.gate.busy and st.session_state.get("job") is None:
@@ -168,10 +171,14 @@ def sidebar_knobs(max_side: int) -> GenerationParams | None:
 
 
 def workspace(model: LoadedModel) -> Workspace:
-    """This browser session's branches (a new set when the model changes)."""
+    """This browser session's branches on the model. The last other model's set is kept
+    aside, so going between a page on the world model and one on the default keeps both."""
     ws = st.session_state.get("workspace")
     if ws is None or ws.pipe is not model.pipe:
-        ws = st.session_state["workspace"] = Workspace(model.pipe)
+        other = st.session_state.get("workspace_other")
+        st.session_state["workspace_other"] = ws
+        ws = other if other is not None and other.pipe is model.pipe else Workspace(model.pipe)
+        st.session_state["workspace"] = ws
     return ws
 
 

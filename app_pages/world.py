@@ -1,4 +1,8 @@
-"""World: start from an image or a prompt, move the camera, rotate, predict frames."""
+"""World: start from an image or a prompt, move the camera, rotate, predict frames.
+
+On a world model (workbench/world_model.py) a world can also start from a seeded view of
+the rendered world; its frames are then shown beside the renderer's true frames, with
+eval-world's PSNR / SSIM of each against its truth."""
 
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from workbench.app import actions
 from workbench.app.branches import Branch
 from workbench.app.files import IMAGE_TYPES, MAX_IMAGE_MB, read_image
 from workbench.app.model import LoadedModel
+from workbench.app.world_truth import start_view, truth_scores
 from workbench.params import GenerationParams
+from workbench.world_eval import PSNR_CAP, world_params
 
 MOVES = {  # action -> (button label, Material icon)
     "forward": ("Forward", "arrow_upward"),
@@ -31,6 +37,13 @@ COLUMNS = 4
 
 def page(model: LoadedModel, params: GenerationParams | None) -> None:
     st.header("World")
+    if model.world and params is not None:
+        # sampled as it was trained (and as eval-world samples): the knobs' seed only
+        params = world_params(seed=params.seed)
+        st.caption(
+            "The world model samples with its own settings: 64 × 64, "
+            f"{params.num_timesteps} steps, no guidance; the sidebar's seed applies."
+        )
     ws = common.workspace(model)
     branch = common.branch_picker(ws, "world")
     common.new_branch_button(ws, branch, "world")
@@ -38,7 +51,7 @@ def page(model: LoadedModel, params: GenerationParams | None) -> None:
         _start(model, branch, params)
         return
     _controls(model, branch, params)
-    _timeline(branch)
+    _timeline(branch, _truth_seed(model, branch))
     st.subheader("Downloads")
     common.downloads_row(model, branch, "world")
 
@@ -49,15 +62,42 @@ def _run(model: LoadedModel, title: str, work) -> None:
     common.start_job(model, title, work, lambda outcome: common.apply_outcome(ws, outcome, done))
 
 
+def _truth_seed(model: LoadedModel, branch: Branch) -> int | None:
+    """The seed of the rendered view the branch started from (world models only)."""
+    if not model.world:
+        return None
+    return st.session_state.setdefault("world_truth", {}).get(branch.name)
+
+
+def _set_truth_seed(branch: Branch, seed: int | None) -> None:
+    seeds = st.session_state.setdefault("world_truth", {})
+    if seed is None:
+        seeds.pop(branch.name, None)
+    else:
+        seeds[branch.name] = seed
+
+
 def _start(model: LoadedModel, branch: Branch, params: GenerationParams | None) -> None:
-    st.write("Start a world from a prompt or from an image of your own.")
-    from_prompt, from_image = st.tabs(["From a prompt", "From an image"])
+    if model.world:
+        st.write("Start a world from a view of the rendered world, a prompt or an image.")
+        tabs = st.tabs(["From the rendered world", "From a prompt", "From an image"])
+        with tabs[0]:
+            seed = int(st.number_input("World seed", 0, 2**31 - 1, 0, key="world_seed"))
+            st.image(start_view(seed), caption=f"the rendered view of seed {seed}", width=256)
+            if st.button("Start from this view", key="world_start_view", disabled=common.busy()):
+                _set_truth_seed(branch, seed)
+                _run(model, "start view", actions.start_from_image(branch, start_view(seed), seed))
+        from_prompt, from_image = tabs[1:]
+    else:
+        st.write("Start a world from a prompt or from an image of your own.")
+        from_prompt, from_image = st.tabs(["From a prompt", "From an image"])
     with from_prompt:
         prompt = st.text_input("Prompt", key="world_prompt", placeholder="a quiet street at dawn")
         if st.button("Start from prompt", key="world_start_prompt", disabled=common.busy()):
             if not prompt.strip():
                 st.error("Write a prompt first.")
             elif params is not None:
+                _set_truth_seed(branch, None)
                 _run(model, "first frame", actions.start_from_prompt(branch, prompt, params))
     with from_image:
         # any file: a rejected one gets its reason here, not a silent drop by the browser
@@ -74,6 +114,7 @@ def _start(model: LoadedModel, branch: Branch, params: GenerationParams | None) 
                 st.error(str(err))
                 return
             seed = params.seed if params is not None else 0
+            _set_truth_seed(branch, None)
             _run(model, "start image", actions.start_from_image(branch, image, seed))
 
 
@@ -131,6 +172,7 @@ def _controls(model: LoadedModel, branch: Branch, params: GenerationParams | Non
             disabled=common.busy(),
         ):
             fork = common.workspace(model).fork(branch)
+            _set_truth_seed(fork, _truth_seed(model, branch))
             common.save_branch(fork)
             common.notify("success", f"Forked {branch.name} as **{fork.name}**, now shown.")
             st.rerun()
@@ -140,15 +182,41 @@ def _controls(model: LoadedModel, branch: Branch, params: GenerationParams | Non
         )
 
 
-def _timeline(branch: Branch) -> None:
+def _timeline(branch: Branch, truth_seed: int | None = None) -> None:
     shots = branch.shots
     st.subheader(f"Timeline of {branch.name}")
     st.caption(common.count(len(shots), "frame"))
+    truth, scores = [None] * len(shots), []
+    if truth_seed is not None:
+        labels, images = [s.label for s in shots], [s.image for s in shots]
+        truth, scores = truth_scores(truth_seed, labels, images)
+        st.caption(f"Each frame above the renderer's true frame (world seed {truth_seed}).")
     for row in range(0, len(shots), COLUMNS):
         columns = st.columns(COLUMNS)
         for column, index in zip(columns, range(row, min(row + COLUMNS, len(shots))), strict=False):
             shot = shots[index]
             column.image(shot.image, caption=f"{index + 1}. {shot.label}", width="stretch")
+            if truth[index] is not None:
+                column.image(truth[index], caption=f"{index + 1}. true frame", width="stretch")
+    if scores:
+        st.markdown(
+            "**Against the truth** (the model's frame vs the renderer's; PSNR capped at "
+            f"{PSNR_CAP:g} dB, as `workbench eval-world` computes it)"
+        )
+        st.dataframe(
+            [
+                {
+                    "frame": s.index + 1,
+                    "label": s.label,
+                    "PSNR vs truth (dB)": round(s.psnr, 3),
+                    "SSIM vs truth": round(s.ssim, 4),
+                }
+                for s in scores
+            ],
+            hide_index=True,
+        )
+        if len(scores) < len(shots):
+            st.caption("No truth after a rotation: the rendered room has no turntable.")
     if branch.metrics:
         st.markdown("**Consistency** (to the previous frame; drift: similarity to the first)")
         st.dataframe(

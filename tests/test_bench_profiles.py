@@ -17,7 +17,8 @@ from bench.bench_profiles import materialise
 def test_gpu_profiles_smoke_runs_the_whole_matrix(tmp_path, monkeypatch, capsys):
     out = tmp_path / "rows.json"
     monkeypatch.setattr(sys, "argv", ["bench_gpu_profiles.py", "--smoke", "--json", str(out)])
-    bench_gpu_profiles.main()
+    with torch.no_grad():  # main() turns gradients off for the process: restored on exit
+        bench_gpu_profiles.main()
     rows = json.loads(out.read_text())
     combos = {(r["profile"], r["task"], r["cache"]) for r in rows}
     assert len(combos) == len(rows) == 3 * 2 * 2

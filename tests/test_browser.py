@@ -113,10 +113,11 @@ def browser(tmp_path):
 def test_world_forward_twice_undo_export_mp4(app_url, browser):
     from selenium.webdriver.common.by import By
 
-    page = _Page(browser)
+    page = _AppPage(browser)
     browser.get(app_url)
     try:
         page.click("//*[@data-testid='stSidebar']//label[normalize-space(.)='World']")
+        page.wait_for_text("its frames are noise")  # the sidebar says which model runs
         page.type_into("Denoising steps", "3")
         page.type_into("Prompt", "a quiet street at dawn")
         page.click(_button("Start from prompt"))

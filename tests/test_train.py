@@ -118,6 +118,9 @@ def test_train_world_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     assert (state["ae_step"], state["step"]) == (2, 1)
     pipe = load_checkpoint(out, device="cpu", dtype="float32")
     assert pipe.config.llm.hidden_size == 128
+    from workbench.world_model import is_world_model
+
+    assert is_world_model(out) and not is_world_model(tmp_path)  # the app's rule
     assert pipe.ae.config.scale_factor != 0.3611  # set from the data after the AE phase
     ids = pipe.tokenizer.encode("a red wall near ahead, a blue ball on the left.")
     assert pipe.tokenizer.decode(ids) == "a red wall near ahead, a blue ball on the left."

@@ -78,6 +78,11 @@ def _psnr(a: Image.Image, b: Image.Image) -> float:
     return min(psnr(a, b), PSNR_CAP)
 
 
+def frame_scores(pred: Image.Image, truth: Image.Image) -> tuple[float, float]:
+    """One frame against its true frame: (PSNR capped at PSNR_CAP, SSIM)."""
+    return _psnr(pred, truth), ssim(pred, truth)
+
+
 def _scores(pred: list[Image.Image], truth: list[Image.Image]) -> dict[str, list[float]]:
     return {
         "psnr": [_psnr(p, t) for p, t in zip(pred, truth, strict=True)],

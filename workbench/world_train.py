@@ -57,6 +57,7 @@ from workbench.world_data import (
     navigation_batch,
     turntable,
 )
+from workbench.world_model import write_marker
 
 TRAIN_DIR = "train"
 LOG = "log.jsonl"
@@ -336,6 +337,7 @@ class WorldTrainer:
         self.pipe.config.to_files(self.out)
         _save(self.ema, self.out / EMA_WEIGHTS)
         _save(self.ae.state_dict(), self.out / AE_WEIGHTS)
+        write_marker(self.out)
         _save(self.net.state_dict(), self.train_dir / "model.safetensors")
         tensors, groups = _optimizer_tensors(self.optimizer)
         _save(tensors, self.train_dir / "optimizer.safetensors")

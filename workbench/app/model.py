@@ -3,7 +3,8 @@
     streamlit run streamlit_app.py -- --model PATH_OR_HUB_ID --device cuda --sessions DIR
 
 Without --model (or $WORKBENCH_MODEL) the app serves the embedded tiny default, a
-checkpoint with random weights made on first use in .cache/tiny-bagel.
+checkpoint with random weights made on first use in .cache/tiny-bagel; the World page
+serves the world model (models/world-64) instead when it is present.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bagel.pipeline import BagelPipeline
 from bagel.profiles import PROFILES
 from workbench.app.jobs import Gate
 from workbench.cli import DEFAULT_TINY
+from workbench.world_model import default_world_model, is_world_model
 
 DEVICES = ("auto", "cpu", "cuda")
 PROFILE_CHOICES = ("default", *PROFILES)  # "default": fp32 on CPU, bf16 on CUDA
@@ -60,6 +62,28 @@ class LoadedModel:
     gate: Gate
     name: str  # what the sidebar shows
     random_weights: bool
+    world: bool = False  # a world model of the rendered world (workbench/world_model.py)
+
+    @property
+    def summary(self) -> str:
+        """Which model runs, in words, for the sidebar."""
+        if self.world:
+            return (
+                "A **world model** trained on the rendered world: 64 × 64 views, moves, "
+                "future frames; each frame is checked against the renderer's true frame."
+            )
+        if self.random_weights:
+            return "The tiny checkpoint with **random weights**: its frames are noise."
+        return "A checkpoint of your choice."
+
+
+def model_for_page(spec: str, page: str) -> str:
+    """The checkpoint a page runs: the one asked for; with none asked for, the world
+    model (when present) on the World page, else "" (the tiny default)."""
+    spec = spec.strip()
+    if not spec and page == "World" and (world := default_world_model()) is not None:
+        return str(world)
+    return spec
 
 
 def load_model(model: str, device: str = "auto", profile: str | None = None) -> LoadedModel:
@@ -73,4 +97,4 @@ def load_model(model: str, device: str = "auto", profile: str | None = None) -> 
         model = str(DEFAULT_TINY)
     pipe = load(model, device=device, profile=profile)
     random_weights = pipe.config == BagelConfig.tiny()
-    return LoadedModel(pipe, Gate(), model, random_weights)
+    return LoadedModel(pipe, Gate(), model, random_weights, is_world_model(model))

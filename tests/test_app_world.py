@@ -1,0 +1,134 @@
+"""The World page on a world model: which model runs, a start from the rendered world,
+and each frame's PSNR / SSIM against the renderer's true frame (AppTest, tiny weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from bagel.tiny import make_tiny
+from workbench import world_model
+from workbench.app.model import model_for_page
+from workbench.app.world_truth import start_view, start_world, true_frames
+from workbench.metrics import psnr, ssim
+from workbench.world_eval import PSNR_CAP
+
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+TIMEOUT = 180
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    """A tiny random checkpoint marked as a world model (the rule train-world follows)."""
+    folder = make_tiny(tmp_path_factory.mktemp("world") / "ckpt", seed=0)
+    world_model.write_marker(folder)
+    return folder
+
+
+def _run_app(model: Path, tmp_path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("WORKBENCH_MODEL", str(model))
+    monkeypatch.setenv("WORKBENCH_SESSIONS", str(tmp_path / "sessions"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    _ok(at)
+    return at
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def settle(at: AppTest) -> AppTest:
+    while "job" in at.session_state and (job := at.session_state["job"]) is not None:
+        assert job.wait(TIMEOUT), f"{job.title} still {job.state}"
+        at.run()
+    _ok(at)
+    return at
+
+
+def _truth_table(at: AppTest):
+    tables = [d.value for d in at.dataframe if "PSNR vs truth (dB)" in d.value.columns]
+    assert len(tables) == 1
+    return tables[0]
+
+
+def _captions(elements) -> str:
+    return " ".join(e.value for e in elements)
+
+
+def test_the_random_default_says_its_frames_are_noise(tiny_dir, tmp_path, monkeypatch):
+    at = _run_app(tiny_dir, tmp_path, monkeypatch)
+    assert "random weights**: its frames are noise" in _captions(at.sidebar.caption)
+    at.sidebar.radio(key="page").set_value("World").run()
+    _ok(at)
+    # not a world model: the page is as before (no rendered-world start, no truth)
+    assert "world_start_view" not in [b.key for b in at.button]
+    assert "world model" not in _captions(at.sidebar.caption).lower()
+
+
+def test_world_model_starts_from_the_rendered_world_and_scores_against_truth(
+    world_dir, tmp_path, monkeypatch
+):
+    at = _run_app(world_dir, tmp_path, monkeypatch)
+    assert "**world model**" in _captions(at.sidebar.caption)
+    at.sidebar.radio(key="page").set_value("World").run()
+    at.number_input(key="world_seed").set_value(5).run()
+    at.button(key="world_start_view").click()
+    settle(at.run())
+    at.button(key="move_turn_left").click()
+    settle(at.run())
+    at.button(key="move_forward").click()
+    settle(at.run())
+    branch = at.session_state["workspace"].branch("world")
+    assert [s.label for s in branch.shots] == ["start", "turn left", "forward"]
+    # the truth, rendered here independently of the page
+    world = start_world(5)
+    truth = [world.render()]
+    for action in ("turn_left", "forward"):
+        world = world.step(action)
+        truth.append(world.render())
+    truth_images = [Image.fromarray(t) for t in truth]
+    assert branch.shots[0].image.tobytes() == start_view(5).tobytes()
+    table = _truth_table(at)
+    assert list(table["frame"]) == [1, 2, 3]
+    for row, shot, true in zip(table.itertuples(), branch.shots, truth_images, strict=True):
+        expected_psnr = min(psnr(shot.image, true), PSNR_CAP)  # eval-world's figure
+        assert row[3] == pytest.approx(round(expected_psnr, 3))
+        assert row[4] == pytest.approx(round(ssim(shot.image, true), 4))
+    assert table.iloc[0, 2] == PSNR_CAP  # the start frame is the true view itself
+    assert table.iloc[1, 2] < 40  # random weights: a noise frame is far from the truth
+    # the true frames are shown beside the model's
+    captions = [c for image in at.get("image") for c in image.captions]
+    assert [c for c in captions if c.endswith("true frame")] == [
+        f"{k}. true frame" for k in (1, 2, 3)
+    ]
+    # undo drops the last frame and its truth
+    at.button(key="world_undo").click().run()
+    assert list(_truth_table(at)["frame"]) == [1, 2]
+
+
+def test_truth_replays_moves_and_ticks_and_stops_at_a_rotation():
+    labels = ["start", "strafe left", "autoregressive t+1", "rotate 30°", "forward"]
+    frames = true_frames(2, labels)
+    world = start_world(2)
+    expected = [world.render()]
+    world = world.step("strafe_left")
+    expected.append(world.render())
+    world = world.step(None)  # a predicted frame: one tick, the camera still
+    expected.append(world.render())
+    assert [f.tobytes() for f in frames[:3]] == [Image.fromarray(e).tobytes() for e in expected]
+    assert frames[3:] == [None, None]
+
+
+def test_the_world_page_defaults_to_the_world_model_when_present(tmp_path, monkeypatch):
+    monkeypatch.setattr(world_model, "WORLD_MODEL", tmp_path / "world-64")
+    assert model_for_page("", "World") == ""  # absent: the tiny default, as before
+    (tmp_path / "world-64").mkdir()
+    assert model_for_page("", "World") == ""  # a folder without the marker is not one
+    world_model.write_marker(tmp_path / "world-64")
+    assert model_for_page("", "World") == str(tmp_path / "world-64")
+    assert model_for_page("", "Story") == ""
+    assert model_for_page(" /my/ckpt ", "World") == "/my/ckpt"  # asked for: always that
