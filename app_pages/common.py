@@ -28,7 +28,10 @@ from workbench.app.model import (
 )
 from workbench.params import GenerationParams
 
-POLL_SECONDS = 0.25  # how often the job panel redraws while a job runs (cheap: no GC)
+POLL_SECONDS = 0.1  # how often the job panel redraws while a job runs (cheap: no GC)
+# A job that ends this soon is shown by the run that started it: no panel, no poll, and
+# one full rerun instead of two (the fixed cost per action that short work feels).
+QUICK_SECONDS = 1.0
 DOWNLOAD_LABELS = {
     "frames": "Frames (ZIP)",
     "gif": "GIF",
@@ -262,9 +265,15 @@ def busy() -> bool:
 
 def start_job(model: LoadedModel, title: str, work, on_done: Callable[[object], None]) -> None:
     """Run `work` in the background (after other users' jobs on this model); `on_done`
-    gets its result in a later run of this page."""
-    st.session_state["job"] = Job(title, work, model.gate).start()
+    gets its result in this run when the job ends within QUICK_SECONDS, else in the run
+    after the job panel sees it end."""
+    job = Job(title, work, model.gate).start()
+    st.session_state["job"] = job
     st.session_state["job_done"] = on_done
+    with st.spinner(f"{title[0].upper()}{title[1:]}…"):
+        quick = job.wait(QUICK_SECONDS)
+    if quick:
+        finish_job()
     st.rerun()
 
 

@@ -196,3 +196,13 @@ def autoencoder_loss(
     mse = F.mse_loss(recon, pixels)
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
     return mse + 0.5 * F.l1_loss(recon, pixels) + kl_weight * kl, mse
+
+
+def decoder_loss(ae: AutoEncoder, pixels: Tensor, generator: torch.Generator) -> Tensor:
+    """The autoencoder's reconstruction loss (MSE + L1) with its encoder frozen: the
+    decoder alone learns, so the latents (what a model trained on them sees) stay fixed."""
+    with torch.no_grad():
+        mean, logvar = ae.encode_moments(pixels)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
+    recon = ae.decoder(z)
+    return F.mse_loss(recon, pixels) + 0.5 * F.l1_loss(recon, pixels)

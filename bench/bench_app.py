@@ -4,7 +4,7 @@
 
 What is measured, on a tiny random checkpoint (float32, CPU):
 
-- replay: a saved 3-beat story (made here first) is replayed by `workbench.store.replay`
+- replay: a saved 3-beat story (made here first, one copy per rep) is replayed by `workbench.store.replay`
   in this process (what `workbench replay` runs, model load excluded) and by the app:
   `streamlit run streamlit_app.py` on a free 127.0.0.1 port, driven by headless
   Chromium (Sessions page, Replay), timed from the click to the report on the page.
@@ -51,7 +51,7 @@ from workbench.params import GenerationParams  # noqa: E402
 from workbench.session import Session  # noqa: E402
 
 BEATS = ["a fox finds a lantern", "the fox walks into the forest", "the lantern lights a cave"]
-WAIT_SECONDS = 1800
+WAIT_SECONDS = 300  # one action; a failed wait names what it waited for
 
 
 def main() -> None:
@@ -74,7 +74,8 @@ def main() -> None:
         sessions = tmp / "sessions"
         story = Session(pipe)
         chains.story(story, [chains.Beat(t) for t in BEATS], params)
-        store.save(story, sessions / "story")
+        for rep in range(args.reps):  # one copy per rep: its name marks the rep's result
+            store.save(story, sessions / _copy(rep))
         print(
             f"tiny checkpoint, {args.steps} steps, {args.size}x{args.size}, torch threads "
             f"{__import__('torch').get_num_threads()}"
@@ -82,19 +83,19 @@ def main() -> None:
 
         works = [w for w in ("replay", "open", "world") if w in args.only.split(",")]
         cli_work = {
-            "replay": lambda: _replay_in_process(sessions / "story", pipe),
-            "open": lambda: store.load(sessions / "story", pipe),
+            "replay": lambda: _replay_in_process(sessions / _copy(0), pipe),
+            "open": lambda: store.load(sessions / _copy(0), pipe),
             "world": lambda: _world_in_process(pipe, params, args.moves),
         }
         cli_s: dict[str, list[float]] = {w: [] for w in works}
         app_s: dict[str, list[float]] = {w: [] for w in works}
         with _App(model, sessions, tmp) as app:
-            app_work = {
-                "replay": app.replay,
-                "open": app.open,
-                "world": lambda: app.world(args.steps, args.size, args.moves),
-            }
             for rep in range(args.reps):  # interleaved, the order alternating
+                app_work = {
+                    "replay": lambda rep=rep: app.replay(_copy(rep)),
+                    "open": lambda rep=rep: app.open(_copy(rep)),
+                    "world": lambda: app.world(args.steps, args.size, args.moves),
+                }
                 for w in works:
                     if rep % 2 == 0:
                         cli_s[w].append(_seconds(cli_work[w]))
@@ -118,6 +119,10 @@ def main() -> None:
             f"{app_m / cli:>11.2f}"
         )
     print(f"idle server, one tab open: {100 * idle:.1f}% of one core over {args.idle:g} s")
+
+
+def _copy(rep: int) -> str:
+    return f"story-{rep + 1}"
 
 
 def _cell(median: float, values: list[float]) -> str:
@@ -204,28 +209,36 @@ class _App:
             self.process.kill()
         self.log.close()
 
-    def replay(self) -> float:
+    def replay(self, name: str) -> float:
         self._click(_sidebar("Sessions"))
-        time.sleep(1)
+        self._choose_saved(2, name)  # the Replay section's picker
         self._click(_button("Replay"))
         started = time.perf_counter()
-        self._wait_gone("Replay of story:")  # the last report goes when the job starts
-        self._wait_text("Replay of story:")
+        self._wait_text(f"Replay of {name}:")
         return time.perf_counter() - started
 
-    def open(self) -> float:
+    def open(self, name: str) -> float:
         self._click(_sidebar("Sessions"))
         self._click(_label("the saved sessions"))
         self._click(
             "//*[@data-testid='stRadio'][.//*[contains(text(), 'Open on the page')]]"
             "//label[normalize-space(.)='Story']"
         )
-        time.sleep(1)
+        self._choose_saved(1, name)  # the Open section's picker
         self._click(_button("Open"))
         started = time.perf_counter()
-        self._wait_gone("Opened story as")  # an earlier notice goes with the next run
-        self._wait_text("Opened story as")
+        self._wait_text(f"Opened {name} as")
         return time.perf_counter() - started
+
+    def _choose_saved(self, which: int, name: str) -> None:
+        """Pick `name` in the page's `which`-th saved-session picker (1: Open, 2: Replay)."""
+        picker = (
+            "(//*[@data-testid='stSelectbox']"
+            f"[.//label[contains(normalize-space(.), 'Saved session')]])[{which}]"
+        )
+        self._click(f"{picker}//input")
+        self._click(f"//*[@role='option'][normalize-space(.)='{name}']")
+        time.sleep(1)  # the rerun the choice triggers (a wrong pick: no result names it)
 
     def world(self, steps: int, size: int, moves: int) -> float:
         self._click(_sidebar("World"))
@@ -288,12 +301,6 @@ class _App:
 
         xpath = f"//*[contains(normalize-space(.), '{text}')]"
         self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no text {text!r}")
-
-    def _wait_gone(self, text: str) -> None:
-        from selenium.webdriver.common.by import By
-
-        xpath = f"//*[contains(normalize-space(.), '{text}')]"
-        self.wait.until(lambda d: not d.find_elements(By.XPATH, xpath), f"still {text!r}")
 
     def _wait_caption(self, text: str) -> None:
         from selenium.webdriver.common.by import By

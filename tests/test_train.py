@@ -5,7 +5,7 @@ from PIL import Image
 from bagel.checkpoint import load
 from bagel.embeddings import patchify_latent
 from bagel.image import to_tensor
-from bagel.train import SequenceBuilder, autoencoder_loss, noisy, reply_loss
+from bagel.train import SequenceBuilder, autoencoder_loss, decoder_loss, noisy, reply_loss
 from workbench.world import make_level, random_world
 
 TEXT = "Move the camera forward."
@@ -108,6 +108,29 @@ def test_an_autoencoder_step_lowers_its_loss(tiny_dir):
     assert float(loss) < first
 
 
+def test_a_decoder_step_trains_the_decoder_alone_so_the_latents_stay(tiny_dir):
+    pipe = load(tiny_dir, device="cpu", dtype="float32")
+    ae = pipe.ae
+    ae.decoder.requires_grad_(True)
+    pixels = torch.stack([to_tensor(frame(s)) for s in (1, 2)])
+    with torch.no_grad():
+        latents = ae.encode_moments(pixels)[0]
+    encoder = {k: v.clone() for k, v in ae.encoder.state_dict().items()}
+    opt = torch.optim.Adam(ae.decoder.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(4):
+        opt.zero_grad()
+        loss = decoder_loss(ae, pixels, torch.Generator().manual_seed(0))
+        losses.append(float(loss))
+        loss.backward()
+        opt.step()
+    assert float(decoder_loss(ae, pixels, torch.Generator().manual_seed(0))) < losses[0]
+    assert all(p.grad is None for p in ae.encoder.parameters())
+    assert all(torch.equal(v, encoder[k]) for k, v in ae.encoder.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(ae.encode_moments(pixels)[0], latents)
+
+
 def test_train_world_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     from bagel.checkpoint import load as load_checkpoint
     from workbench.world_train import TrainOptions, train_world
@@ -129,3 +152,6 @@ def test_train_world_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     assert (state["ae_step"], state["step"]) == (2, 2)
     log = (out / "train" / "log.jsonl").read_text().splitlines()
     assert len(log) == 4 and '"nav"' in log[-1]
+    # phase 2 trains the autoencoder's decoder every other step, resumably
+    assert '"ae_decoder"' in log[-2] and '"ae_decoder"' not in log[-1]
+    assert (out / "train" / "ae_decoder_optimizer.safetensors").exists()

@@ -690,6 +690,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=4e-4, help="decoder learning rate")
+    p.add_argument(
+        "--ae-decoder-every",
+        type=int,
+        default=2,
+        help="after the AE phase, train the AE's decoder alone every N steps (0: never)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/train/")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -5,10 +5,13 @@ Two phases, in one seeded, resumable run:
 1. the autoencoder (the FLUX layout, sized down through ae_config.json) on rendered
    frames; at its end the latent shift and scale are set from the data (mean and
    1 / std of the posterior means), as the release's factors are;
-2. the decoder, with the autoencoder frozen: flow matching of the generation expert on
+2. the decoder, with the autoencoder's encoder frozen: flow matching of the generation expert on
    navigation / turntable next frames and on windows of future frames (each frame its
    own noise level: diffusion forcing), plus caption cross-entropy on the understanding
    expert — each sample laid out as its chain lays out a session (bagel/train.py).
+   Every `ae_decoder_every`-th step also trains the autoencoder's decoder alone (the
+   encoder frozen, so the latents the model learns stay what they were): the pixels
+   of every frame improve without retraining the model.
 
 OUT is a checkpoint folder in the official layout at every save (llm_config.json,
 vit_config.json, ae_config.json, bagel_config.json, the tokenizer files, ema.safetensors
@@ -42,6 +45,7 @@ from bagel.tiny import make_tiny
 from bagel.train import (
     SequenceBuilder,
     autoencoder_loss,
+    decoder_loss,
     flow_loss,
     noisy,
     reply_loss,
@@ -61,6 +65,7 @@ from workbench.world_model import write_marker
 
 TRAIN_DIR = "train"
 LOG = "log.jsonl"
+DECODER_OPTIMIZER = "ae_decoder_optimizer.safetensors"
 
 
 def world_config() -> BagelConfig:
@@ -95,6 +100,7 @@ class TrainOptions:
     batch: int = 8
     lr: float = 4e-4
     ae_lr: float = 1e-3
+    ae_decoder_every: int = 2  # in phase 2, an autoencoder-decoder step every N steps (0: off)
     ema: float = 0.998
     timestep_shift: float = 2.0  # of the training t distribution (more high-noise t)
     seed: int = 0
@@ -102,7 +108,7 @@ class TrainOptions:
     max_minutes: float | None = None  # stop (and save) after this long
 
     def __post_init__(self) -> None:
-        for name in ("steps", "ae_steps", "batch"):
+        for name in ("steps", "ae_steps", "batch", "ae_decoder_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"{name} must be a non-negative integer, got {value!r}")
@@ -138,6 +144,7 @@ class WorldTrainer:
         for name, p in self.net.named_parameters():
             p.requires_grad_(not name.endswith("pos_embed"))  # the sin-cos tables stay fixed
         self.optimizer = self._optimizer()
+        self.decoder_optimizer = self._decoder_optimizer()
 
     @property
     def in_ae_phase(self) -> bool:
@@ -161,6 +168,19 @@ class WorldTrainer:
             _load_optimizer(optimizer, load_file(saved), self.state["optimizer_groups"])
             for group in optimizer.param_groups:  # this run's learning rate wins
                 group["lr"] = lr
+        return optimizer
+
+    def _decoder_optimizer(self) -> torch.optim.Optimizer | None:
+        """Phase 2's optimizer of the autoencoder's decoder (None in phase 1 or when off)."""
+        if self.in_ae_phase or not self.options.ae_decoder_every:
+            return None
+        params = list(self.ae.decoder.parameters())
+        optimizer = torch.optim.AdamW(params, lr=self.options.ae_lr, weight_decay=0.0)
+        saved = self.train_dir / DECODER_OPTIMIZER
+        if saved.exists() and "decoder_optimizer_groups" in self.state:
+            _load_optimizer(optimizer, load_file(saved), self.state["decoder_optimizer_groups"])
+            for group in optimizer.param_groups:
+                group["lr"] = self.options.ae_lr
         return optimizer
 
     @property
@@ -202,6 +222,7 @@ class WorldTrainer:
         ):
             self._set_latent_scale()
             self.optimizer = self._optimizer()
+            self.decoder_optimizer = self._decoder_optimizer()
             self.save()
 
     def _rng(self) -> tuple[np.random.Generator, torch.Generator]:
@@ -214,12 +235,7 @@ class WorldTrainer:
 
     def ae_step(self) -> dict[str, float]:
         rng, gen = self._rng()
-        b = self.options.batch
-        episodes = [navigation(rng, []) for _ in range(b - b // 4 - b // 4)]
-        episodes += [turntable(rng, 45, 0) for _ in range(b // 4)]
-        episodes += [future(rng, 1) for _ in range(b // 4)]
-        pixels = torch.stack([to_tensor(Image.fromarray(f)) for e in episodes for f in e.frames])
-        loss, mse = autoencoder_loss(self.ae, pixels, gen)
+        loss, mse = autoencoder_loss(self.ae, _views(rng, self.options.batch), gen)
         self._apply(loss, self.ae.parameters())
         self.state["ae_step"] += 1
         return {
@@ -240,15 +256,30 @@ class WorldTrainer:
         loss = nav + fut + 0.2 * cap + 0.2 * agent
         self._apply(loss, [p for p in self.net.parameters() if p.requires_grad])
         self._update_ema()
+        parts = {"nav": nav, "future": fut, "caption": cap, "agent": agent}
+        every = self.options.ae_decoder_every
+        if every and self.state["step"] % every == 0:
+            parts["ae_decoder"] = self.decoder_step()
         self.state["step"] += 1
-        parts = (("nav", nav), ("future", fut), ("caption", cap), ("agent", agent))
-        return {k: float(v.detach()) for k, v in parts}
+        return {k: float(v.detach()) for k, v in parts.items()}
 
-    def _apply(self, loss: Tensor, params) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+    def decoder_step(self) -> Tensor:
+        """One step of the autoencoder's decoder alone, on 2 × batch views (its own draw)."""
+        key = [self.state["seed"], self.state["ae_step"], self.state["step"], 1]
+        rng = np.random.default_rng(key)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        self.ae.decoder.train().requires_grad_(True)
+        loss = decoder_loss(self.ae, _views(rng, 2 * self.options.batch), gen)
+        self._apply(loss, self.ae.decoder.parameters(), self.decoder_optimizer)
+        self.ae.decoder.eval().requires_grad_(False)
+        return loss
+
+    def _apply(self, loss: Tensor, params, optimizer: torch.optim.Optimizer | None = None) -> None:
+        optimizer = optimizer or self.optimizer
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(params), 1.0)
-        self.optimizer.step()
+        optimizer.step()
 
     # -- the losses ---------------------------------------------------------------------
 
@@ -342,6 +373,10 @@ class WorldTrainer:
         tensors, groups = _optimizer_tensors(self.optimizer)
         _save(tensors, self.train_dir / "optimizer.safetensors")
         self.state.update(optimizer_phase=self._phase, optimizer_groups=groups)
+        if self.decoder_optimizer is not None:
+            tensors, groups = _optimizer_tensors(self.decoder_optimizer)
+            _save(tensors, self.train_dir / DECODER_OPTIMIZER)
+            self.state["decoder_optimizer_groups"] = groups
         self.state["options"] = dataclasses.asdict(self.options)
         text = json.dumps(self.state, indent=2) + "\n"
         write_atomic(self.train_dir / "state.json", lambda tmp: tmp.write_text(text))
@@ -355,6 +390,15 @@ class WorldTrainer:
         }
         with open(self.train_dir / LOG, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def _views(rng: np.random.Generator, n: int) -> Tensor:
+    """n single rendered views, pixels [n, 3, 64, 64]: half navigation, a quarter each
+    turntable and future-frame scenes."""
+    episodes = [navigation(rng, []) for _ in range(n - n // 4 - n // 4)]
+    episodes += [turntable(rng, 45, 0) for _ in range(n // 4)]
+    episodes += [future(rng, 1) for _ in range(n // 4)]
+    return torch.stack([to_tensor(Image.fromarray(f)) for e in episodes for f in e.frames])
 
 
 def _narrow_posterior(ae) -> None:
@@ -404,6 +448,7 @@ def command(args) -> int:
         batch=args.batch,
         seed=args.seed,
         lr=args.lr,
+        ae_decoder_every=args.ae_decoder_every,
         max_minutes=args.minutes,
     )
     state = train_world(args.out, options, resume=args.resume)
