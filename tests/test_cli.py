@@ -268,3 +268,18 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr == f"error: {tmp_path / 'nope.yaml'}: file not found\n"
+
+
+def test_compile_reaches_the_loader_and_is_refused_with_ray(
+    tmp_path, monkeypatch, pipe, tiny_dir, capsys
+):
+    seen = []
+    monkeypatch.setattr(bagel.checkpoint, "load", lambda path, **kw: seen.append(kw) or pipe)
+    monkeypatch.setattr(cli, "DEFAULT_TINY", tiny_dir)
+    paths = scenarios(tmp_path, walk=WALK)
+    assert main(["run", *paths, "--out", str(tmp_path / "runs"), "--compile"]) == 0
+    assert [kw["compile"] for kw in seen] == [True]
+    assert main(["run", *paths, "--out", str(tmp_path / "ray"), "--compile", "--ray"]) == 2
+    assert "--compile is not supported with --ray" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path / "runs" / "walk" / "session"), "--compile"]) == 0
+    assert [kw["compile"] for kw in seen] == [True, True]

@@ -563,12 +563,13 @@ def test_serve_loads_the_model_in_the_chosen_profile(monkeypatch, pipe, tmp_path
 
     loaded = []
 
-    def load(model, device, dtype, profile=None):
-        loaded.append((model, device, dtype, profile))
+    def load(model, device, dtype, profile=None, compile=False):
+        loaded.append((model, device, dtype, profile, compile))
         return pipe
 
     monkeypatch.setattr(cli, "_load", load)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
     argv = ["serve", "--model", "M", "--profile", "int8", "--sessions", str(tmp_path / "s")]
     assert cli.main(argv) == 0
-    assert loaded == [("M", "cpu", None, "int8")]
+    assert cli.main([*argv, "--compile"]) == 0
+    assert loaded == [("M", "cpu", None, "int8", False), ("M", "cpu", None, "int8", True)]

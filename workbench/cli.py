@@ -108,8 +108,10 @@ def _run_batch(scenarios: list[Scenario], out: Path, args: argparse.Namespace) -
     if getattr(args, "ray", None) is not None:
         if profile is not None:
             raise InputError("--profile (or a scenario's profile:) is not supported with --ray yet")
+        if args.compile:
+            raise InputError("--compile is not supported with --ray yet")
         return _run_on_ray(targets, model, device, dtype, args)
-    pipe = _load(model, device, dtype, profile)
+    pipe = _load(model, device, dtype, profile, args.compile)
     for scenario in scenarios:
         check_for_model(scenario, pipe)
     rows: list[_Row] = []
@@ -302,8 +304,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.report is not None and (len(folders) > 1 or args.ray is not None):
         raise InputError("--report names one file: give it with one SESSION_DIR, without --ray")
     if args.ray is not None:
-        if args.profile is not None:
-            raise InputError("--profile is not supported with --ray yet")
+        if args.profile is not None or args.compile:
+            raise InputError("--profile and --compile are not supported with --ray yet")
         return _replay_on_ray(folders, args)
     paths = [
         replay_report_path(folder, args.report) for folder in folders
@@ -386,7 +388,7 @@ def _load_for_session(folder: Path, args: argparse.Namespace) -> BagelPipeline:
     device = args.device or manifest.get("device") or "cpu"
     profile = args.profile or _quantised_kind(manifest.get("profile"))
     dtype = args.dtype or (None if args.profile else manifest.get("dtype"))
-    return _load(args.model, device, dtype, profile)
+    return _load(args.model, device, dtype, profile, args.compile)
 
 
 def _quantised_kind(saved: str | None) -> str | None:
@@ -428,16 +430,21 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 
 def _load(
-    model: str | Path | None, device: str, dtype: str | None, profile: str | None = None
+    model: str | Path | None,
+    device: str,
+    dtype: str | None,
+    profile: str | None = None,
+    compile: bool = False,
 ) -> BagelPipeline:
     """Load `model`; None is the tiny random checkpoint in DEFAULT_TINY (made if missing)."""
     from bagel.checkpoint import load
 
     if model is None:
         model = _tiny()
-    print(f"loading {model} on {device}" + (f" ({profile})" if profile else ""), flush=True)
+    how = ", ".join(x for x in (profile, "compiled" if compile else None) if x)
+    print(f"loading {model} on {device}" + (f" ({how})" if how else ""), flush=True)
     started = time.perf_counter()
-    pipe = load(model, device=device, dtype=dtype, profile=profile)
+    pipe = load(model, device=device, dtype=dtype, profile=profile, compile=compile)
     print(f"loaded in {time.perf_counter() - started:.1f} s", flush=True)
     return pipe
 
@@ -586,6 +593,11 @@ def _model_options(p: argparse.ArgumentParser, model_help: str) -> None:
         default=None,
         help=f"memory profile: {', '.join(PROFILES)} (docs/profiles.md); "
         "default fp32 on CPU, bf16 on CUDA",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the decoder layers (same outputs; pays off on CUDA)",
     )
 
 

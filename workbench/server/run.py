@@ -26,7 +26,7 @@ def serve(args: argparse.Namespace, load) -> int:
 
     from workbench.server.app import create_app
 
-    pipe = load(args.model, args.device or "cpu", args.dtype, args.profile)
+    pipe = load(args.model, args.device or "cpu", args.dtype, args.profile, args.compile)
     app = create_app(pipe, args.sessions, token=token)
     restored = len(app.state.service.registry.all())
     print(f"{restored} session(s) restored from {args.sessions}", flush=True)
