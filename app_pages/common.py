@@ -233,10 +233,13 @@ def restore_offer(model: LoadedModel) -> None:
             left.markdown(f"Autosaved from {when}: {names}")
             if right.button("Restore", key=f"restore_{k}", type="primary"):
 
-                def on_done(outcomes) -> None:
+                def on_done(outcomes, branches=branches) -> None:
                     st.session_state["unclaimed"] = False  # restored: saving here is ours
+                    seeds = {b.name: b.truth_seed for b in branches}
                     for outcome in outcomes:
-                        save_branch(actions.apply(ws, outcome))
+                        restored = actions.apply(ws, outcome)
+                        restored.truth_seed = seeds.get(outcome.branch)
+                        save_branch(restored)
                     notify("success", f"Restored {count(len(outcomes), 'branch')}.")
 
                 title = f"restoring {count(len(branches), 'branch')}"

@@ -64,17 +64,7 @@ def _run(model: LoadedModel, title: str, work) -> None:
 
 def _truth_seed(model: LoadedModel, branch: Branch) -> int | None:
     """The seed of the rendered view the branch started from (world models only)."""
-    if not model.world:
-        return None
-    return st.session_state.setdefault("world_truth", {}).get(branch.name)
-
-
-def _set_truth_seed(branch: Branch, seed: int | None) -> None:
-    seeds = st.session_state.setdefault("world_truth", {})
-    if seed is None:
-        seeds.pop(branch.name, None)
-    else:
-        seeds[branch.name] = seed
+    return branch.truth_seed if model.world else None
 
 
 def _start(model: LoadedModel, branch: Branch, params: GenerationParams | None) -> None:
@@ -85,7 +75,7 @@ def _start(model: LoadedModel, branch: Branch, params: GenerationParams | None) 
             seed = int(st.number_input("World seed", 0, 2**31 - 1, 0, key="world_seed"))
             st.image(start_view(seed), caption=f"the rendered view of seed {seed}", width=256)
             if st.button("Start from this view", key="world_start_view", disabled=common.busy()):
-                _set_truth_seed(branch, seed)
+                branch.truth_seed = seed
                 _run(model, "start view", actions.start_from_image(branch, start_view(seed), seed))
         from_prompt, from_image = tabs[1:]
     else:
@@ -97,7 +87,7 @@ def _start(model: LoadedModel, branch: Branch, params: GenerationParams | None) 
             if not prompt.strip():
                 st.error("Write a prompt first.")
             elif params is not None:
-                _set_truth_seed(branch, None)
+                branch.truth_seed = None
                 _run(model, "first frame", actions.start_from_prompt(branch, prompt, params))
     with from_image:
         # any file: a rejected one gets its reason here, not a silent drop by the browser
@@ -114,7 +104,7 @@ def _start(model: LoadedModel, branch: Branch, params: GenerationParams | None) 
                 st.error(str(err))
                 return
             seed = params.seed if params is not None else 0
-            _set_truth_seed(branch, None)
+            branch.truth_seed = None
             _run(model, "start image", actions.start_from_image(branch, image, seed))
 
 
@@ -172,7 +162,6 @@ def _controls(model: LoadedModel, branch: Branch, params: GenerationParams | Non
             disabled=common.busy(),
         ):
             fork = common.workspace(model).fork(branch)
-            _set_truth_seed(fork, _truth_seed(model, branch))
             common.save_branch(fork)
             common.notify("success", f"Forked {branch.name} as **{fork.name}**, now shown.")
             st.rerun()

@@ -108,6 +108,19 @@ def test_world_model_starts_from_the_rendered_world_and_scores_against_truth(
     # undo drops the last frame and its truth
     at.button(key="world_undo").click().run()
     assert list(_truth_table(at)["frame"]) == [1, 2]
+    # a fork keeps the truth; so does a reload that restores the autosaved branches
+    at.button(key="world_fork").click().run()
+    assert list(_truth_table(at)["frame"]) == [1, 2]
+    expected = _truth_table(at)
+    reloaded = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    reloaded.query_params["ws"] = at.session_state["workspace_id"]
+    reloaded.run()
+    reloaded.sidebar.radio(key="page").set_value("World").run()
+    reloaded.button(key="restore_0").click()
+    settle(reloaded.run())
+    for name in ("world-1", "world-2"):
+        assert reloaded.session_state["workspace"].branches[name].truth_seed == 5
+    assert _truth_table(reloaded).equals(expected)
 
 
 def test_truth_replays_moves_and_ticks_and_stops_at_a_rotation():

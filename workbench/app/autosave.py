@@ -1,7 +1,8 @@
 """Every branch of a browser session, saved after each change, and restoring them.
 
     SESSIONS/autosave/<workspace id>/<branch name>/   a saved session (workbench.store)
-                                      .../branch.json  its page and frame labels
+                                      .../branch.json  its page, frame labels and, on a
+                                                       world model, its world seed
 
 A branch is saved in place after every finished turn, undo and fork: store.save writes
 the new images, then the manifest atomically, so whatever moment the server dies, the
@@ -56,6 +57,7 @@ class SavedBranch:
     labels: dict[int, str]  # frame label by turn
     frames: int
     mtime: float
+    truth_seed: int | None = None
 
 
 def save_branch(root: Path, workspace: str, branch: Branch) -> Path | None:
@@ -72,6 +74,8 @@ def save_branch(root: Path, workspace: str, branch: Branch) -> Path | None:
         "frames": len(shots),
         "labels": {str(shot.turn): shot.label for shot in shots},
     }
+    if branch.truth_seed is not None:
+        meta["truth_seed"] = branch.truth_seed
     text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
     write_atomic(folder / META, lambda t: t.write_text(text, encoding="utf-8"))
     return folder
@@ -90,11 +94,14 @@ def saved_branches(root: Path, workspace: str) -> list[SavedBranch]:
             meta = json.loads((folder / META).read_text(encoding="utf-8"))
             page, labels = meta["page"], {int(k): str(v) for k, v in meta["labels"].items()}
             frames = int(meta["frames"])
+            seed = meta.get("truth_seed")
+            if seed is not None and (type(seed) is not int or not 0 <= seed < 2**31):
+                seed = None  # not one this app wrote: no truth rather than a wrong one
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
         if page in PAGES:
             mtime = (folder / store.MANIFEST).stat().st_mtime
-            found.append(SavedBranch(folder.name, page, folder, labels, frames, mtime))
+            found.append(SavedBranch(folder.name, page, folder, labels, frames, mtime, seed))
     return sorted(found, key=lambda b: b.mtime)
 
 

@@ -112,6 +112,7 @@ class Branch:
     steps: list[Step] = field(default_factory=list)
     metrics: list[FrameMetrics] = field(default_factory=list)  # per shot, when computed
     revision: int = 0  # bumped on every change (downloads are keyed by it)
+    truth_seed: int | None = None  # world models: the rendered view its first frame is
 
     @property
     def shots(self) -> list[Shot]:
@@ -183,4 +184,6 @@ class Workspace:
 
     def fork(self, branch: Branch) -> Branch:
         """A new branch sharing `branch`'s past (no KV copied)."""
-        return self.add(branch.page, branch.session.fork(), branch.steps, branch.metrics)
+        fork = self.add(branch.page, branch.session.fork(), branch.steps, branch.metrics)
+        fork.truth_seed = branch.truth_seed
+        return fork
