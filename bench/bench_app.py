@@ -211,7 +211,7 @@ class _App:
 
     def replay(self, name: str) -> float:
         self._click(_sidebar("Sessions"))
-        self._choose_saved(2, name)  # the Replay section's picker
+        self._choose_saved("Replay", name)
         self._click(_button("Replay"))
         started = time.perf_counter()
         self._wait_text(f"Replay of {name}:")
@@ -224,17 +224,17 @@ class _App:
             "//*[@data-testid='stRadio'][.//*[contains(text(), 'Open on the page')]]"
             "//label[normalize-space(.)='Story']"
         )
-        self._choose_saved(1, name)  # the Open section's picker
+        self._choose_saved("Open", name)
         self._click(_button("Open"))
         started = time.perf_counter()
         self._wait_text(f"Opened {name} as")
         return time.perf_counter() - started
 
-    def _choose_saved(self, which: int, name: str) -> None:
-        """Pick `name` in the page's `which`-th saved-session picker (1: Open, 2: Replay)."""
+    def _choose_saved(self, section: str, name: str) -> None:
+        """Pick `name` in the saved-session picker of the Sessions page's `section`."""
         picker = (
-            "(//*[@data-testid='stSelectbox']"
-            f"[.//label[contains(normalize-space(.), 'Saved session')]])[{which}]"
+            "(//*[@data-testid='stVerticalBlock']"
+            f"[.//h3[normalize-space(.)='{section}']])[last()]//*[@data-testid='stSelectbox']"
         )
         self._click(f"{picker}//input")
         self._click(f"//*[@role='option'][normalize-space(.)='{name}']")
