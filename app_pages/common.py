@@ -28,7 +28,7 @@ from workbench.app.model import (
 )
 from workbench.params import GenerationParams
 
-POLL_SECONDS = 0.1  # how often the job panel redraws while a job runs (cheap: no GC)
+POLL_SECONDS = 0.25  # how often the job panel redraws while a job runs (cheap: no GC)
 # A job that ends this soon is shown by the run that started it: no panel, no poll, and
 # one full rerun instead of two (the fixed cost per action that short work feels).
 QUICK_SECONDS = 1.0
