@@ -125,6 +125,7 @@ class WorldTrainer:
         state_file = self.train_dir / "state.json"
         if resume and state_file.exists():
             self.state = json.loads(state_file.read_text())
+            _trim_log(self.train_dir / LOG, self.state)
         else:
             if (self.out / EMA_WEIGHTS).exists() and not resume:
                 raise InputError(f"{self.out} already holds a checkpoint; use --resume")
@@ -390,6 +391,20 @@ class WorldTrainer:
         }
         with open(self.train_dir / LOG, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def _trim_log(log: Path, state: dict) -> None:
+    """Drop the records of steps after the saved state (a resumed run does them again)."""
+    if not log.exists():
+        return
+    lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        record = json.loads(line)
+        if record["ae_step"] <= state["ae_step"] and record["step"] <= state["step"]:
+            kept.append(line)
+    if len(kept) < len(lines):
+        write_atomic(log, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
 
 
 def _views(rng: np.random.Generator, n: int) -> Tensor:
