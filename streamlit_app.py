@@ -22,9 +22,10 @@ if model is None:
 params = common.sidebar_knobs(model.pipe.config.vae_max_side)
 common.finish_job()
 common.show_notice()
-common.job_panel()
+job_line = common.job_panel()
 common.restore_offer(model)
 if page == "Sessions":
     sessions.page(model, opts)
 else:
     PAGES[page](model, params)
+common.follow_job(job_line)

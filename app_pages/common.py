@@ -3,12 +3,15 @@ branch pickers and the downloads row. Logic lives in workbench.app."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
+import torch
 
 from bagel.errors import BagelError
 from bagel.taylorseer import FEATURE_CACHES
@@ -28,7 +31,11 @@ from workbench.app.model import (
 )
 from workbench.params import GenerationParams
 
-POLL_SECONDS = 0.25  # how often the job panel redraws while a job runs (cheap: no GC)
+# While a job runs, the run that drew the page stays alive and redraws the job's line
+# every TICK_SECONDS (no rerun per tick: a rerun redraws the whole page, and on a small
+# machine the browser's redrawing took the CPU the job needed).
+TICK_SECONDS = 0.25
+FOLLOW_SECONDS = math.inf  # how long one run follows a job (tests: 0, one drawing)
 # A job that ends this soon is shown by the run that started it: no panel, no poll, and
 # one full rerun instead of two (the fixed cost per action that short work feels).
 QUICK_SECONDS = 1.0
@@ -45,6 +52,7 @@ DOWNLOAD_LABELS = {
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
 def cached_model(model: str, device: str, profile: str = "default") -> LoadedModel:
     """One pipeline (and one generation gate) per model, shared by every browser session."""
+    torch.set_num_threads(options().threads)  # every thread started later takes this count
     return load_model(model, device, None if profile == "default" else profile)
 
 
@@ -295,27 +303,14 @@ def finish_job() -> None:
         notify("error", f"{job.title} failed: {job.error}")
 
 
-def job_panel() -> None:
-    if st.session_state.get("job") is not None:
-        _job_fragment()
-
-
-@st.fragment(run_every=POLL_SECONDS)
-def _job_fragment() -> None:
+def job_panel() -> st.delta_generator.DeltaGenerator | None:
+    """The running job's panel: its line (queue position or progress bar) and Cancel.
+    Returns the line's placeholder, which `follow_job` keeps current."""
     job: Job | None = st.session_state.get("job")
     if job is None:
-        return
-    if job.finished:
-        st.rerun(scope="app")
-    if job.state == "queued":
-        ahead = job.position or 0
-        st.info(
-            f"Waiting in line: another user is generating on this model "
-            f"({ahead} ahead of you). **{job.title}** starts when they are done.",
-            icon=":material/hourglass_top:",
-        )
-    else:
-        st.progress(*_progress_line(job))
+        return None
+    line = st.empty()
+    _draw_line(line, job)
     st.button(
         "Cancel",
         key="cancel_job",
@@ -323,6 +318,34 @@ def _job_fragment() -> None:
         disabled=job.cancel_requested,
         help="Stops after the current denoising step, token or turn; everything stays as it was.",
     )
+    return line
+
+
+def follow_job(line: st.delta_generator.DeltaGenerator | None) -> None:
+    """At the end of a run: redraw the job's line every TICK_SECONDS until the job ends,
+    then rerun to show its result. Only the line changes meanwhile; a click (Cancel
+    included) interrupts the wait with its own run, which follows the job again."""
+    job: Job | None = st.session_state.get("job")
+    if job is None or line is None:
+        return
+    deadline = time.monotonic() + FOLLOW_SECONDS
+    while not job.wait(TICK_SECONDS):
+        _draw_line(line, job)
+        if time.monotonic() >= deadline:
+            return
+    st.rerun()
+
+
+def _draw_line(line: st.delta_generator.DeltaGenerator, job: Job) -> None:
+    if job.state == "queued":
+        ahead = job.position or 0
+        line.info(
+            f"Waiting in line: another user is generating on this model "
+            f"({ahead} ahead of you). **{job.title}** starts when they are done.",
+            icon=":material/hourglass_top:",
+        )
+    else:
+        line.progress(*_progress_line(job))
 
 
 def _progress_line(job: Job) -> tuple[float, str]:

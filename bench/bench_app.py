@@ -161,6 +161,7 @@ class _App:
     def __enter__(self) -> _App:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
+        from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
         with socket.socket() as s:
@@ -198,6 +199,11 @@ class _App:
         )
         self.wait = WebDriverWait(self.driver, WAIT_SECONDS, poll_frequency=0.1)
         self.driver.get(self.url)
+        # the first run loads the model: wait for it, so that no rep overlaps the load
+        self.wait.until(
+            lambda d: d.find_elements(By.XPATH, "//input[@aria-label='Denoising steps']"),
+            "the app's first page",
+        )
         return self
 
     def __exit__(self, *exc) -> None:

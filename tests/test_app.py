@@ -1,7 +1,7 @@
 """The Streamlit app's flows with AppTest, on the tiny checkpoint (2 denoising steps).
 
 A button that runs the model starts a background job; `settle` waits for it and reruns
-the script, as the page's poll does in a browser.
+the script, as the page's run following the job does in a browser.
 """
 
 from __future__ import annotations
@@ -27,12 +27,19 @@ def app(tiny_dir, tmp_path, monkeypatch):
     yield from fast_app(tiny_dir, tmp_path, monkeypatch)
 
 
+def app_test(monkeypatch) -> AppTest:
+    """The app under AppTest. A browser's run follows a running job to its end; here a
+    run draws the job's line once and returns, and `settle` reruns until the job ends."""
+    monkeypatch.setattr("app_pages.common.FOLLOW_SECONDS", 0.0)
+    return AppTest.from_file(APP, default_timeout=TIMEOUT)
+
+
 def fast_app(tiny_dir, tmp_path, monkeypatch):
     """The app on the tiny checkpoint with fast knobs (2 steps, 64x64); a generator for
     fixtures (the job still running at the end is cancelled)."""
     monkeypatch.setenv("WORKBENCH_MODEL", str(tiny_dir))
     monkeypatch.setenv("WORKBENCH_SESSIONS", str(tmp_path / "sessions"))
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at = app_test(monkeypatch)
     at.run()
     _ok(at)
     at.sidebar.number_input(key="knob_steps").set_value(2)

@@ -4,6 +4,7 @@ steps read off turns, uploads, session archives and saves."""
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 import zipfile
@@ -345,3 +346,10 @@ def test_app_options():
     options = app_options(["--model", "org/repo", "--device", "cuda"], env)
     assert (options.model, options.device) == ("org/repo", "cuda")
     assert app_options([], {}).model == ""
+    # torch threads: all cores but one unless asked; a count below 1 is refused
+    cores = len(os.sched_getaffinity(0))
+    assert app_options([], {}).threads == max(1, cores - 1)
+    assert app_options([], {"WORKBENCH_THREADS": "3"}).threads == 3
+    assert app_options(["--threads", "2"], {"WORKBENCH_THREADS": "3"}).threads == 2
+    with pytest.raises(SystemExit):
+        app_options(["--threads", "0"], {})

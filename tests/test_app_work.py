@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 from test_app import (  # the AppTest fixture and helpers
-    APP,
-    TIMEOUT,
     _ok,
     _page,
     _start_world,
     _texts,
     _world,
+    app_test,
     fast_app,
     settle,
 )
@@ -42,7 +41,7 @@ def _fresh_app(tiny_dir, sessions, monkeypatch, ws: str | None = None) -> AppTes
     """Another tab (or the same address after a reload, with `ws`)."""
     monkeypatch.setenv("WORKBENCH_MODEL", str(tiny_dir))
     monkeypatch.setenv("WORKBENCH_SESSIONS", str(sessions))
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at = app_test(monkeypatch)
     if ws is not None:
         at.query_params["ws"] = ws
     at.run()

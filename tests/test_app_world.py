@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from test_app import _ok, app_test, settle  # the AppTest helpers
 
 from bagel.tiny import make_tiny
 from workbench import world_model
@@ -15,9 +16,6 @@ from workbench.app.model import model_for_page
 from workbench.app.world_truth import start_view, start_world, true_frames
 from workbench.metrics import psnr, ssim
 from workbench.world_eval import PSNR_CAP
-
-APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
-TIMEOUT = 180
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +29,8 @@ def world_dir(tmp_path_factory):
 def _run_app(model: Path, tmp_path, monkeypatch) -> AppTest:
     monkeypatch.setenv("WORKBENCH_MODEL", str(model))
     monkeypatch.setenv("WORKBENCH_SESSIONS", str(tmp_path / "sessions"))
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at = app_test(monkeypatch)
     at.run()
-    _ok(at)
-    return at
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def settle(at: AppTest) -> AppTest:
-    while "job" in at.session_state and (job := at.session_state["job"]) is not None:
-        assert job.wait(TIMEOUT), f"{job.title} still {job.state}"
-        at.run()
     _ok(at)
     return at
 
@@ -112,7 +98,7 @@ def test_world_model_starts_from_the_rendered_world_and_scores_against_truth(
     at.button(key="world_fork").click().run()
     assert list(_truth_table(at)["frame"]) == [1, 2]
     expected = _truth_table(at)
-    reloaded = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    reloaded = app_test(monkeypatch)
     reloaded.query_params["ws"] = at.session_state["workspace_id"]
     reloaded.run()
     reloaded.sidebar.radio(key="page").set_value("World").run()

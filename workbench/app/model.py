@@ -1,6 +1,7 @@
 """Which model the app serves, and loading it (once per process: the page caches it).
 
-    streamlit run streamlit_app.py -- --model PATH_OR_HUB_ID --device cuda --sessions DIR
+    streamlit run streamlit_app.py -- --model PATH_OR_HUB_ID --device cuda --sessions DIR \
+        --threads N
 
 Without --model (or $WORKBENCH_MODEL) the app serves the embedded tiny default, a
 checkpoint with random weights made on first use in .cache/tiny-bagel; the World page
@@ -10,6 +11,7 @@ serves the world model (models/world-64) instead when it is present.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +39,19 @@ class AppOptions:
     model: str  # a checkpoint folder or hub id; "" is the tiny default
     device: str
     sessions: Path  # where sessions are saved and picked from
+    threads: int  # torch CPU threads for the model's work
+
+
+def default_threads() -> int:
+    """All cores but one: the server and a browser on the same machine need one. With
+    every core, the jobs' thread teams lost their cores to the browser's drawing and
+    ran ~2.5× slower on a 2-core machine than with one thread (docs/benchmarks.md)."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def app_options(argv: Sequence[str], environ: Mapping[str, str]) -> AppOptions:
     """Options from the command line after `--`, else $WORKBENCH_MODEL / _DEVICE /
-    _SESSIONS, else the defaults."""
+    _SESSIONS / _THREADS, else the defaults."""
     parser = argparse.ArgumentParser(prog="streamlit run streamlit_app.py --")
     parser.add_argument("--model", default=environ.get("WORKBENCH_MODEL", ""))
     parser.add_argument(
@@ -50,8 +60,16 @@ def app_options(argv: Sequence[str], environ: Mapping[str, str]) -> AppOptions:
     parser.add_argument(
         "--sessions", type=Path, default=Path(environ.get("WORKBENCH_SESSIONS", DEFAULT_SESSIONS))
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(environ.get("WORKBENCH_THREADS", 0)) or default_threads(),
+        help="torch CPU threads (default: all cores but one)",
+    )
     args = parser.parse_args(list(argv))
-    return AppOptions(args.model.strip(), args.device, args.sessions)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, not {args.threads}")
+    return AppOptions(args.model.strip(), args.device, args.sessions, args.threads)
 
 
 @dataclass(frozen=True)
