@@ -39,6 +39,7 @@ FOLLOW_SECONDS = math.inf  # how long one run follows a job (tests: 0, one drawi
 # A job that ends this soon is shown by the run that started it: no panel, no poll, and
 # one full rerun instead of two (the fixed cost per action that short work feels).
 QUICK_SECONDS = 1.0
+TABLE_ROWS = 12  # a longer table scrolls
 DOWNLOAD_LABELS = {
     "frames": "Frames (ZIP)",
     "gif": "GIF",
@@ -277,7 +278,10 @@ def busy() -> bool:
 def start_job(model: LoadedModel, title: str, work, on_done: Callable[[object], None]) -> None:
     """Run `work` in the background (after other users' jobs on this model); `on_done`
     gets its result in this run when the job ends within QUICK_SECONDS, else in the run
-    after the job panel sees it end."""
+    after `follow_job` sees it end."""
+    if busy():  # a click that raced the page's redraw: one job per browser session
+        notify("info", f"Not started: {title} waits until {st.session_state['job'].title} ends.")
+        st.rerun()
     job = Job(title, work, model.gate).start()
     st.session_state["job"] = job
     st.session_state["job_done"] = on_done
@@ -425,6 +429,12 @@ def downloads_row(model: LoadedModel, branch: Branch, key: str) -> None:
             key=f"{key}_dl_{what}",
             on_click="ignore",
         )
+
+
+def table(rows: list[dict]) -> None:
+    """A static table (a dataframe's canvas grid took the browser ~0.1 s more to draw
+    after every action on a 2-core machine); a long one scrolls."""
+    st.table(rows, hide_index=True, height="content" if len(rows) <= TABLE_ROWS else 420)
 
 
 def count(n: int, noun: str) -> str:

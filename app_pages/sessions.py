@@ -178,12 +178,12 @@ def _report(name: str, report: ReplayReport) -> None:
         for k, f in enumerate(report.frames, 1)
     ]
     if rows:
-        st.dataframe(rows, hide_index=True)
+        common.table(rows)
     texts = [
         {"text": f"reply at turn {turn}", "same text": same} for turn, same in report.texts_equal
     ]
     if texts:
-        st.dataframe(texts, hide_index=True)
+        common.table(texts)
 
 
 def _manage(opts: AppOptions) -> None:

@@ -192,7 +192,7 @@ def _timeline(branch: Branch, truth_seed: int | None = None) -> None:
             "**Against the truth** (the model's frame vs the renderer's; PSNR capped at "
             f"{PSNR_CAP:g} dB, as `workbench eval-world` computes it)"
         )
-        st.dataframe(
+        common.table(
             [
                 {
                     "frame": s.index + 1,
@@ -201,14 +201,13 @@ def _timeline(branch: Branch, truth_seed: int | None = None) -> None:
                     "SSIM vs truth": round(s.ssim, 4),
                 }
                 for s in scores
-            ],
-            hide_index=True,
+            ]
         )
         if len(scores) < len(shots):
             st.caption("No truth after a rotation: the rendered room has no turntable.")
     if branch.metrics:
         st.markdown("**Consistency** (to the previous frame; drift: similarity to the first)")
-        st.dataframe(
+        common.table(
             [
                 {
                     "frame": m.index + 1,
@@ -218,8 +217,7 @@ def _timeline(branch: Branch, truth_seed: int | None = None) -> None:
                     "drift (cos)": _number(m.drift),
                 }
                 for m, shot in zip(branch.metrics, shots, strict=False)
-            ],
-            hide_index=True,
+            ]
         )
 
 

@@ -118,7 +118,7 @@ def test_world_start_forward_undo_fork(app):
     settle(app.run())
     branch = _world(app)
     assert [s.label for s in branch.shots] == ["start", "forward"]
-    assert len(branch.metrics) == 2 and len(app.dataframe) == 1
+    assert len(branch.metrics) == 2 and len(app.table) == 1
     turns = len(branch.session.turns)
     app.button(key="world_undo").click().run()
     assert len(branch.session.turns) == turns - 2 and "1 frame" in _texts(app.caption)

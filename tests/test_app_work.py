@@ -130,7 +130,7 @@ def test_replay_report_names_frames_and_save_name_follows_the_branch(app):
     app.button(key="replay").click()
     settle(app.run())
     assert any("identical (replayed 1 frame(s)" in s.value for s in app.success)
-    assert app.dataframe[0].value.iloc[0]["frame"] == "frame 1 (turn 1)"
+    assert app.table[0].value.iloc[0]["frame"] == "frame 1 (turn 1)"
 
 
 def test_rename_and_delete_saved_sessions(pipe, tmp_path):

@@ -36,7 +36,7 @@ def _run_app(model: Path, tmp_path, monkeypatch) -> AppTest:
 
 
 def _truth_table(at: AppTest):
-    tables = [d.value for d in at.dataframe if "PSNR vs truth (dB)" in d.value.columns]
+    tables = [d.value for d in at.table if "PSNR vs truth (dB)" in d.value.columns]
     assert len(tables) == 1
     return tables[0]
 
