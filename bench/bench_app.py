@@ -1,6 +1,7 @@
 """The browser app against the command line's code doing the same work, in one run.
 
-    .venv/bin/python bench/bench_app.py [--steps 8] [--size 128] [--moves 5] [--idle 20]
+    .venv/bin/python bench/bench_app.py [--steps 8] [--size 128] [--moves 5] [--idle 20] \
+        [--cli-threads N]
 
 What is measured, on a tiny random checkpoint (float32, CPU):
 
@@ -8,6 +9,9 @@ What is measured, on a tiny random checkpoint (float32, CPU):
   in this process (what `workbench replay` runs, model load excluded) and by the app:
   `streamlit run streamlit_app.py` on a free 127.0.0.1 port, driven by headless
   Chromium (Sessions page, Replay), timed from the click to the report on the page.
+  App times are stamped by the page itself: from the browser's click event to the
+  moment the result is in the page (so the driver's latency and polling are not
+  counted; a user's own pauses between clicks are not either).
 - open: the same saved story opened by `workbench.store.load` in this process and by
   the app (Sessions page, Open from the saved sessions, on the Story page), timed from
   the click to the notice that it is open.
@@ -15,13 +19,14 @@ What is measured, on a tiny random checkpoint (float32, CPU):
   `workbench.chains.navigate` in this process (then the consistency metrics once, as an
   export computes them) and by the app (World page: Start from prompt, then one Forward
   click per move; the app also computes each new frame's metrics and autosaves the
-  branch after every move), timed from the first click to the last frame shown.
+  branch after every move), the sum of each click's time to its new frame.
 - idle: the app server's CPU time (user + system, from /proc) over `--idle` seconds
   with the tab open and nothing running, as a share of one core.
 
-The in-process baseline runs once before and once after the app (the ratio is to their
-mean; both are printed, to show how much the machine's load moved meanwhile), then the
-app's idle CPU is sampled. Compare the ratios, not the seconds, across machines. Needs Debian's
+The app runs its model on all cores but one (its default: the browser needs one), the
+CLI code on all cores unless `--cli-threads` says otherwise. The reps interleave the
+two (the order alternating) and the medians are compared; the app's idle CPU is sampled
+last. Compare the ratios, not the seconds, across machines. Needs Debian's
 chromium and chromium-driver (scripts/browser-deps.sh).
 """
 
@@ -43,9 +48,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 from bagel.checkpoint import load  # noqa: E402
 from bagel.tiny import make_tiny  # noqa: E402
 from workbench import chains, store  # noqa: E402
+from workbench.app.model import default_threads  # noqa: E402
 from workbench.metrics import frame_metrics  # noqa: E402
 from workbench.params import GenerationParams  # noqa: E402
 from workbench.session import Session  # noqa: E402
@@ -62,7 +70,12 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle sampling")
     parser.add_argument("--only", default="replay,open,world", help="which work, comma-separated")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--cli-threads", type=int, default=0, help="torch threads of the CLI code (0: all cores)"
+    )
     args = parser.parse_args()
+    if args.cli_threads:
+        torch.set_num_threads(args.cli_threads)
     params = GenerationParams(
         num_timesteps=args.steps, height=args.size, width=args.size, max_think_tokens=8
     )
@@ -77,8 +90,8 @@ def main() -> None:
         for rep in range(args.reps):  # one copy per rep: its name marks the rep's result
             store.save(story, sessions / _copy(rep))
         print(
-            f"tiny checkpoint, {args.steps} steps, {args.size}x{args.size}, torch threads "
-            f"{__import__('torch').get_num_threads()}"
+            f"tiny checkpoint, {args.steps} steps, {args.size}x{args.size}; torch threads: "
+            f"CLI code {torch.get_num_threads()}, app {default_threads()} (all cores but one)"
         )
 
         works = [w for w in ("replay", "open", "world") if w in args.only.split(",")]
@@ -218,10 +231,7 @@ class _App:
     def replay(self, name: str) -> float:
         self._click(_sidebar("Sessions"))
         self._choose_saved("Replay", name)
-        self._click(_button("Replay"))
-        started = time.perf_counter()
-        self._wait_text(f"Replay of {name}:")
-        return time.perf_counter() - started
+        return self._act(_button("Replay"), NOTICE, f"Replay of {name}:")
 
     def open(self, name: str) -> float:
         self._click(_sidebar("Sessions"))
@@ -231,10 +241,7 @@ class _App:
             "//label[normalize-space(.)='Story']"
         )
         self._choose_saved("Open", name)
-        self._click(_button("Open"))
-        started = time.perf_counter()
-        self._wait_text(f"Opened {name} as")
-        return time.perf_counter() - started
+        return self._act(_button("Open"), NOTICE, f"Opened {name} as")
 
     def _choose_saved(self, section: str, name: str) -> None:
         """Pick `name` in the saved-session picker of the Sessions page's `section`."""
@@ -261,13 +268,10 @@ class _App:
             self._type("Width", str(size))
         self.worlds += 1
         self._type("Prompt", "a quiet street at dawn")
-        self._click(_button("Start from prompt"))
-        started = time.perf_counter()
-        self._wait_caption("1 frame")
+        seconds = self._act(_button("Start from prompt"), CAPTION, "1 frame")
         for n in range(2, moves + 2):
-            self._click(_button("Forward"))
-            self._wait_caption(f"{n} frames")
-        return time.perf_counter() - started
+            seconds += self._act(_button("Forward"), CAPTION, f"{n} frames")
+        return seconds
 
     def idle_cpu(self, seconds: float) -> float:
         time.sleep(3)  # the last rerun settles
@@ -302,17 +306,45 @@ class _App:
         field.send_keys(text, Keys.ENTER)
         time.sleep(1)  # the rerun the value triggers
 
-    def _wait_text(self, text: str) -> None:
-        from selenium.webdriver.common.by import By
+    def _act(self, button: str, where: str, text: str) -> float:
+        """Click `button`; the seconds from the browser's click event to `text` in an
+        element matching the CSS selector `where` (both stamped in the page, so the
+        driver's own latency and polling are not counted)."""
+        self.driver.execute_script(_STAMPS, where, text)
+        self._click(button)
+        self.wait.until(
+            lambda d: d.execute_script("return window.__bench.seen !== null"),
+            f"no {text!r} in {where}",
+        )
+        clicked, seen = self.driver.execute_script(
+            "return [window.__bench.click, window.__bench.seen]"
+        )
+        return (seen - clicked) / 1000
 
-        xpath = f"//*[contains(normalize-space(.), '{text}')]"
-        self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no text {text!r}")
 
-    def _wait_caption(self, text: str) -> None:
-        from selenium.webdriver.common.by import By
-
-        xpath = f"//*[@data-testid='stCaptionContainer'][normalize-space(.)='{text}']"
-        self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no caption {text!r}")
+# The page's own clock: the first click from now, and the first time an element matching
+# the selector holds the text (exactly, after collapsing white space, or "…:" / "… as"
+# texts as a prefix).
+_STAMPS = """
+const [where, text] = arguments;
+const stamps = window.__bench = {click: null, seen: null};
+document.addEventListener("click", () => { stamps.click ??= performance.now(); },
+                          {capture: true, once: true});
+const holds = (el) => {
+  const t = el.textContent.replace(/\\s+/g, " ").trim();
+  return t === text || t.startsWith(text);
+};
+const look = () => {
+  if (stamps.seen === null && [...document.querySelectorAll(where)].some(holds)) {
+    stamps.seen = performance.now();
+    observer.disconnect();
+  }
+};
+const observer = new MutationObserver(look);
+observer.observe(document.body, {childList: true, subtree: true, characterData: true});
+"""
+NOTICE = "[data-testid='stAlert']"
+CAPTION = "[data-testid='stCaptionContainer']"
 
 
 def _cpu_seconds(pid: int) -> float:
