@@ -23,8 +23,8 @@ What is measured, on a tiny random checkpoint (float32, CPU):
 - idle: the app server's CPU time (user + system, from /proc) over `--idle` seconds
   with the tab open and nothing running, as a share of one core.
 
-The app runs its model on all cores but one (its default: the browser needs one), the
-CLI code on all cores unless `--cli-threads` says otherwise. The reps interleave the
+The app runs its model on all cores but one (its default: the browser needs one; or
+$WORKBENCH_THREADS), the CLI code on all cores unless `--cli-threads` says otherwise. The reps interleave the
 two (the order alternating) and the medians are compared; the app's idle CPU is sampled
 last. Compare the ratios, not the seconds, across machines. Needs Debian's
 chromium and chromium-driver (scripts/browser-deps.sh).
@@ -53,7 +53,7 @@ import torch  # noqa: E402
 from bagel.checkpoint import load  # noqa: E402
 from bagel.tiny import make_tiny  # noqa: E402
 from workbench import chains, store  # noqa: E402
-from workbench.app.model import default_threads  # noqa: E402
+from workbench.app.model import app_options  # noqa: E402
 from workbench.metrics import frame_metrics  # noqa: E402
 from workbench.params import GenerationParams  # noqa: E402
 from workbench.session import Session  # noqa: E402
@@ -91,7 +91,7 @@ def main() -> None:
             store.save(story, sessions / _copy(rep))
         print(
             f"tiny checkpoint, {args.steps} steps, {args.size}x{args.size}; torch threads: "
-            f"CLI code {torch.get_num_threads()}, app {default_threads()} (all cores but one)"
+            f"CLI code {torch.get_num_threads()}, app {app_options([], os.environ).threads}"
         )
 
         works = [w for w in ("replay", "open", "world") if w in args.only.split(",")]
