@@ -522,3 +522,16 @@ def test_the_launch_command_carries_the_address_and_the_config():
     assert flags["--browser.gatherUsageStats"] == "false"  # from .streamlit/config.toml
     chosen = streamlit_command("0.0.0.0", 8600, ["--model", "m"])
     assert chosen[-3:] == ["--", "--model", "m"] and "0.0.0.0" in chosen and "8600" in chosen
+
+
+def test_workbench_app_passes_its_options_to_the_page(monkeypatch):
+    import workbench.app.launch as launch
+    from workbench.app.model import app_options
+
+    seen = {}
+    monkeypatch.setattr(launch, "run_app", lambda *args: seen.update(args=args))
+    assert main(["app", "--threads", "3", "--device", "cpu", "--port", "8600"]) == 0
+    address, port, app_args = seen["args"]
+    assert (address, port) == ("127.0.0.1", 8600)
+    options = app_options(app_args, {})  # what the page reads after `--`
+    assert (options.threads, options.device) == (3, "cpu")

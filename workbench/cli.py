@@ -419,7 +419,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     from workbench.app.launch import run_app
 
     app_args = []
-    for name in ("model", "device", "sessions"):
+    for name in ("model", "device", "sessions", "threads"):
         if getattr(args, name) is not None:
             app_args += [f"--{name}", str(getattr(args, name))]
     run_app(args.address, args.port, app_args)
@@ -688,6 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: tiny)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--sessions", default=None, help="where sessions are saved (out/sessions)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (all cores but one)"
+    )
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("make-tiny", help="write a tiny random checkpoint in the official layout")
