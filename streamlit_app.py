@@ -21,6 +21,7 @@ if model is None:
     st.stop()
 params = common.sidebar_knobs(model.pipe.config.vae_max_side)
 common.finish_job()
+common.workspace_id()  # this tab's address (a duplicated tab gets its own)
 common.show_notice()
 job_line = common.job_panel()
 common.restore_offer(model)

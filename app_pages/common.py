@@ -12,6 +12,8 @@ from pathlib import Path
 
 import streamlit as st
 import torch
+from streamlit.runtime import Runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from bagel.errors import BagelError
 from bagel.taylorseer import FEATURE_CACHES
@@ -201,6 +203,14 @@ def workspace_id() -> str:
     if wid is None:
         asked = st.query_params.get("ws", "")
         wid = asked if autosave.is_workspace_id(asked) else autosave.new_workspace_id()
+        if not autosave.CLAIMS.claim(wid, _session_id(), _connected):
+            wid = autosave.new_workspace_id()
+            autosave.CLAIMS.claim(wid, _session_id(), _connected)
+            notify(
+                "info",
+                "This address is open in another tab, which keeps saving there; this tab "
+                "saves its work under a new address.",
+            )
         st.session_state["workspace_id"] = wid
         # branches saved under this address: until they are restored, this tab saves
         # under a new id (so that new work never overwrites them)
@@ -208,6 +218,16 @@ def workspace_id() -> str:
     if st.query_params.get("ws") != wid:
         st.query_params["ws"] = wid
     return wid
+
+
+def _session_id() -> str:
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else ""
+
+
+def _connected(session: str) -> bool:
+    """Whether a browser session is still connected (a closed or reloaded tab is not)."""
+    return Runtime.exists() and Runtime.instance().is_active_session(session)
 
 
 def save_branch(branch: Branch) -> None:

@@ -353,3 +353,16 @@ def test_app_options():
     assert app_options(["--threads", "2"], {"WORKBENCH_THREADS": "3"}).threads == 2
     with pytest.raises(SystemExit):
         app_options(["--threads", "0"], {})
+
+
+def test_a_workspace_is_saved_by_one_connected_tab_at_a_time():
+    from workbench.app.autosave import Claims
+
+    claims, connected = Claims(), {"tab-1"}
+    alive = connected.__contains__
+    assert claims.claim("ws", "tab-1", alive)
+    assert claims.claim("ws", "tab-1", alive)  # its own later runs
+    assert not claims.claim("ws", "tab-2", alive)  # a duplicated tab, the first still open
+    assert claims.claim("other", "tab-2", alive)
+    connected.discard("tab-1")  # the first tab reloaded or closed
+    assert claims.claim("ws", "tab-3", alive)

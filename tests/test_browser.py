@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import imageio.v3 as iio
 import pytest
@@ -287,6 +288,18 @@ def test_story_branches_reload_restore_and_the_story_page(app_url, browser, tmp_
         _choose(page, BRANCH_PICKER, name)
         assert _strip_sources(page) == sources, name
     assert not page.has_exception()
+    # the same address in a second tab while the first is open: its own workspace
+    first = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.get(address)
+    page.wait_for_text("This address is open in another tab")
+    assert _ws(browser.current_url) not in ("", _ws(address))
+    browser.close()
+    browser.switch_to.window(first)
+
+
+def _ws(url: str) -> str:
+    return parse_qs(urlparse(url).query).get("ws", [""])[0]
 
 
 @pytest.fixture

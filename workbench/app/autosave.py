@@ -18,6 +18,8 @@ import json
 import re
 import secrets
 import shutil
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,32 @@ AUTOSAVE = "autosave"
 META = "branch.json"
 WORKSPACE_ID = re.compile(r"[0-9a-f]{12}")
 BRANCH_NAME = re.compile(r"(story|world)-[0-9]{1,6}")
+
+
+class Claims:
+    """Which browser session saves under each workspace id, in this server process.
+
+    A tab opened at an address another live tab is using (a duplicated tab) must not
+    save into the same folder, where each would overwrite the other's branches: it gets
+    an id of its own. A reload is not refused: the old tab's session is gone by then.
+    """
+
+    def __init__(self) -> None:
+        self._holders: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, workspace: str, session: str, alive: Callable[[str], bool]) -> bool:
+        """Hold `workspace` for `session`, unless another session that `alive` says is
+        still connected holds it."""
+        with self._lock:
+            holder = self._holders.get(workspace)
+            if holder is not None and holder != session and alive(holder):
+                return False
+            self._holders[workspace] = session
+            return True
+
+
+CLAIMS = Claims()  # the server's
 
 
 def new_workspace_id() -> str:
