@@ -1,11 +1,21 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from workbench.cli import main
-from workbench.world_eval import REVISIT_BACK, REVISIT_OUT, evaluate, markdown, write_report
+from workbench.world_data import future
+from workbench.world_eval import (
+    EVAL_STREAM,
+    REVISIT_BACK,
+    REVISIT_OUT,
+    evaluate,
+    frame_scores,
+    markdown,
+    write_report,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +33,13 @@ def test_eval_world_scores_every_chain_and_writes_table_and_plot(pipe, tmp_path)
     assert set(nav) == {"walk-and-turn", "look-around", "random-walk", "unseen-level"}
     for kind in nav.values():
         assert len(kind["model"]["psnr"]) == 2 and len(kind["copy"]["ssim"]) == 2
-    assert set(report["future"]) == {"autoregressive", "forcing-w2", "forcing-w4", "copy"}
+    methods = {"autoregressive", "forcing-w2", "forcing-w4", "copy", "autoencoder"}
+    assert set(report["future"]) == methods
+    # the ceiling row: the first true future frame through the autoencoder
+    truth = Image.fromarray(future(np.random.default_rng([EVAL_STREAM, 99, 0]), 4).frames[2])
+    decoded = pipe.decode_latent(pipe.encode_latent(truth, torch.Generator().manual_seed(0)))
+    ceiling = report["future"]["autoencoder"]["psnr"][0]
+    assert ceiling == pytest.approx(frame_scores(decoded, truth)[0], abs=1e-3)
     assert report["revisit"]["actions"] == REVISIT_OUT + REVISIT_BACK
     # random weights: the copy baseline wins on the future frames of a rolling ball
     assert report["future"]["copy"]["psnr"][0] > report["future"]["autoregressive"]["psnr"][0]
