@@ -8,7 +8,7 @@ browser session keeps its own branches. All logic lives in workbench.app.
 
 import streamlit as st
 
-from app_pages import common, sessions, story, world
+from app_pages import common, sessions, sidebar, story, world
 
 PAGES = {"Story": story.page, "World": world.page}
 
@@ -16,10 +16,10 @@ st.set_page_config(page_title="BAGEL Workbench", page_icon="🥯", layout="wide"
 opts = common.options()
 st.sidebar.title("BAGEL Workbench")
 page = st.sidebar.radio("Page", ["Story", "World", "Sessions"], key="page")
-model = common.sidebar_model(opts, page)
+model = sidebar.sidebar_model(opts, page)
 if model is None:
     st.stop()
-params = common.sidebar_knobs(model.pipe.config.vae_max_side)
+params = sidebar.sidebar_knobs(model.pipe.config.vae_max_side)
 common.finish_job()
 common.workspace_id()  # this tab's address (a duplicated tab gets its own)
 common.show_notice()

@@ -336,7 +336,7 @@ def test_cancel_during_denoising_leaves_the_world_as_it_was(app):
 
 def _gate(at: AppTest):
     """The generation gate of the app's model (st.cache_resource: one per process)."""
-    from app_pages.common import cached_model
+    from app_pages.sidebar import cached_model
 
     model = cached_model(os.environ["WORKBENCH_MODEL"], "auto", "default")
     assert model.pipe is at.session_state["workspace"].pipe
