@@ -31,7 +31,7 @@ from workbench.app.model import (
 # machine the browser's redrawing took the CPU the job needed).
 TICK_SECONDS = 0.25
 FOLLOW_SECONDS = math.inf  # how long one run follows a job (tests: 0, one drawing)
-# A job that ends this soon is shown by the run that started it: no panel, no poll, and
+# A job that ends this soon is shown by the run that started it: no panel, and
 # one full rerun instead of two (the fixed cost per action that short work feels).
 QUICK_SECONDS = 1.0
 TABLE_ROWS = 12  # a longer table scrolls

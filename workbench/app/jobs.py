@@ -1,7 +1,7 @@
 """Background jobs: one generation per model at a time, a visible line, cancellation.
 
 A page never runs the model in its own script run: it starts a `Job`, whose thread waits
-in the model's `Gate` (first come, first served) and then runs its work. The page polls
+in the model's `Gate` (first come, first served) and then runs its work. The page reads
 the job's state to draw the queue position or the progress bar. Cancelling sets a flag
 that the job's progress callback checks after every denoising step; it then raises
 `Cancelled`, which the pipeline's progress contract turns into "stop sampling, contexts
