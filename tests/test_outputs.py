@@ -535,3 +535,5 @@ def test_workbench_app_passes_its_options_to_the_page(monkeypatch):
     assert (address, port) == ("127.0.0.1", 8600)
     options = app_options(app_args, {})  # what the page reads after `--`
     assert (options.threads, options.device) == (3, "cpu")
+    seen.clear()
+    assert main(["app", "--threads", "0"]) == 2 and not seen  # refused before serving

@@ -416,8 +416,11 @@ def _listing(folder: Path) -> list[str]:
 
 def cmd_app(args: argparse.Namespace) -> int:
     """Serve the browser app on --address (127.0.0.1 unless another is chosen)."""
+    from bagel.errors import InputError
     from workbench.app.launch import run_app
 
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, not {args.threads}")
     app_args = []
     for name in ("model", "device", "sessions", "threads"):
         if getattr(args, name) is not None:
