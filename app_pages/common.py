@@ -223,10 +223,11 @@ def follow_job(line: st.delta_generator.DeltaGenerator | None) -> None:
     if job is None or line is None:
         return
     deadline = time.monotonic() + FOLLOW_SECONDS
-    while not job.wait(TICK_SECONDS):
-        _draw_line(line, job)
+    while not job.finished:
         if time.monotonic() >= deadline:
             return
+        job.wait(TICK_SECONDS)
+        _draw_line(line, job)
     st.rerun()
 
 

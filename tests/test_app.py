@@ -9,13 +9,16 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from workbench.app.jobs import Job
 from workbench.metrics import frame_metrics, psnr
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
@@ -39,6 +42,7 @@ def fast_app(tiny_dir, tmp_path, monkeypatch):
     fixtures (the job still running at the end is cancelled)."""
     monkeypatch.setenv("WORKBENCH_MODEL", str(tiny_dir))
     monkeypatch.setenv("WORKBENCH_SESSIONS", str(tmp_path / "sessions"))
+    threads = torch.get_num_threads()
     at = app_test(monkeypatch)
     at.run()
     _ok(at)
@@ -55,6 +59,7 @@ def fast_app(tiny_dir, tmp_path, monkeypatch):
     if job is not None:
         job.cancel()
         job.wait(60)
+    torch.set_num_threads(threads)  # the app set its own count for the whole process
 
 
 def _ok(at: AppTest) -> None:
@@ -315,8 +320,15 @@ def test_queue_state_while_another_user_generates_then_cancel(app):
         gate.leave("another user")
 
 
-def test_cancel_during_denoising_leaves_the_world_as_it_was(app):
+def test_cancel_during_denoising_leaves_the_world_as_it_was(app, monkeypatch):
     _start_world(app)
+    real = Job.progress
+
+    def slow(job, done, total):  # 200 steps that take seconds, whatever the machine
+        time.sleep(0.02)
+        real(job, done, total)
+
+    monkeypatch.setattr(Job, "progress", slow)
     branch = _world(app)
     turns, length = len(branch.session.turns), branch.session.main.length
     app.sidebar.number_input(key="knob_steps").set_value(200)

@@ -148,6 +148,25 @@ def test_cancel_mid_denoising_leaves_the_branch_as_it_was(pipe):
     assert np.array_equal(a, b)
 
 
+def test_cancel_while_the_metrics_are_computed_leaves_the_branch_as_it_was(pipe):
+    """The frame is made, then Cancel arrives in the metrics phase: its turns go too."""
+
+    class CancelAtMetrics(Job):
+        def progress(self, done: int, total: int) -> None:
+            if self.phase.startswith("consistency metrics"):
+                self.cancel()  # the user presses Cancel once the frame is there
+            super().progress(done, total)
+
+    ws = Workspace(pipe)
+    branch = ws.branch("world")
+    branch.session = _start(pipe)
+    before = _state(branch.session)
+    job = CancelAtMetrics("forward", actions.navigate(branch, "forward", FAST), Gate())
+    assert _wait(job.start()).state == "cancelled"
+    assert job.phase.startswith("consistency metrics") and job.steps_done == 0
+    assert _state(branch.session) == before and branch.steps == []
+
+
 def test_a_failing_start_rewinds_its_turns(pipe):
     ws = Workspace(pipe)
     branch = ws.branch("world")

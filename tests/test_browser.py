@@ -304,11 +304,12 @@ def _ws(url: str) -> str:
 
 @pytest.fixture
 def slow_story(tmp_path):
-    """A saved story slow enough to cancel (3 frames of 24 steps at 128 px)."""
+    """A saved story slow enough to cancel (3 frames of 120 steps at 128 px: several
+    seconds to replay, where the page shows a job's bar after one)."""
     from workbench.app.model import load_model
 
     session = Session(load_model("").pipe)  # the app's tiny default, made if needed
-    params = GenerationParams(num_timesteps=24, height=128, width=128)
+    params = GenerationParams(num_timesteps=120, height=128, width=128)
     chains.story(session, ["one", "two", "three"], params)
     return store.save(session, tmp_path / "sessions" / "slow")
 

@@ -94,18 +94,18 @@ def _on_branch(
     def work(progress: ProgressFn) -> Outcome:
         try:
             result = chain(session, progress)
+            if result is not None:
+                labels = {f.turn: human_label(f.label, mode) for f in result.frames}
+            else:
+                labels = dict.fromkeys(range(start, len(session.turns)), label)
+            steps = kept + steps_from_turns(session.turns, start, branch.page, labels)
+            metrics = None
+            if branch.page == "world":  # a Cancel here too leaves the session as it was
+                set_phase(progress, "consistency metrics of the new frames")
+                metrics = metrics_of(session.pipe, steps, known)
         except BaseException:
             session.rewind(len(session.turns) - start)
             raise
-        if result is not None:
-            labels = {f.turn: human_label(f.label, mode) for f in result.frames}
-        else:
-            labels = dict.fromkeys(range(start, len(session.turns)), label)
-        steps = kept + steps_from_turns(session.turns, start, branch.page, labels)
-        metrics = None
-        if branch.page == "world":
-            set_phase(progress, "consistency metrics of the new frames")
-            metrics = metrics_of(session.pipe, steps, known)
         target = None if new_branch_from is not None else branch.name
         return Outcome(branch.page, target, session, steps, metrics)
 
