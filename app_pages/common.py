@@ -30,7 +30,7 @@ from workbench.app.model import (
 # every TICK_SECONDS (no rerun per tick: a rerun redraws the whole page, and on a small
 # machine the browser's redrawing took the CPU the job needed).
 TICK_SECONDS = 0.25
-FOLLOW_SECONDS = math.inf  # how long one run follows a job (tests: 0, one drawing)
+FOLLOW_SECONDS = math.inf  # how long one run follows a job (AppTest: 0, `settle` reruns)
 # A job that ends this soon is shown by the run that started it: no panel, and
 # one full rerun instead of two (the fixed cost per action that short work feels).
 QUICK_SECONDS = 1.0
