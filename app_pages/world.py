@@ -11,8 +11,9 @@ import math
 import streamlit as st
 
 from app_pages import common
-from bagel.errors import BagelError
+from bagel.errors import BagelError, InputError
 from workbench import chains
+from workbench.actions import parse_path
 from workbench.app import actions
 from workbench.app.branches import Branch
 from workbench.app.files import IMAGE_TYPES, MAX_IMAGE_MB, read_image
@@ -117,7 +118,8 @@ def _controls(model: LoadedModel, branch: Branch, params: GenerationParams | Non
         if column.button(
             label, key=f"move_{action}", icon=f":material/{icon}:", disabled=off, width="stretch"
         ):
-            _run(model, label.lower(), actions.navigate(branch, action, params))
+            _run(model, label.lower(), actions.navigate(branch, [action], params))
+    _path(model, branch, params, off)
     rotate, predict, history = st.columns(3)
     with rotate.container(border=True):
         st.markdown("**Rotate**")
@@ -169,6 +171,26 @@ def _controls(model: LoadedModel, branch: Branch, params: GenerationParams | Non
         st.caption(
             f"{memory.main_tokens} tokens in context, {memory.allocated_bytes / 2**20:.1f} MiB"
         )
+
+
+def _path(model: LoadedModel, branch: Branch, params: GenerationParams | None, off: bool) -> None:
+    """Several moves typed in one line, run as one job."""
+    with st.form("world_path", border=False, enter_to_submit=True):
+        text, go = st.columns([3, 1], vertical_alignment="bottom")
+        typed = text.text_input(
+            "Path (moves in order, separated by commas)",
+            key="world_path_text",
+            placeholder="forward x2, turn left, forward",
+        )
+        if go.form_submit_button(
+            "Walk the path", key="world_path_go", disabled=off, width="stretch"
+        ):
+            try:
+                moves = parse_path(typed)
+            except InputError as err:
+                st.error(str(err))  # what was typed stays in the field
+                return
+            _run(model, f"walk {len(moves)} moves", actions.navigate(branch, moves, params))
 
 
 def _timeline(branch: Branch, truth_seed: int | None = None) -> None:

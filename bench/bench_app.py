@@ -20,6 +20,8 @@ What is measured, on a tiny random checkpoint (float32, CPU):
   export computes them) and by the app (World page: Start from prompt, then one Forward
   click per move; the app also computes each new frame's metrics and autosaves the
   branch after every move), the sum of each click's time to its new frame.
+- path: the same world, its moves typed as one path ("forward x5", Walk the path):
+  one click for all the moves, against the same in-process code.
 - idle: the app server's CPU time (user + system, from /proc) over `--idle` seconds
   with the tab open and nothing running, as a share of one core.
 
@@ -68,7 +70,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="image side")
     parser.add_argument("--moves", type=int, default=5)
     parser.add_argument("--idle", type=float, default=20.0, help="seconds of idle sampling")
-    parser.add_argument("--only", default="replay,open,world", help="which work, comma-separated")
+    parser.add_argument(
+        "--only", default="replay,open,world,path", help="which work, comma-separated"
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
         "--cli-threads", type=int, default=0, help="torch threads of the CLI code (0: all cores)"
@@ -94,11 +98,12 @@ def main() -> None:
             f"CLI code {torch.get_num_threads()}, app {app_options([], os.environ).threads}"
         )
 
-        works = [w for w in ("replay", "open", "world") if w in args.only.split(",")]
+        works = [w for w in ("replay", "open", "world", "path") if w in args.only.split(",")]
         cli_work = {
             "replay": lambda: _replay_in_process(sessions / _copy(0), pipe),
             "open": lambda: store.load(sessions / _copy(0), pipe),
             "world": lambda: _world_in_process(pipe, params, args.moves),
+            "path": lambda: _world_in_process(pipe, params, args.moves),
         }
         cli_s: dict[str, list[float]] = {w: [] for w in works}
         app_s: dict[str, list[float]] = {w: [] for w in works}
@@ -108,6 +113,7 @@ def main() -> None:
                     "replay": lambda rep=rep: app.replay(_copy(rep)),
                     "open": lambda rep=rep: app.open(_copy(rep)),
                     "world": lambda: app.world(args.steps, args.size, args.moves),
+                    "path": lambda: app.world(args.steps, args.size, args.moves, path=True),
                 }
                 for w in works:
                     if rep % 2 == 0:
@@ -122,6 +128,7 @@ def main() -> None:
         "replay": "replay, 3-frame story",
         "open": "open, 3-frame story",
         "world": f"world: start + {args.moves} moves",
+        "path": f"world: start + path of {args.moves}",
     }
     print(f"{args.reps} interleaved reps; medians (each rep's seconds in brackets)")
     print(f"{'work':<28}{'CLI code (s)':>28}{'app (s)':>28}{'app / CLI':>11}")
@@ -253,7 +260,7 @@ class _App:
         self._click(f"//*[@role='option'][normalize-space(.)='{name}']")
         time.sleep(1)  # the rerun the choice triggers (a wrong pick: no result names it)
 
-    def world(self, steps: int, size: int, moves: int) -> float:
+    def world(self, steps: int, size: int, moves: int, path: bool = False) -> float:
         self._click(_sidebar("World"))
         time.sleep(1)
         from selenium.webdriver.common.by import By
@@ -269,6 +276,11 @@ class _App:
         self.worlds += 1
         self._type("Prompt", "a quiet street at dawn")
         seconds = self._act(_button("Start from prompt"), CAPTION, "1 frame")
+        if path:
+            self._type(
+                "Path (moves in order, separated by commas)", f"forward x{moves}", enter=False
+            )
+            return seconds + self._act(_button("Walk the path"), CAPTION, f"{moves + 1} frames")
         for n in range(2, moves + 2):
             seconds += self._act(_button("Forward"), CAPTION, f"{n} frames")
         return seconds
@@ -295,7 +307,7 @@ class _App:
 
         self.wait.until(clicked, f"no enabled element {xpath}")
 
-    def _type(self, label: str, text: str) -> None:
+    def _type(self, label: str, text: str, enter: bool = True) -> None:
         from selenium.webdriver.common.by import By
         from selenium.webdriver.common.keys import Keys
 
@@ -303,6 +315,9 @@ class _App:
         self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no input {label!r}")
         field = self.driver.find_element(By.XPATH, xpath)
         field.send_keys(Keys.CONTROL, "a")
+        if not enter:  # a form's field: its button sends it
+            field.send_keys(text)
+            return
         field.send_keys(text, Keys.ENTER)
         time.sleep(1)  # the rerun the value triggers
 

@@ -137,7 +137,7 @@ def test_cancel_mid_denoising_leaves_the_branch_as_it_was(pipe):
     branch.session = _start(pipe)
     before = _state(branch.session)
     box = []
-    work = actions.navigate(branch, "forward", FAST)
+    work = actions.navigate(branch, ["forward"], FAST)
     box.append(Job("forward", lambda p: work(_cancel_during_step_2(box, p)), Gate()))
     assert _wait(box[0].start()).state == "cancelled"
     assert (box[0].steps_done, box[0].steps_total) == (1, 2)
@@ -161,7 +161,7 @@ def test_cancel_while_the_metrics_are_computed_leaves_the_branch_as_it_was(pipe)
     branch = ws.branch("world")
     branch.session = _start(pipe)
     before = _state(branch.session)
-    job = CancelAtMetrics("forward", actions.navigate(branch, "forward", FAST), Gate())
+    job = CancelAtMetrics("forward", actions.navigate(branch, ["forward"], FAST), Gate())
     assert _wait(job.start()).state == "cancelled"
     assert job.phase.startswith("consistency metrics") and job.steps_done == 0
     assert _state(branch.session) == before and branch.steps == []
@@ -200,7 +200,7 @@ def test_world_work_runs_on_a_fork_and_applies_steps_with_metrics(pipe):
     actions.apply(
         ws, _wait(Job("start", actions.start_from_image(branch, image), Gate()).start()).result
     )
-    work = actions.navigate(branch, "turn_left", FAST)
+    work = actions.navigate(branch, ["turn_left"], FAST)
     assert len(branch.session.turns) == 1  # nothing happens before the job runs
     outcome = _wait(Job("left", work, Gate()).start()).result
     assert len(branch.session.turns) == 3 and len(branch.steps) == 1  # the strip: unchanged

@@ -109,6 +109,37 @@ def test_world_model_starts_from_the_rendered_world_and_scores_against_truth(
     assert _truth_table(reloaded).equals(expected)
 
 
+def test_a_typed_path_walks_as_one_job_with_its_truth(world_dir, tmp_path, monkeypatch):
+    at = _run_app(world_dir, tmp_path, monkeypatch)
+    at.sidebar.radio(key="page").set_value("World").run()
+    at.number_input(key="world_seed").set_value(2).run()
+    at.button(key="world_start_view").click()
+    settle(at.run())
+    # a bad path: its reason in the form, no frame made, the text kept
+    at.text_input(key="world_path_text").set_value("turn left, fly")
+    at.button(key="world_path_go").click()
+    settle(at.run())
+    assert any("'fly' is not a move" in e.value for e in at.error)
+    assert at.text_input(key="world_path_text").value == "turn left, fly"
+    branch = at.session_state["workspace"].branch("world")
+    assert len(branch.shots) == 1
+    at.text_input(key="world_path_text").set_value("turn left, forward x2")
+    at.button(key="world_path_go").click()
+    settle(at.run())
+    branch = at.session_state["workspace"].branch("world")
+    assert [s.label for s in branch.shots] == ["start", "turn left", "forward", "forward"]
+    expected = [s.label for s in branch.shots]
+    world, truth = start_world(2), []
+    for action in ("turn_left", "forward", "forward"):
+        world = world.step(action)
+        truth.append(Image.fromarray(world.render()).tobytes())
+    assert [t.tobytes() for t in true_frames(2, expected)[1:]] == truth
+    assert list(_truth_table(at)["frame"]) == [1, 2, 3, 4]
+    # each move is a frame of its own: undo drops one
+    at.button(key="world_undo").click().run()
+    assert [s.label for s in at.session_state["workspace"].branch("world").shots] == expected[:3]
+
+
 def test_truth_replays_moves_and_ticks_and_stops_at_a_rotation():
     labels = ["start", "strafe left", "autoregressive t+1", "rotate 30°", "forward"]
     frames = true_frames(2, labels)

@@ -3,8 +3,16 @@ import math
 import numpy as np
 import pytest
 
+from bagel.errors import InputError
 from workbench import chains
-from workbench.actions import ACTION_TABLE, MOVE_STEP, PITCH_LIMIT, TURN_DEGREES
+from workbench.actions import (
+    ACTION_TABLE,
+    MAX_PATH,
+    MOVE_STEP,
+    PITCH_LIMIT,
+    TURN_DEGREES,
+    parse_path,
+)
 from workbench.world import (
     COLOUR_NAMES,
     RESOLUTION,
@@ -101,3 +109,31 @@ def test_caption_names_the_wall_ahead():
     world = World(make_level(0), Pose(1.35, 3.5, math.pi))
     expected = COLOUR_NAMES[world.level.cells[3, 0]]
     assert caption(world) == f"a {expected} wall near ahead."
+
+
+def test_a_typed_path_reads_as_moves_in_order():
+    assert parse_path("forward x2, Turn Left,strafe_right*2 , look up ×1,") == [
+        "forward",
+        "forward",
+        "turn_left",
+        "strafe_right",
+        "strafe_right",
+        "look_up",
+    ]
+    assert parse_path(f"back x{MAX_PATH}") == ["back"] * MAX_PATH
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "holds no move"),
+        (" , ,", "holds no move"),
+        ("forward, fly", "'fly' is not a move (moves: forward, back, turn left"),
+        ("forward x0", "repeats at least once"),
+        (f"forward x{MAX_PATH}, back", f"at most {MAX_PATH} moves"),
+        ("forward x99999999999999999999", f"at most {MAX_PATH} moves"),
+    ],
+)
+def test_a_bad_path_is_refused_naming_the_part(text, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        parse_path(text)

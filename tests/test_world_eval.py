@@ -64,4 +64,8 @@ def test_train_world_command_refuses_bad_counts(tmp_path, capsys):
     assert main(["train-world", str(out), "--steps", "-1"]) == 2
     assert "steps must be a non-negative integer" in capsys.readouterr().err
     assert main(["train-world", str(out), "--threads", "0"]) == 2
+    assert main(["train-world", str(out), "--ae-lr", "0"]) == 2
+    assert "ae_lr must be a positive learning rate" in capsys.readouterr().err
+    assert main(["train-world", str(out), "--lr", "nan"]) == 2
+    assert "lr must be a positive" in capsys.readouterr().err
     assert not out.exists()

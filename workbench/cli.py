@@ -707,7 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ae-steps", type=int, default=1500, help="autoencoder steps (first)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=4e-4, help="decoder learning rate")
+    p.add_argument("--lr", type=float, default=4e-4, help="decoder model learning rate")
+    p.add_argument("--ae-lr", type=float, default=1e-3, help="autoencoder learning rate")
     p.add_argument(
         "--ae-decoder-every",
         type=int,

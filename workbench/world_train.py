@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,10 @@ class TrainOptions:
                 raise InputError(f"{name} must be a non-negative integer, got {value!r}")
         if self.batch < 1:
             raise InputError(f"batch must be at least 1, got {self.batch}")
+        for name in ("lr", "ae_lr"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise InputError(f"{name} must be a positive learning rate, got {value!r}")
 
 
 class WorldTrainer:
@@ -463,6 +468,7 @@ def command(args) -> int:
         batch=args.batch,
         seed=args.seed,
         lr=args.lr,
+        ae_lr=args.ae_lr,
         ae_decoder_every=args.ae_decoder_every,
         max_minutes=args.minutes,
     )

@@ -148,8 +148,9 @@ def start_from_image(branch: Branch, image: Image.Image, seed: int = 0) -> Work:
     return _on_branch(branch, chain, label="start")
 
 
-def navigate(branch: Branch, action: str, params: GenerationParams) -> Work:
-    return _on_branch(branch, lambda s, p: chains.navigate(s, [action], params, progress=p))
+def navigate(branch: Branch, moves: list[str], params: GenerationParams) -> Work:
+    """The moves in order, one frame each, as one job (a Cancel rewinds them all)."""
+    return _on_branch(branch, lambda s, p: chains.navigate(s, moves, params, progress=p))
 
 
 def rotate(branch: Branch, degrees: float, steps: int, axis: str, params: GenerationParams) -> Work:
