@@ -37,6 +37,7 @@ class SequenceBuilder:
 
     def __init__(self, net: Bagel, tokenizer: BagelTokenizer, batch: int):
         self.net, self.tokenizer, self.batch = net, tokenizer, batch
+        self.device = net.device  # positions and ids are made there
         self.rope = 0  # the next block's RoPE position
         self.embeds: list[Tensor] = []  # per block [B, n, C]
         self.positions: list[Tensor] = []  # per block [n]
@@ -55,18 +56,23 @@ class SequenceBuilder:
         self.rows += n
         return start
 
+    def _same(self, n: int, position: int) -> Tensor:
+        """n rows at one RoPE position (an image's tokens)."""
+        return torch.full((n,), position, device=self.device)
+
     def _wrap(self, tokens: Tensor) -> Tensor:
         """[N, C] → [N+2, C] between <|vision_start|> and <|vision_end|>."""
         tok = self.tokenizer
         start, end = self.net.embed_tokens(
-            torch.tensor([tok.start_of_image_id, tok.end_of_image_id])
+            torch.tensor([tok.start_of_image_id, tok.end_of_image_id], device=self.device)
         )
         return torch.cat([start[None], tokens, end[None]])
 
     def add_text(self, ids: Tensor) -> None:
         """Framed texts [B, n] (ids as `tokenizer.frame` gives them), causal."""
         n = ids.shape[1]
-        self._block(self.net.embed_tokens(ids), self.rope + torch.arange(n), True, False)
+        positions = self.rope + torch.arange(n, device=self.device)
+        self._block(self.net.embed_tokens(ids), positions, True, False)
         self.rope += n
 
     def add_image(self, latents: Tensor, vit_pixels: Tensor) -> None:
@@ -74,14 +80,14 @@ class SequenceBuilder:
         vit_pixels [B, 3, H, W] (already resized by the ViT rule), one position each."""
         p = self.net.config.latent_patch_size
         grid = (latents.shape[2] // p, latents.shape[3] // p)
-        zero = torch.zeros(1)
+        zero = torch.zeros(1, device=self.device)
         vae = torch.stack(
             [self._wrap(self.net.latent_tokens(patchify_latent(z, p), zero, grid)) for z in latents]
         )  # [B, N+2, C]
-        self._block(vae, torch.full((vae.shape[1],), self.rope), False, True)
+        self._block(vae, self._same(vae.shape[1], self.rope), False, True)
         self.rope += 1
         vit = torch.stack([self._wrap(self.net.vit_tokens(px)) for px in vit_pixels])
-        self._block(vit, torch.full((vit.shape[1],), self.rope), False, False)
+        self._block(vit, self._same(vit.shape[1], self.rope), False, False)
         self.rope += 1
 
     def frames_velocity(self, x: Tensor, t: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -97,7 +103,7 @@ class SequenceBuilder:
                 ]
             )  # [B, N+2, C]
             position = self.rope + FRAME_ROPE_STRIDE * j
-            starts.append(self._block(tokens, torch.full((n + 2,), position), False, True))
+            starts.append(self._block(tokens, self._same(n + 2, position), False, True))
         hidden = self._forward()
         frames = torch.stack([hidden[:, s + 1 : s + 1 + n] for s in starts], dim=1)
         return self.net.llm2vae(frames)  # [B, W, N, 64]
@@ -106,7 +112,8 @@ class SequenceBuilder:
         """A reply after the sequence: inputs [B, n] (`<|im_start|>` then the reply's
         tokens but the last) → logits [B, n, vocab] predicting each next token."""
         n = ids.shape[1]
-        start = self._block(self.net.embed_tokens(ids), self.rope + torch.arange(n), True, False)
+        positions = self.rope + torch.arange(n, device=self.device)
+        start = self._block(self.net.embed_tokens(ids), positions, True, False)
         hidden = self._forward()[:, start:]
         return self.net.language_model.lm_head(hidden).float()
 
@@ -190,7 +197,7 @@ def autoencoder_loss(
     """Reconstruction (MSE + L1) of pixels [B, 3, H, W] in [−1, 1] through a posterior
     sample, plus a small KL term. Returns (loss, reconstruction MSE)."""
     mean, logvar = ae.encode_moments(pixels)
-    eps = torch.randn(mean.shape, generator=generator)
+    eps = torch.randn(mean.shape, generator=generator).to(mean.device)  # drawn on the CPU
     z = mean + torch.exp(0.5 * logvar) * eps
     recon = ae.decoder(z)
     mse = F.mse_loss(recon, pixels)
@@ -203,6 +210,7 @@ def decoder_loss(ae: AutoEncoder, pixels: Tensor, generator: torch.Generator) ->
     decoder alone learns, so the latents (what a model trained on them sees) stay fixed."""
     with torch.no_grad():
         mean, logvar = ae.encode_moments(pixels)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)
+        eps = torch.randn(mean.shape, generator=generator).to(mean.device)
+        z = mean + torch.exp(0.5 * logvar) * eps
     recon = ae.decoder(z)
     return F.mse_loss(recon, pixels) + 0.5 * F.l1_loss(recon, pixels)

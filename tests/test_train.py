@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -159,3 +161,18 @@ def test_train_world_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     # phase 2 trains the autoencoder's decoder every other step, resumably
     assert '"ae_decoder"' in log[-2] and '"ae_decoder"' not in log[-1]
     assert (out / "train" / "ae_decoder_optimizer.safetensors").exists()
+
+
+def test_render_workers_draw_the_batches_inline_rendering_draws(tmp_path):
+    """Each step's batch is a function of its key: rendered ahead by worker processes,
+    training takes exactly the steps it takes rendering inline."""
+    from workbench.world_train import TrainOptions, train_world
+
+    def losses(out, workers):
+        train_world(out, TrainOptions(steps=3, ae_steps=1, batch=4, render_workers=workers))
+        records = [json.loads(line) for line in (out / "train" / "log.jsonl").open()]
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+    inline = losses(tmp_path / "inline", 0)
+    assert len(inline) == 4 and "ae_decoder" in inline[1]
+    assert losses(tmp_path / "workers", 2) == inline

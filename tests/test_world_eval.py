@@ -68,4 +68,8 @@ def test_train_world_command_refuses_bad_counts(tmp_path, capsys):
     assert "ae_lr must be a positive learning rate" in capsys.readouterr().err
     assert main(["train-world", str(out), "--lr", "nan"]) == 2
     assert "lr must be a positive" in capsys.readouterr().err
+    assert main(["train-world", str(out), "--device", "tpu"]) == 2
+    assert "device must be cpu or cuda" in capsys.readouterr().err
+    assert main(["train-world", str(out), "--render-workers", "-1"]) == 2
+    assert "render_workers must be a non-negative integer" in capsys.readouterr().err
     assert not out.exists()

@@ -718,6 +718,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/train/")
     p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument(
+        "--render-workers",
+        type=int,
+        default=0,
+        help="processes rendering the next steps' batches while a step trains (0: inline)",
+    )
+    p.add_argument("--device", default="cpu", help="where the model trains: cpu or cuda")
     p.set_defaults(func=cmd_train_world)
 
     p = sub.add_parser("eval-world", help="score world-model rollouts against the renderer")

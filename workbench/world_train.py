@@ -54,14 +54,8 @@ from bagel.train import (
 )
 from workbench.chains import CAPTION_QUESTION
 from workbench.files import write_atomic
-from workbench.world_data import (
-    Episode,
-    agent_views,
-    future,
-    navigation,
-    navigation_batch,
-    turntable,
-)
+from workbench.world_batches import Prefetch, model_batch, views_batch
+from workbench.world_data import Episode, navigation
 from workbench.world_model import write_marker
 
 TRAIN_DIR = "train"
@@ -107,14 +101,22 @@ class TrainOptions:
     seed: int = 0
     save_minutes: float = 5.0
     max_minutes: float | None = None  # stop (and save) after this long
+    render_workers: int = 0  # processes rendering the coming steps' batches (0: inline)
+    device: str = "cpu"  # where the model trains ("cuda" on a GPU)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "ae_steps", "batch", "ae_decoder_every"):
+        for name in ("steps", "ae_steps", "batch", "ae_decoder_every", "render_workers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"{name} must be a non-negative integer, got {value!r}")
         if self.batch < 1:
             raise InputError(f"batch must be at least 1, got {self.batch}")
+        if self.device != "cpu" and not (
+            self.device.split(":")[0] == "cuda" and torch.cuda.is_available()
+        ):
+            raise InputError(
+                f"device must be cpu or cuda (with a GPU present), got {self.device!r}"
+            )
         for name in ("lr", "ae_lr"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
@@ -137,7 +139,8 @@ class WorldTrainer:
             make_tiny(self.out, options.seed, world_config())
             self.state = {"ae_step": 0, "step": 0, "seconds": 0.0, "seed": options.seed}
         self.train_dir.mkdir(parents=True, exist_ok=True)
-        self.pipe: BagelPipeline = load(self.out, device="cpu", dtype="float32")
+        self.device = torch.device(options.device)  # random draws stay on the CPU
+        self.pipe: BagelPipeline = load(self.out, device=options.device, dtype="float32")
         self.net, self.ae = self.pipe.net, self.pipe.ae
         if self.state["ae_step"] == 0:
             _narrow_posterior(self.ae)
@@ -146,11 +149,12 @@ class WorldTrainer:
             self.net.load_state_dict(load_file(raw))
         self.ema = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         if resume and (self.out / EMA_WEIGHTS).exists() and raw.exists():
-            self.ema = load_file(self.out / EMA_WEIGHTS)
+            self.ema = load_file(self.out / EMA_WEIGHTS, device=str(self.device))
         for name, p in self.net.named_parameters():
             p.requires_grad_(not name.endswith("pos_embed"))  # the sin-cos tables stay fixed
         self.optimizer = self._optimizer()
         self.decoder_optimizer = self._decoder_optimizer()
+        self.prefetch = Prefetch(options.render_workers)
 
     @property
     def in_ae_phase(self) -> bool:
@@ -202,19 +206,22 @@ class WorldTrainer:
         started = last_save = time.monotonic()
         base_seconds = self.state["seconds"]
         bar = tqdm(total=total, initial=done, desc="train-world", unit="step")
-        while self.in_ae_phase or self.state["step"] < opts.steps:
-            self._end_ae_phase()
-            losses = self.ae_step() if self.in_ae_phase else self.model_step()
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
-            now = time.monotonic()
-            self.state["seconds"] = base_seconds + now - started
-            self._log(losses)
-            if now - last_save > 60 * opts.save_minutes:
-                self.save()
-                last_save = now
-            if opts.max_minutes is not None and now - started > 60 * opts.max_minutes:
-                break
+        try:
+            while self.in_ae_phase or self.state["step"] < opts.steps:
+                self._end_ae_phase()
+                losses = self.ae_step() if self.in_ae_phase else self.model_step()
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
+                now = time.monotonic()
+                self.state["seconds"] = base_seconds + now - started
+                self._log(losses)
+                if now - last_save > 60 * opts.save_minutes:
+                    self.save()
+                    last_save = now
+                if opts.max_minutes is not None and now - started > 60 * opts.max_minutes:
+                    break
+        finally:
+            self.prefetch.close()
         bar.close()
         self._end_ae_phase()
         self.save()
@@ -231,17 +238,28 @@ class WorldTrainer:
             self.decoder_optimizer = self._decoder_optimizer()
             self.save()
 
-    def _rng(self) -> tuple[np.random.Generator, torch.Generator]:
-        """This step's generators: a function of the run's seed (the first run's, when
-        resumed) and the step, so a resumed run draws the batches an uninterrupted one
-        would."""
-        key = [self.state["seed"], self.state["ae_step"], self.state["step"]]
-        rng = np.random.default_rng(key)
-        return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+    def _key(self, ahead: int = 0, own: bool = False) -> tuple[int, ...]:
+        """The key of the batch `ahead` steps on (of this phase): the first run's seed and
+        the step, so a resumed run draws the batches an uninterrupted one would; `own`:
+        the autoencoder-decoder's own draw of a decoder step."""
+        s = self.state
+        if self.in_ae_phase:
+            return (s["seed"], s["ae_step"] + ahead, s["step"])
+        return (s["seed"], s["ae_step"], s["step"] + ahead, *((1,) if own else ()))
+
+    def _upcoming(self, own: bool = False) -> list[tuple[int, ...]]:
+        """The keys of the next steps' batches (for the render workers)."""
+        depth = 2 * self.options.render_workers
+        every = self.options.ae_decoder_every
+        if not own:
+            return [self._key(i) for i in range(1, depth + 1)]
+        ahead = [i for i in range(1, depth * every + 1) if (self.state["step"] + i) % every == 0]
+        return [self._key(i, own=True) for i in ahead]
 
     def ae_step(self) -> dict[str, float]:
-        rng, gen = self._rng()
-        loss, mse = autoencoder_loss(self.ae, _views(rng, self.options.batch), gen)
+        views = self.prefetch.get(views_batch, self._key(), self.options.batch, self._upcoming())
+        gen = torch.Generator().manual_seed(views.gen_seed)
+        loss, mse = autoencoder_loss(self.ae, self._pixels(views.frames), gen)
         self._apply(loss, self.ae.parameters())
         self.state["ae_step"] += 1
         return {
@@ -250,15 +268,15 @@ class WorldTrainer:
         }
 
     def model_step(self) -> dict[str, float]:
-        rng, gen = self._rng()
         b = self.options.batch
-        nav = self._flow(navigation_batch(rng, b, int(rng.integers(1, 5))), 1, gen)
-        window, context = int(rng.choice([1, 2, 3])), int(rng.integers(1, 3))
-        fut = self._flow([future(rng, context + window) for _ in range(b)], window, gen)
-        views = [navigation(rng, []) for _ in range(b // 2)]
-        cap = self._reply(views, CAPTION_QUESTION, [e.captions[0] for e in views], gen)
-        agent_episodes, question, answers = agent_views(rng, b // 2)
-        agent = self._reply(agent_episodes, question, answers, gen)
+        data = self.prefetch.get(model_batch, self._key(), b, self._upcoming())
+        gen = torch.Generator().manual_seed(data.gen_seed)
+        nav = self._flow(data.navigation, 1, gen)
+        fut = self._flow(data.future, data.window, gen)
+        cap = self._reply(
+            data.captions, CAPTION_QUESTION, [e.captions[0] for e in data.captions], gen
+        )
+        agent = self._reply(data.agent, data.agent_question, data.agent_answers, gen)
         loss = nav + fut + 0.2 * cap + 0.2 * agent
         self._apply(loss, [p for p in self.net.parameters() if p.requires_grad])
         self._update_ema()
@@ -271,11 +289,11 @@ class WorldTrainer:
 
     def decoder_step(self) -> Tensor:
         """One step of the autoencoder's decoder alone, on 2 × batch views (its own draw)."""
-        key = [self.state["seed"], self.state["ae_step"], self.state["step"], 1]
-        rng = np.random.default_rng(key)
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        n = 2 * self.options.batch
+        views = self.prefetch.get(views_batch, self._key(own=True), n, self._upcoming(own=True))
+        gen = torch.Generator().manual_seed(views.gen_seed)
         self.ae.decoder.train().requires_grad_(True)
-        loss = decoder_loss(self.ae, _views(rng, 2 * self.options.batch), gen)
+        loss = decoder_loss(self.ae, self._pixels(views.frames), gen)
         self._apply(loss, self.ae.decoder.parameters(), self.decoder_optimizer)
         self.ae.decoder.eval().requires_grad_(False)
         return loss
@@ -294,16 +312,21 @@ class WorldTrainer:
         pixels [B, K, 3, H', W'] of every frame."""
         images = [[Image.fromarray(f) for f in e.frames] for e in episodes]
         pixels = torch.stack([torch.stack([to_tensor(im) for im in row]) for row in images])
+        pixels = pixels.to(self.device)
         with torch.no_grad():
             latents = self.ae.encode(pixels.flatten(0, 1), generator=gen)
         rule = self.pipe.vit_rule
         vit = torch.stack(
             [torch.stack([to_tensor(rule.resize(im)) for im in row]) for row in images]
-        )
+        ).to(self.device)
         return latents.unflatten(0, pixels.shape[:2]), vit
 
+    def _pixels(self, frames: np.ndarray) -> Tensor:
+        """uint8 frames [n, H, W, 3] as the autoencoder's pixels [n, 3, H, W], on the device."""
+        return torch.stack([to_tensor(Image.fromarray(f)) for f in frames]).to(self.device)
+
     def _text(self, text: str, rows: int) -> Tensor:
-        return torch.tensor([self.pipe.tokenizer.frame(text)] * rows)
+        return torch.tensor([self.pipe.tokenizer.frame(text)] * rows, device=self.device)
 
     def _flow(self, episodes: list[Episode], window: int, gen: torch.Generator) -> Tensor:
         """Flow-matching loss of the last `window` frames after the earlier ones (with the
@@ -323,8 +346,8 @@ class WorldTrainer:
         x0 = torch.stack(
             [torch.stack([patchify_latent(z, p) for z in row[first_target:]]) for row in latents]
         )  # [B, W, N, 64]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = sample_t((b, window), self.options.timestep_shift, gen)
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
+        t = sample_t((b, window), self.options.timestep_shift, gen).to(self.device)
         return flow_loss(seq.frames_velocity(noisy(x0, noise, t), t, grid), x0, noise)
 
     def _reply(
@@ -342,6 +365,7 @@ class WorldTrainer:
         targets = torch.tensor([r + [tok.eos_id] * (n - len(r)) for r in ids])
         mask = torch.tensor([[i < len(r) for i in range(n)] for r in ids])
         inputs = torch.cat([torch.full((b, 1), tok.bos_id), targets[:, :-1]], dim=1)
+        targets, mask, inputs = (x.to(self.device) for x in (targets, mask, inputs))
         return reply_loss(seq.reply_logits(inputs), targets, mask)
 
     # -- state ----------------------------------------------------------------------------
@@ -356,7 +380,7 @@ class WorldTrainer:
         """shift = mean, scale = 1 / std of the posterior means over 64 held-back frames."""
         rng = np.random.default_rng([self.options.seed, 10**6])
         episodes = [navigation(rng, ["turn_left"]) for _ in range(32)]
-        pixels = torch.stack([to_tensor(Image.fromarray(f)) for e in episodes for f in e.frames])
+        pixels = self._pixels(np.stack([f for e in episodes for f in e.frames]))
         with torch.no_grad():
             mean, _ = self.ae.encode_moments(pixels)
         ae_config = dataclasses.replace(
@@ -412,15 +436,6 @@ def _trim_log(log: Path, state: dict) -> None:
         write_atomic(log, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
 
 
-def _views(rng: np.random.Generator, n: int) -> Tensor:
-    """n single rendered views, pixels [n, 3, 64, 64]: half navigation, a quarter each
-    turntable and future-frame scenes."""
-    episodes = [navigation(rng, []) for _ in range(n - n // 4 - n // 4)]
-    episodes += [turntable(rng, 45, 0) for _ in range(n // 4)]
-    episodes += [future(rng, 1) for _ in range(n // 4)]
-    return torch.stack([to_tensor(Image.fromarray(f)) for e in episodes for f in e.frames])
-
-
 def _narrow_posterior(ae) -> None:
     """Start the encoder's log-variance near −10 (std ≈ 0.007): a random init gives std ≈ 1,
     whose sampling noise drowns the latent and stalls the reconstruction for a long time;
@@ -434,7 +449,7 @@ def _narrow_posterior(ae) -> None:
 
 
 def _save(tensors: dict[str, Tensor], path: Path) -> None:
-    data = {k: v.detach().contiguous() for k, v in tensors.items()}
+    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     write_atomic(path, lambda tmp: save_file(data, str(tmp), metadata={"format": "pt"}))
 
 
@@ -471,6 +486,8 @@ def command(args) -> int:
         ae_lr=args.ae_lr,
         ae_decoder_every=args.ae_decoder_every,
         max_minutes=args.minutes,
+        render_workers=args.render_workers,
+        device=args.device,
     )
     state = train_world(args.out, options, resume=args.resume)
     print(
