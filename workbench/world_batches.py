@@ -80,9 +80,14 @@ class Prefetch:
 
     def __init__(self, workers: int):
         self._pool = None
-        if workers > 0:  # spawn: the workers start clean of this process's torch threads
-            context = multiprocessing.get_context("spawn")
+        if workers > 0:
+            # fork where there is one: a spawned worker re-imports the parent's __main__,
+            # which need not be importable (an app's script, a test runner). The workers
+            # run numpy only, never this process's torch threads.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
             self._pool = ProcessPoolExecutor(workers, mp_context=context)
+            self._pool.submit(int).result()  # all start now, before the training's threads
         self._pending: dict[tuple[Callable, Key, int], Future] = {}
 
     def get(self, fn: Callable, key: Key, size: int, upcoming: list[Key]):
