@@ -9,6 +9,7 @@ from workbench.cli import main
 from workbench.world_data import future
 from workbench.world_eval import (
     EVAL_STREAM,
+    MOVING_LEVEL,
     REVISIT_BACK,
     REVISIT_OUT,
     evaluate,
@@ -40,6 +41,15 @@ def test_eval_world_scores_every_chain_and_writes_table_and_plot(pipe, tmp_path)
     decoded = pipe.decode_latent(pipe.encode_latent(truth, torch.Generator().manual_seed(0)))
     ceiling = report["future"]["autoencoder"]["psnr"][0]
     assert ceiling == pytest.approx(frame_scores(decoded, truth)[0], abs=1e-3)
+    # the moving pixels: where the true frame differs from the last context frame
+    frames = future(np.random.default_rng([EVAL_STREAM, 99, 0]), 4).frames
+    true, last = frames[2] / 255, frames[1] / 255
+    moving = np.abs(true - last).max(axis=-1) > MOVING_LEVEL
+    assert 0 < moving.mean() < 0.5  # the ball moved, the room did not
+    for method, image in (("copy", last), ("autoencoder", np.asarray(decoded) / 255)):
+        expected = 10 * np.log10(1 / ((image - true)[moving] ** 2).mean())
+        assert report["future"][method]["moving_psnr"][0] == pytest.approx(expected, abs=1e-3)
+    assert "moving_psnr" not in nav["walk-and-turn"]["model"]
     assert report["revisit"]["actions"] == REVISIT_OUT + REVISIT_BACK
     # random weights: the copy baseline wins on the future frames of a rolling ball
     assert report["future"]["copy"]["psnr"][0] > report["future"]["autoregressive"]["psnr"][0]
@@ -49,6 +59,7 @@ def test_eval_world_scores_every_chain_and_writes_table_and_plot(pipe, tmp_path)
     assert Image.open(paths[3]).size == (3 * 64, 8 * 64)  # 4 kinds x (truth, model)
     assert json.loads(paths[0].read_text())["steps"] == 2
     assert "| future frames | forcing-w4 |" in paths[1].read_text()
+    assert "PSNR over the pixels that moved" in paths[1].read_text()
     assert Image.open(paths[2]).size == (720, 420)
     assert markdown(report) == paths[1].read_text()
 
