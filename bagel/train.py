@@ -181,8 +181,23 @@ def sample_t(shape: tuple[int, ...], shift: float, generator: torch.Generator) -
     return shift * t / (1 + (shift - 1) * t)
 
 
-def flow_loss(velocity: Tensor, x0: Tensor, noise: Tensor) -> Tensor:
-    return F.mse_loss(velocity, noise - x0)
+def flow_loss(velocity: Tensor, x0: Tensor, noise: Tensor, weight: Tensor | None = None) -> Tensor:
+    """MSE of the velocity, optionally weighted per token (weight broadcast from the left
+    over velocity's leading dims, normalised to mean 1: the loss's scale stays)."""
+    error = (velocity - (noise - x0)).pow(2)
+    if weight is None:
+        return error.mean()
+    weight = weight.reshape(*weight.shape, *([1] * (error.dim() - weight.dim())))
+    return (error * weight).mean() / weight.expand_as(error).mean()
+
+
+def motion_weight(targets: Tensor, before: Tensor, strength: float) -> Tensor:
+    """Per target token, 1 + strength · (its squared change from the same token of the
+    frame before, over the batch's mean change): the few tokens where a frame differs
+    from the last one (a moving ball) weigh more than the many that copy it.
+    targets [B, W, N, D], before [B, N, D] → [B, W, N]."""
+    change = (targets - before[:, None]).pow(2).sum(-1)
+    return 1 + strength * change / change.mean().clamp(min=1e-8)
 
 
 def reply_loss(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:

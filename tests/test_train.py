@@ -7,7 +7,15 @@ from PIL import Image
 from bagel.checkpoint import load
 from bagel.embeddings import patchify_latent
 from bagel.image import to_tensor
-from bagel.train import SequenceBuilder, autoencoder_loss, decoder_loss, noisy, reply_loss
+from bagel.train import (
+    SequenceBuilder,
+    autoencoder_loss,
+    decoder_loss,
+    flow_loss,
+    motion_weight,
+    noisy,
+    reply_loss,
+)
 from workbench.world import make_level, random_world
 
 TEXT = "Move the camera forward."
@@ -176,3 +184,35 @@ def test_render_workers_draw_the_batches_inline_rendering_draws(tmp_path):
     inline = losses(tmp_path / "inline", 0)
     assert len(inline) == 4 and "ae_decoder" in inline[1]
     assert losses(tmp_path / "workers", 2) == inline
+
+
+def test_motion_weight_weighs_the_tokens_that_change():
+    g = torch.Generator().manual_seed(0)
+    before = torch.randn(2, 4, 8, generator=g)
+    targets = before[:, None].repeat(1, 3, 1, 1)  # [B, W, N, D]: three copies ...
+    targets[0, 1, 2] += 1.0  # ... but one token of one frame changes
+    weight = motion_weight(targets, before, strength=4.0)
+    assert weight.shape == (2, 3, 4)
+    change_mean = 8 / weight.numel()  # the changed token's squared change (8), over all
+    assert weight[0, 1, 2] == pytest.approx(1 + 4 * 8 / change_mean)
+    assert torch.all(weight.flatten()[torch.arange(weight.numel()) != 6] == 1)
+    # the weighted loss: unweighted when uniform, else the weighted mean of the errors
+    velocity, x0, noise = (torch.randn(2, 3, 4, 8, generator=g) for _ in range(3))
+    plain = flow_loss(velocity, x0, noise)
+    assert plain == pytest.approx(float(((velocity - (noise - x0)) ** 2).mean()))
+    assert flow_loss(velocity, x0, noise, torch.full((2, 3, 4), 5.0)) == pytest.approx(plain)
+    per_token = ((velocity - (noise - x0)) ** 2).mean(-1)
+    expected = (per_token * weight).sum() / weight.sum()
+    assert flow_loss(velocity, x0, noise, weight) == pytest.approx(float(expected))
+
+
+def test_motion_weight_changes_only_the_future_frames_loss(tmp_path):
+    from workbench.world_train import TrainOptions, train_world
+
+    def first_model_step(out, weight):
+        train_world(out, TrainOptions(steps=1, ae_steps=1, batch=4, motion_weight=weight))
+        return json.loads((out / "train" / "log.jsonl").read_text().splitlines()[1])
+
+    plain, weighted = first_model_step(tmp_path / "a", 0.0), first_model_step(tmp_path / "b", 4.0)
+    assert weighted["nav"] == plain["nav"] and weighted["caption"] == plain["caption"]
+    assert weighted["future"] != plain["future"]

@@ -725,6 +725,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes rendering the next steps' batches while a step trains (0: inline)",
     )
     p.add_argument("--device", default="cpu", help="where the model trains: cpu or cuda")
+    p.add_argument(
+        "--motion-weight",
+        type=float,
+        default=0.0,
+        help="future frames: weigh each token by 1 + this x its change from the last frame",
+    )
     p.set_defaults(func=cmd_train_world)
 
     p = sub.add_parser("eval-world", help="score world-model rollouts against the renderer")

@@ -48,6 +48,7 @@ from bagel.train import (
     autoencoder_loss,
     decoder_loss,
     flow_loss,
+    motion_weight,
     noisy,
     reply_loss,
     sample_t,
@@ -103,6 +104,7 @@ class TrainOptions:
     max_minutes: float | None = None  # stop (and save) after this long
     render_workers: int = 0  # processes rendering the coming steps' batches (0: inline)
     device: str = "cpu"  # where the model trains ("cuda" on a GPU)
+    motion_weight: float = 0.0  # future frames: extra weight of tokens that change (0: off)
 
     def __post_init__(self) -> None:
         for name in ("steps", "ae_steps", "batch", "ae_decoder_every", "render_workers"):
@@ -121,6 +123,8 @@ class TrainOptions:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise InputError(f"{name} must be a positive learning rate, got {value!r}")
+        if not math.isfinite(self.motion_weight) or self.motion_weight < 0:
+            raise InputError(f"motion_weight must be 0 or more, got {self.motion_weight!r}")
 
 
 class WorldTrainer:
@@ -272,7 +276,7 @@ class WorldTrainer:
         data = self.prefetch.get(model_batch, self._key(), b, self._upcoming())
         gen = torch.Generator().manual_seed(data.gen_seed)
         nav = self._flow(data.navigation, 1, gen)
-        fut = self._flow(data.future, data.window, gen)
+        fut = self._flow(data.future, data.window, gen, self.options.motion_weight)
         cap = self._reply(
             data.captions, CAPTION_QUESTION, [e.captions[0] for e in data.captions], gen
         )
@@ -328,9 +332,12 @@ class WorldTrainer:
     def _text(self, text: str, rows: int) -> Tensor:
         return torch.tensor([self.pipe.tokenizer.frame(text)] * rows, device=self.device)
 
-    def _flow(self, episodes: list[Episode], window: int, gen: torch.Generator) -> Tensor:
+    def _flow(
+        self, episodes: list[Episode], window: int, gen: torch.Generator, motion: float = 0.0
+    ) -> Tensor:
         """Flow-matching loss of the last `window` frames after the earlier ones (with the
-        episodes' texts between them, as the chains add them)."""
+        episodes' texts between them, as the chains add them); `motion` > 0 weighs each
+        target token by its change from the last context frame (`motion_weight`)."""
         latents, vit = self._encode(episodes, gen)
         b, k = latents.shape[:2]
         seq = SequenceBuilder(self.net, self.pipe.tokenizer, b)
@@ -348,7 +355,12 @@ class WorldTrainer:
         )  # [B, W, N, 64]
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
         t = sample_t((b, window), self.options.timestep_shift, gen).to(self.device)
-        return flow_loss(seq.frames_velocity(noisy(x0, noise, t), t, grid), x0, noise)
+        weight = None
+        if motion > 0 and first_target > 0:
+            before = torch.stack([patchify_latent(z, p) for z in latents[:, first_target - 1]])
+            weight = motion_weight(x0, before, motion)
+        velocity = seq.frames_velocity(noisy(x0, noise, t), t, grid)
+        return flow_loss(velocity, x0, noise, weight)
 
     def _reply(
         self, episodes: list[Episode], question: str, replies: list[str], gen: torch.Generator
@@ -488,6 +500,7 @@ def command(args) -> int:
         max_minutes=args.minutes,
         render_workers=args.render_workers,
         device=args.device,
+        motion_weight=args.motion_weight,
     )
     state = train_world(args.out, options, resume=args.resume)
     print(
