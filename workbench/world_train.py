@@ -31,32 +31,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
 from bagel.checkpoint import AE_WEIGHTS, EMA_WEIGHTS, load
 from bagel.config import BagelConfig
-from bagel.embeddings import patchify_latent
 from bagel.errors import InputError
-from bagel.image import to_tensor
 from bagel.pipeline import BagelPipeline
 from bagel.tiny import make_tiny
-from bagel.train import (
-    SequenceBuilder,
-    autoencoder_loss,
-    decoder_loss,
-    flow_loss,
-    motion_weight,
-    noisy,
-    reply_loss,
-    sample_t,
-)
+from bagel.train import autoencoder_loss, decoder_loss
 from workbench.chains import CAPTION_QUESTION
 from workbench.files import write_atomic
 from workbench.world_batches import Prefetch, model_batch, views_batch
-from workbench.world_data import Episode, navigation
+from workbench.world_data import navigation
+from workbench.world_losses import SampleLosses
 from workbench.world_model import write_marker
 
 TRAIN_DIR = "train"
@@ -159,6 +148,7 @@ class WorldTrainer:
         self.optimizer = self._optimizer()
         self.decoder_optimizer = self._decoder_optimizer()
         self.prefetch = Prefetch(options.render_workers)
+        self.losses = SampleLosses(self.pipe, self.device, options.timestep_shift)
 
     @property
     def in_ae_phase(self) -> bool:
@@ -263,7 +253,7 @@ class WorldTrainer:
     def ae_step(self) -> dict[str, float]:
         views = self.prefetch.get(views_batch, self._key(), self.options.batch, self._upcoming())
         gen = torch.Generator().manual_seed(views.gen_seed)
-        loss, mse = autoencoder_loss(self.ae, self._pixels(views.frames), gen)
+        loss, mse = autoencoder_loss(self.ae, self.losses.pixels(views.frames), gen)
         self._apply(loss, self.ae.parameters())
         self.state["ae_step"] += 1
         return {
@@ -275,12 +265,13 @@ class WorldTrainer:
         b = self.options.batch
         data = self.prefetch.get(model_batch, self._key(), b, self._upcoming())
         gen = torch.Generator().manual_seed(data.gen_seed)
-        nav = self._flow(data.navigation, 1, gen)
-        fut = self._flow(data.future, data.window, gen, self.options.motion_weight)
-        cap = self._reply(
+        losses = self.losses
+        nav = losses.flow(data.navigation, 1, gen)
+        fut = losses.flow(data.future, data.window, gen, self.options.motion_weight)
+        cap = losses.reply(
             data.captions, CAPTION_QUESTION, [e.captions[0] for e in data.captions], gen
         )
-        agent = self._reply(data.agent, data.agent_question, data.agent_answers, gen)
+        agent = losses.reply(data.agent, data.agent_question, data.agent_answers, gen)
         loss = nav + fut + 0.2 * cap + 0.2 * agent
         self._apply(loss, [p for p in self.net.parameters() if p.requires_grad])
         self._update_ema()
@@ -297,7 +288,7 @@ class WorldTrainer:
         views = self.prefetch.get(views_batch, self._key(own=True), n, self._upcoming(own=True))
         gen = torch.Generator().manual_seed(views.gen_seed)
         self.ae.decoder.train().requires_grad_(True)
-        loss = decoder_loss(self.ae, self._pixels(views.frames), gen)
+        loss = decoder_loss(self.ae, self.losses.pixels(views.frames), gen)
         self._apply(loss, self.ae.decoder.parameters(), self.decoder_optimizer)
         self.ae.decoder.eval().requires_grad_(False)
         return loss
@@ -308,77 +299,6 @@ class WorldTrainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(params), 1.0)
         optimizer.step()
-
-    # -- the losses ---------------------------------------------------------------------
-
-    def _encode(self, episodes: list[Episode], gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Latents [B, K, C, h, w] (posterior samples, as a session takes them) and ViT
-        pixels [B, K, 3, H', W'] of every frame."""
-        images = [[Image.fromarray(f) for f in e.frames] for e in episodes]
-        pixels = torch.stack([torch.stack([to_tensor(im) for im in row]) for row in images])
-        pixels = pixels.to(self.device)
-        with torch.no_grad():
-            latents = self.ae.encode(pixels.flatten(0, 1), generator=gen)
-        rule = self.pipe.vit_rule
-        vit = torch.stack(
-            [torch.stack([to_tensor(rule.resize(im)) for im in row]) for row in images]
-        ).to(self.device)
-        return latents.unflatten(0, pixels.shape[:2]), vit
-
-    def _pixels(self, frames: np.ndarray) -> Tensor:
-        """uint8 frames [n, H, W, 3] as the autoencoder's pixels [n, 3, H, W], on the device."""
-        return torch.stack([to_tensor(Image.fromarray(f)) for f in frames]).to(self.device)
-
-    def _text(self, text: str, rows: int) -> Tensor:
-        return torch.tensor([self.pipe.tokenizer.frame(text)] * rows, device=self.device)
-
-    def _flow(
-        self, episodes: list[Episode], window: int, gen: torch.Generator, motion: float = 0.0
-    ) -> Tensor:
-        """Flow-matching loss of the last `window` frames after the earlier ones (with the
-        episodes' texts between them, as the chains add them); `motion` > 0 weighs each
-        target token by its change from the last context frame (`motion_weight`)."""
-        latents, vit = self._encode(episodes, gen)
-        b, k = latents.shape[:2]
-        seq = SequenceBuilder(self.net, self.pipe.tokenizer, b)
-        first_target = k - window
-        for i in range(first_target):
-            if episodes[0].texts[i] is not None:
-                seq.add_text(self._text(episodes[0].texts[i], b))
-            seq.add_image(latents[:, i], vit[:, i])
-        if episodes[0].texts[first_target] is not None:  # one text before a window
-            seq.add_text(self._text(episodes[0].texts[first_target], b))
-        p = self.pipe.config.latent_patch_size
-        grid = (latents.shape[3] // p, latents.shape[4] // p)
-        x0 = torch.stack(
-            [torch.stack([patchify_latent(z, p) for z in row[first_target:]]) for row in latents]
-        )  # [B, W, N, 64]
-        noise = torch.randn(x0.shape, generator=gen).to(self.device)
-        t = sample_t((b, window), self.options.timestep_shift, gen).to(self.device)
-        weight = None
-        if motion > 0 and first_target > 0:
-            before = torch.stack([patchify_latent(z, p) for z in latents[:, first_target - 1]])
-            weight = motion_weight(x0, before, motion)
-        velocity = seq.frames_velocity(noisy(x0, noise, t), t, grid)
-        return flow_loss(velocity, x0, noise, weight)
-
-    def _reply(
-        self, episodes: list[Episode], question: str, replies: list[str], gen: torch.Generator
-    ) -> Tensor:
-        """Cross-entropy of each reply to `question` asked after its episode's view."""
-        latents, vit = self._encode(episodes, gen)
-        b = len(episodes)
-        seq = SequenceBuilder(self.net, self.pipe.tokenizer, b)
-        seq.add_image(latents[:, 0], vit[:, 0])
-        seq.add_text(self._text(question, b))
-        tok = self.pipe.tokenizer
-        ids = [[*tok.encode(r), tok.eos_id] for r in replies]
-        n = max(len(r) for r in ids)
-        targets = torch.tensor([r + [tok.eos_id] * (n - len(r)) for r in ids])
-        mask = torch.tensor([[i < len(r) for i in range(n)] for r in ids])
-        inputs = torch.cat([torch.full((b, 1), tok.bos_id), targets[:, :-1]], dim=1)
-        targets, mask, inputs = (x.to(self.device) for x in (targets, mask, inputs))
-        return reply_loss(seq.reply_logits(inputs), targets, mask)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -392,7 +312,7 @@ class WorldTrainer:
         """shift = mean, scale = 1 / std of the posterior means over 64 held-back frames."""
         rng = np.random.default_rng([self.options.seed, 10**6])
         episodes = [navigation(rng, ["turn_left"]) for _ in range(32)]
-        pixels = self._pixels(np.stack([f for e in episodes for f in e.frames]))
+        pixels = self.losses.pixels(np.stack([f for e in episodes for f in e.frames]))
         with torch.no_grad():
             mean, _ = self.ae.encode_moments(pixels)
         ae_config = dataclasses.replace(
