@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import operator
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,6 +35,7 @@ VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
+_IMPORT_LOCK = threading.Lock()
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -163,7 +165,8 @@ class BagelTokenizer:
         if (folder / TOKENIZER_CONFIG).is_file():
             _check_json_object(folder / TOKENIZER_CONFIG)
 
-        from transformers import Qwen2Tokenizer
+        with _IMPORT_LOCK:  # transformers' lazy first import fails in concurrent threads
+            from transformers import Qwen2Tokenizer
 
         try:
             hf = Qwen2Tokenizer.from_pretrained(

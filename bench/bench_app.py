@@ -22,6 +22,10 @@ What is measured, on a tiny random checkpoint (float32, CPU):
   branch after every move), the sum of each click's time to its new frame.
 - path: the same world, its moves typed as one path ("forward x5", Walk the path):
   one click for all the moves, against the same in-process code.
+- CLI command: the same replay and world as the user runs them, `workbench replay` and
+  `workbench run` on a scenario file (prompt, then the moves; no export) in a fresh
+  process, start-up and model load included (how the app's slowness was first measured:
+  `workbench replay` against the app's Replay). Opening has no command of its own.
 - idle: the app server's CPU time (user + system, from /proc) over `--idle` seconds
   with the tab open and nothing running, as a share of one core.
 
@@ -105,6 +109,22 @@ def main() -> None:
             "world": lambda: _world_in_process(pipe, params, args.moves),
             "path": lambda: _world_in_process(pipe, params, args.moves),
         }
+        scenario = _world_scenario(tmp, args.steps, args.size, args.moves)
+        command_work = {
+            "replay": lambda rep: _command(
+                "replay",
+                str(sessions / _copy(rep)),
+                "--model",
+                str(model),
+                "--report",
+                str(tmp / f"report-{rep}.json"),
+            ),
+            "world": lambda rep: _command(
+                "run", str(scenario), "--model", str(model), "--out", str(tmp / f"run-{rep}")
+            ),
+        }
+        command_work["path"] = command_work["world"]
+        command_s: dict[str, list[float]] = {w: [] for w in works if w in command_work}
         cli_s: dict[str, list[float]] = {w: [] for w in works}
         app_s: dict[str, list[float]] = {w: [] for w in works}
         with _App(model, sessions, tmp) as app:
@@ -116,6 +136,8 @@ def main() -> None:
                     "path": lambda: app.world(args.steps, args.size, args.moves, path=True),
                 }
                 for w in works:
+                    if w in command_s:
+                        command_s[w].append(command_work[w](rep))
                     if rep % 2 == 0:
                         cli_s[w].append(_seconds(cli_work[w]))
                         app_s[w].append(app_work[w]())
@@ -131,13 +153,18 @@ def main() -> None:
         "path": f"world: start + path of {args.moves}",
     }
     print(f"{args.reps} interleaved reps; medians (each rep's seconds in brackets)")
-    print(f"{'work':<28}{'CLI code (s)':>28}{'app (s)':>28}{'app / CLI':>11}")
+    print(
+        f"{'work':<28}{'CLI code (s)':>24}{'app (s)':>24}{'app / CLI code':>16}"
+        f"{'CLI command (s)':>24}{'app / command':>15}"
+    )
     for w in works:
         cli, app_m = statistics.median(cli_s[w]), statistics.median(app_s[w])
-        print(
-            f"{names[w]:<28}{_cell(cli, cli_s[w]):>28}{_cell(app_m, app_s[w]):>28}"
-            f"{app_m / cli:>11.2f}"
-        )
+        line = f"{names[w]:<28}{_cell(cli, cli_s[w]):>24}{_cell(app_m, app_s[w]):>24}"
+        line += f"{app_m / cli:>16.2f}"
+        if w in command_s:
+            command = statistics.median(command_s[w])
+            line += f"{_cell(command, command_s[w]):>24}{app_m / command:>15.2f}"
+        print(line)
     print(f"idle server, one tab open: {100 * idle:.1f}% of one core over {args.idle:g} s")
 
 
@@ -153,6 +180,27 @@ def _seconds(work) -> float:
     started = time.perf_counter()
     work()
     return time.perf_counter() - started
+
+
+def _command(*args: str) -> float:
+    """Seconds of one `workbench` command in a fresh process (it must succeed)."""
+    command = [str(Path(sys.executable).parent / "workbench"), *args]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def _world_scenario(tmp: Path, steps: int, size: int, moves: int) -> Path:
+    """The world's work as a scenario file: a frame from the prompt, then the moves."""
+    path = tmp / "world.yaml"
+    path.write_text(
+        "name: bench world\n"
+        f"defaults: {{num_timesteps: {steps}, height: {size}, width: {size}}}\n"
+        "start: {prompt: a quiet street at dawn}\n"
+        f"steps:\n  - navigate: {{actions: [{', '.join(['forward'] * moves)}]}}\n"
+        "export: {formats: []}\n"
+    )
+    return path
 
 
 def _replay_in_process(folder: Path, pipe) -> None:

@@ -77,6 +77,40 @@ def test_replay_is_identical_on_the_same_device(pipe, saved):
     assert json.loads((folder / "replay_report.json").read_text())["frames"][0]["max_abs_diff"] == 0
 
 
+def test_each_turn_replays_and_loads_on_the_cpu_threads_it_was_made_with(pipe, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        s = Session(pipe)
+        s.add_text("a cat on a roof")
+        s.generate_image(FAST)
+        folder = save(s, tmp_path / "one-thread")
+    finally:
+        torch.set_num_threads(threads)
+    manifest = json.loads((folder / "session.json").read_text())
+    assert [t["threads"] for t in manifest["turns"]] == [1, 1]
+    torch.set_num_threads(2)  # another machine's or process's count (the app's, the CLI's)
+    try:
+        seen: list[int] = []
+        report = replay(folder, pipe, progress=lambda *_: seen.append(torch.get_num_threads()))
+        # the image turn's denoising steps ran on its one thread (between turns: two)
+        assert report.identical and seen.count(1) >= FAST.num_timesteps - 1
+        assert torch.get_num_threads() == 2  # and back afterwards
+        loaded = load(folder, pipe, progress=lambda *_: seen.append(torch.get_num_threads()))
+        assert [t.threads for t in loaded.turns] == [1, 1] and torch.get_num_threads() == 2
+        assert marks(loaded) == marks(s)
+        # a turn made now records this count
+        loaded.add_text("in the rain")
+        assert loaded.turns[-1].threads == 2
+    finally:
+        torch.set_num_threads(threads)
+    for bad in (0, 1025, 1.5, "2", True):
+        manifest["turns"][0]["threads"] = bad
+        (folder / "session.json").write_text(json.dumps(manifest))
+        with pytest.raises(SessionFileError, match=r"turns\[0\]\.threads must be a whole number"):
+            load(folder, pipe)
+
+
 def test_load_reapplies_the_drops(pipe, saved_with_drops):
     original, folder = saved_with_drops
     manifest = json.loads((folder / "session.json").read_text())

@@ -327,3 +327,28 @@ def test_undecodable_file(tmp_path: Path) -> None:
 
 def test_special_tokens_constant() -> None:
     assert BAGEL_SPECIAL_TOKENS == (IM_START, IM_END, VISION_START, VISION_END)
+
+
+def test_tokenizers_load_in_concurrent_threads_of_a_fresh_process(tiny_dir: Path) -> None:
+    # the app loads two models at once (the World page's and another page's); transformers'
+    # first import, lazy, raised ImportError in all but one of the threads that raced it
+    script = (
+        "import sys, threading\n"
+        "from bagel.tokenizer import BagelTokenizer\n"
+        "errors = []\n"
+        "def load():\n"
+        "    try:\n"
+        f"        BagelTokenizer.from_folder({str(tiny_dir)!r})\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=load) for _ in range(4)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "assert 'transformers' in sys.modules\n"
+        "print(errors)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

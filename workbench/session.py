@@ -83,6 +83,7 @@ class Turn:
     rows: tuple[tuple[int, int], tuple[int, int]] | None = None  # image: VAE, ViT rows in main
     dropped: tuple[ImagePart, ...] = ()  # drop: the image parts it removed from main
     undo: KVContext | None = field(default=None, repr=False, compare=False)  # drop: main before
+    threads: int | None = None  # CPU intra-op threads it ran with (sums depend on it); GPU: None
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,7 @@ class Session:
         with self._transaction(sum(self.pipe.image_token_counts(*prepared.size)), 2):
             before = self._marks()
             rows = self._append_image(prepared, seed)
-            self.turns.append(
-                Turn("user", "image", image=prepared, seed=seed, before=before, rows=rows)
-            )
+            self._record(Turn("user", "image", image=prepared, seed=seed, before=before, rows=rows))
         return prepared
 
     # -- model turns --------------------------------------------------------------
@@ -196,7 +195,7 @@ class Session:
         def commit(k: int, frame: ImageOutput) -> tuple[KVContext, KVContext, KVContext]:
             before, seed = self._marks(), params.seed + k
             rows = self._append_image(frame.image, seed)
-            self.turns.append(
+            self._record(
                 Turn(
                     "model",
                     "image",
@@ -408,12 +407,18 @@ class Session:
         text = self.text_mark.length
         text -= sum(max(0, min(stop, text) - start) for start, stop in cut)
         self.text_mark = Mark(text, self.text_mark.rope)
-        self.turns.append(Turn("session", "drop", before=before, dropped=parts, undo=undo))
+        self._record(Turn("session", "drop", before=before, dropped=parts, undo=undo))
+
+    def _record(self, turn: Turn) -> None:
+        """Append a turn made here, with the CPU thread count it ran with: a CPU's sums
+        (and so the frames) depend on it, and replay runs each turn with its own."""
+        threads = torch.get_num_threads() if self.pipe.device.type == "cpu" else None
+        self.turns.append(replace(turn, threads=threads))
 
     def _user_text(self, text: str) -> None:
         before = self._marks()
         self._append_prompt(text)
-        self.turns.append(Turn("user", "text", text=text, before=before))
+        self._record(Turn("user", "text", text=text, before=before))
 
     def _append_prompt(self, text: str) -> None:
         self.text_mark = Mark.of(self.main)  # the text-dropped context stops before a text
@@ -448,7 +453,7 @@ class Session:
             progress=progress,
         )
         rows = self._append_image(out.image, params.seed)
-        self.turns.append(
+        self._record(
             Turn(
                 "model",
                 "image",
@@ -475,7 +480,7 @@ class Session:
             progress=progress,
         )
         self.pipe.append_text(self.main, reply.text)
-        self.turns.append(
+        self._record(
             Turn(
                 "model",
                 kind,
@@ -492,7 +497,7 @@ class Session:
         scores = self.pipe.score_continuations(self.main, options)
         answer = options[max(range(len(options)), key=scores.__getitem__)]
         self.pipe.append_text(self.main, answer)
-        self.turns.append(
+        self._record(
             Turn(
                 "model",
                 "choice",

@@ -22,6 +22,7 @@ replaying regenerates the model's turns and compares them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,6 +30,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,7 @@ SNAPSHOT_VERSION = 1
 STORED_CONTEXTS = ("main", "image_dropped")  # the text-dropped context is a mark into main
 USE_TURNS = "; pass use_snapshot=False to rebuild the contexts from the turns instead"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_THREADS = 1024  # a turn's recorded CPU thread count (replay starts that many)
 IMAGE_NAME = re.compile(r"images/(\d{4,})-([0-9a-f]{16})\.png")  # as `save` names them
 
 
@@ -105,6 +108,8 @@ def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:
             entry["dropped"] = [list(part) for part in turn.dropped]
         if turn.forcing is not None:
             entry["forcing"] = dataclasses.asdict(turn.forcing)
+        if turn.threads is not None:
+            entry["threads"] = turn.threads
         if turn.image is not None:
             # named by content: an image already saved is not written again, and a turn
             # redone after a rewind gets a new file instead of keeping the stale one
@@ -179,7 +184,8 @@ def load(
             return session
     session, turns = Session(pipe, limit=_limit(folder, manifest)), manifest["turns"]
     for index, entry in enumerate(turns):
-        _restore(session, folder, entry, index)
+        with _threads_of(entry, pipe):
+            _restore(session, folder, entry, index)
         if progress is not None:
             progress(index + 1, len(turns))
     return session
@@ -208,13 +214,30 @@ def replay(
     total = len(manifest["turns"])
     for index, entry in enumerate(manifest["turns"]):
         step = None if progress is None else (lambda _d, _t, i=index: progress(i, total))
-        _replay_turn(session, folder, manifest, index, entry, step, frames, texts)
+        with _threads_of(entry, pipe):
+            _replay_turn(session, folder, manifest, index, entry, step, frames, texts)
         if progress is not None:
             progress(index + 1, total)
     result = ReplayReport(frames, texts, time.perf_counter() - started)
     text = result.to_json(format=outputs.REPORT_FORMAT, session=str(folder))
     write_atomic(report_file, lambda t: t.write_text(text, encoding="utf-8"))
     return result
+
+
+@contextlib.contextmanager
+def _threads_of(entry: dict, pipe: BagelPipeline) -> Iterator[None]:
+    """Run a turn's work on as many CPU threads as it was made with: how a CPU splits
+    its sums changes the last bits, and so the frames (a session made on one thread
+    replays identically on a two-core machine only on one thread)."""
+    threads, before = entry.get("threads"), torch.get_num_threads()
+    if pipe.device.type != "cpu" or threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _replay_turn(
@@ -347,6 +370,11 @@ def _check_turn(path: Path, index: int, entry: object) -> None:
     seconds = entry.get("seconds", 0.0)
     if not _finite(seconds) or seconds < 0:
         raise SessionFileError(f"{where}.seconds must be a finite number >= 0, got {seconds!r}")
+    threads = entry.get("threads", 1)
+    if type(threads) is not int or not 1 <= threads <= MAX_THREADS:
+        raise SessionFileError(
+            f"{where}.threads must be a whole number from 1 to {MAX_THREADS}, got {threads!r}"
+        )
     if entry["kind"] == "drop":
         dropped = entry.get("dropped")
         if not isinstance(dropped, list) or not all(_is_part(p) for p in dropped):
@@ -466,6 +494,7 @@ def _turn(
         rows=rows,
         dropped=_parts(entry) if kind == "drop" else (),
         forcing=Forcing(**entry["forcing"]) if "forcing" in entry else None,
+        threads=entry.get("threads"),
     )
 
 
