@@ -32,7 +32,8 @@ from workbench.export import export_session
 from workbench.outputs import MARKER, REPORT, OutputError, check_output_folder
 from workbench.params import GenerationParams
 from workbench.positions import scenario_positions
-from workbench.scenario import ScenarioError, load_scenario, run_scenario
+from workbench.scenario import ScenarioError, load_scenario
+from workbench.scenario_run import run_scenario
 from workbench.session import Session
 from workbench.store import replay, save
 

@@ -94,7 +94,7 @@ def _run_batch(scenarios: list[Scenario], out: Path, args: argparse.Namespace) -
     each scenario against it; only then run them, one after another. A scenario that fails
     is reported and the next one runs (exit code 1)."""
     from bagel.errors import InputError
-    from workbench.scenario import check_for_model, check_out_dir
+    from workbench.scenario_run import check_for_model, check_out_dir
 
     targets = _targets(scenarios, out)
     for scenario, folder in targets:
@@ -162,7 +162,8 @@ def _model_path(model: str | None) -> str:
 
 def _targets(scenarios: list[Scenario], out: Path) -> list[tuple[Scenario, Path]]:
     """Each scenario's folder, out/<file stem>; out itself must not be a run or session."""
-    from workbench.scenario import RUN_MANIFEST, ScenarioError
+    from workbench.scenario import ScenarioError
+    from workbench.scenario_run import RUN_MANIFEST
     from workbench.store import MANIFEST
 
     for name in (MANIFEST, RUN_MANIFEST):
@@ -206,7 +207,7 @@ def _pick(scenarios: list[Scenario], key: str, override: str | None) -> str | No
 
 def _run_one(scenario: Scenario, pipe: BagelPipeline, folder: Path) -> _Row:
     from bagel.errors import BagelError
-    from workbench.scenario import run_scenario
+    from workbench.scenario_run import run_scenario
 
     started, name = time.perf_counter(), scenario.source.stem
     bars = _Bars(scenario)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -43,6 +43,7 @@ from bagel.tiny import make_tiny
 from bagel.train import autoencoder_loss, decoder_loss
 from workbench.chains import CAPTION_QUESTION
 from workbench.files import write_atomic
+from workbench.train_files import load_optimizer, optimizer_tensors, save_tensors, trim_log
 from workbench.world_batches import Prefetch, model_batch, views_batch
 from workbench.world_data import navigation
 from workbench.world_losses import SampleLosses
@@ -125,7 +126,7 @@ class WorldTrainer:
         state_file = self.train_dir / "state.json"
         if resume and state_file.exists():
             self.state = json.loads(state_file.read_text())
-            _trim_log(self.train_dir / LOG, self.state)
+            trim_log(self.train_dir / LOG, self.state)
         else:
             if (self.out / EMA_WEIGHTS).exists() and not resume:
                 raise InputError(f"{self.out} already holds a checkpoint; use --resume")
@@ -169,7 +170,7 @@ class WorldTrainer:
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         saved = self.train_dir / "optimizer.safetensors"
         if saved.exists() and self.state.get("optimizer_phase") == self._phase:
-            _load_optimizer(optimizer, load_file(saved), self.state["optimizer_groups"])
+            load_optimizer(optimizer, load_file(saved), self.state["optimizer_groups"])
             for group in optimizer.param_groups:  # this run's learning rate wins
                 group["lr"] = lr
         return optimizer
@@ -182,7 +183,7 @@ class WorldTrainer:
         optimizer = torch.optim.AdamW(params, lr=self.options.ae_lr, weight_decay=0.0)
         saved = self.train_dir / DECODER_OPTIMIZER
         if saved.exists() and "decoder_optimizer_groups" in self.state:
-            _load_optimizer(optimizer, load_file(saved), self.state["decoder_optimizer_groups"])
+            load_optimizer(optimizer, load_file(saved), self.state["decoder_optimizer_groups"])
             for group in optimizer.param_groups:
                 group["lr"] = self.options.ae_lr
         return optimizer
@@ -328,16 +329,16 @@ class WorldTrainer:
     def save(self) -> None:
         """The official layout in OUT (EMA weights), then the resume state in OUT/train."""
         self.pipe.config.to_files(self.out)
-        _save(self.ema, self.out / EMA_WEIGHTS)
-        _save(self.ae.state_dict(), self.out / AE_WEIGHTS)
+        save_tensors(self.ema, self.out / EMA_WEIGHTS)
+        save_tensors(self.ae.state_dict(), self.out / AE_WEIGHTS)
         write_marker(self.out)
-        _save(self.net.state_dict(), self.train_dir / "model.safetensors")
-        tensors, groups = _optimizer_tensors(self.optimizer)
-        _save(tensors, self.train_dir / "optimizer.safetensors")
+        save_tensors(self.net.state_dict(), self.train_dir / "model.safetensors")
+        tensors, groups = optimizer_tensors(self.optimizer)
+        save_tensors(tensors, self.train_dir / "optimizer.safetensors")
         self.state.update(optimizer_phase=self._phase, optimizer_groups=groups)
         if self.decoder_optimizer is not None:
-            tensors, groups = _optimizer_tensors(self.decoder_optimizer)
-            _save(tensors, self.train_dir / DECODER_OPTIMIZER)
+            tensors, groups = optimizer_tensors(self.decoder_optimizer)
+            save_tensors(tensors, self.train_dir / DECODER_OPTIMIZER)
             self.state["decoder_optimizer_groups"] = groups
         self.state["options"] = dataclasses.asdict(self.options)
         text = json.dumps(self.state, indent=2) + "\n"
@@ -354,20 +355,6 @@ class WorldTrainer:
             handle.write(json.dumps(record) + "\n")
 
 
-def _trim_log(log: Path, state: dict) -> None:
-    """Drop the records of steps after the saved state (a resumed run does them again)."""
-    if not log.exists():
-        return
-    lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = []
-    for line in lines:
-        record = json.loads(line)
-        if record["ae_step"] <= state["ae_step"] and record["step"] <= state["step"]:
-            kept.append(line)
-    if len(kept) < len(lines):
-        write_atomic(log, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
-
-
 def _narrow_posterior(ae) -> None:
     """Start the encoder's log-variance near −10 (std ≈ 0.007): a random init gives std ≈ 1,
     whose sampling noise drowns the latent and stalls the reconstruction for a long time;
@@ -378,30 +365,6 @@ def _narrow_posterior(ae) -> None:
     with torch.no_grad():
         conv.weight[z:].mul_(0.1)
         conv.bias[z:].fill_(-10.0)
-
-
-def _save(tensors: dict[str, Tensor], path: Path) -> None:
-    data = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    write_atomic(path, lambda tmp: save_file(data, str(tmp), metadata={"format": "pt"}))
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list]:
-    """An optimizer's state as flat tensors `index.name` plus its JSON-able groups."""
-    state = optimizer.state_dict()
-    tensors = {
-        f"{index}.{name}": value
-        for index, entries in state["state"].items()
-        for name, value in entries.items()
-    }
-    return tensors, state["param_groups"]
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], groups) -> None:
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def command(args) -> int:
