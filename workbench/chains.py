@@ -397,7 +397,7 @@ def _check_common(
         raise InputError(f"params must be a GenerationParams, got {type(params).__name__}")
     if progress is not None and not callable(progress):
         raise InputError(f"progress must be callable, got {progress!r}")
-    session._size(params)  # a bad height/width fails here, before any turn
+    session.image_size(params)  # a bad height/width fails here, before any turn
     return params
 
 

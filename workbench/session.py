@@ -169,7 +169,7 @@ class Session:
         """Sample an image after the whole session; it then re-enters the context as an
         input image would (clean VAE tokens at the rope it was generated at, then ViT)."""
         params = params or GenerationParams()
-        height, width = self._size(params)
+        height, width = self.image_size(params)
         with self._transaction(sum(self.pipe.image_token_counts(width, height)), 2):
             return self._generated_image(params, height, width, progress)
 
@@ -188,7 +188,7 @@ class Session:
         re-enters the context as an image turn; a failure undoes the whole run."""
         params = params or GenerationParams()
         check_forcing(schedule, window, frames)
-        height, width = self._size(params)
+        height, width = self.image_size(params)
         per_frame = sum(self.pipe.image_token_counts(width, height))
         noise = torch.stack([self._noise(params.seed + k, height, width) for k in range(frames)])
 
@@ -255,7 +255,7 @@ class Session:
         n = self._text_tokens(question) + max(len(ids) + 1 for ids in option_ids)
         with self._transaction(n, n):
             self._user_text(question)
-            return self._answer(list(options))
+            return self.answer(list(options))
 
     def think_then_generate(
         self,
@@ -268,7 +268,7 @@ class Session:
         params = params or GenerationParams()
         texts = self._text_tokens(GEN_THINK_PROMPT) + self._text_tokens(prompt)
         texts += self._reply_bound(params)
-        height, width = self._size(params)
+        height, width = self.image_size(params)
         image = sum(self.pipe.image_token_counts(width, height))
         with self._transaction(texts + image, texts + 2):
             self._user_text(GEN_THINK_PROMPT)
@@ -317,6 +317,53 @@ class Session:
         """Tokens per context and K/V bytes of this session (see `memory_report` for
         several branches with their shared storage counted once)."""
         return memory_report(self).branches[0]
+
+    def answer(self, options: list[str]) -> tuple[str, list[float]]:
+        """The model's pick among `options` as its reply to the question already in the
+        context (`choose` asks it first); recorded as a "choice" turn."""
+        before, started = self._marks(), time.perf_counter()
+        scores = self.pipe.score_continuations(self.main, options)
+        answer = options[max(range(len(options)), key=scores.__getitem__)]
+        self.pipe.append_text(self.main, answer)
+        self._record(
+            Turn(
+                "model",
+                "choice",
+                text=answer,
+                seconds=time.perf_counter() - started,
+                before=before,
+                options=tuple(options),
+                scores=tuple(scores),
+            )
+        )
+        return answer, scores
+
+    def image_size(self, params: GenerationParams) -> tuple[int, int]:
+        """(height, width) of the next generated image: the params' size (checked against
+        the model), else the last image's, else the largest square up to 1024."""
+        if params.height is not None:
+            self.pipe.check_image_size(params.height, params.width)
+            return params.height, params.width
+        last = next((t.image for t in reversed(self.turns) if t.image is not None), None)
+        if last is not None:
+            return last.height, last.width
+        side = min(1024, self.pipe.config.vae_max_side)
+        return side, side
+
+    def restore(self, turn: Turn) -> None:
+        """Append a recorded turn (a saved session's) as it happened, generating nothing:
+        its text or image goes into the contexts it went into then; a drop is redone."""
+        if turn.kind == "drop":
+            self._drop(turn.dropped)
+            return
+        before, rows = self._marks(), None
+        if turn.role == "user" and turn.kind == "text":
+            self._append_prompt(turn.text)
+        elif turn.kind == "image":
+            rows = self._append_image(turn.image, turn.seed)
+        else:  # a model reply, thinking or choice: main context only
+            self.pipe.append_text(self.main, turn.text)
+        self.turns.append(replace(turn, before=before, rows=rows))
 
     # -- internals ----------------------------------------------------------------
 
@@ -491,34 +538,6 @@ class Session:
             )
         )
         return reply.text
-
-    def _answer(self, options: list[str]) -> tuple[str, list[float]]:
-        before, started = self._marks(), time.perf_counter()
-        scores = self.pipe.score_continuations(self.main, options)
-        answer = options[max(range(len(options)), key=scores.__getitem__)]
-        self.pipe.append_text(self.main, answer)
-        self._record(
-            Turn(
-                "model",
-                "choice",
-                text=answer,
-                seconds=time.perf_counter() - started,
-                before=before,
-                options=tuple(options),
-                scores=tuple(scores),
-            )
-        )
-        return answer, scores
-
-    def _size(self, params: GenerationParams) -> tuple[int, int]:
-        if params.height is not None:
-            self.pipe.check_image_size(params.height, params.width)
-            return params.height, params.width
-        last = next((t.image for t in reversed(self.turns) if t.image is not None), None)
-        if last is not None:
-            return last.height, last.width
-        side = min(1024, self.pipe.config.vae_max_side)
-        return side, side
 
     def _noise(self, seed: int, height: int, width: int) -> torch.Tensor:
         """The initial latent generate_image draws for this seed, as [C, H/8, W/8]."""

@@ -268,7 +268,7 @@ def _replay_turn(
         saved = open_turn_image(folder, entry["image"], index, verify=False)
         frames.append(_compare(index, image, saved))
     elif entry["kind"] == "choice":
-        answer, _ = session._answer(entry["options"])
+        answer, _ = session.answer(entry["options"])
         texts.append((index, answer == entry["text"]))
     elif entry["role"] == "model":
         reply = session.pipe.generate_text(
@@ -451,20 +451,14 @@ def _is_part(part: object) -> bool:
 
 def _restore(session: Session, folder: Path, entry: dict, index: int) -> None:
     """Append a recorded turn as it happened, without generating anything."""
-    if entry["kind"] == "drop":
-        try:
-            session._drop(_parts(entry))
-        except BagelError as err:
-            raise SessionFileError(f"{folder / MANIFEST}: turns[{index}].dropped: {err}") from err
+    turn = _turn(folder, entry, index)
+    if turn.kind != "drop":
+        session.restore(turn)
         return
-    turn, rows = _turn(folder, entry, index, session._marks()), None
-    if turn.role == "user" and turn.kind == "text":
-        session._append_prompt(turn.text)
-    elif turn.kind == "image":
-        rows = session._append_image(turn.image, turn.seed)
-    else:  # a model reply, thinking or choice: main context only
-        session.pipe.append_text(session.main, turn.text)
-    session.turns.append(dataclasses.replace(turn, rows=rows))
+    try:
+        session.restore(turn)
+    except BagelError as err:
+        raise SessionFileError(f"{folder / MANIFEST}: turns[{index}].dropped: {err}") from err
 
 
 def _parts(entry: dict) -> tuple[tuple[int, str], ...]:
@@ -475,8 +469,7 @@ def _turn(
     folder: Path,
     entry: dict,
     index: int,
-    before: tuple[Mark, Mark, Mark],
-    rows: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    before: tuple[Mark, Mark, Mark] | None = None,
 ) -> Turn:
     """A validated manifest entry as a Turn (its image read from the folder)."""
     kind = entry["kind"]
@@ -491,7 +484,6 @@ def _turn(
         before=before,
         options=tuple(entry["options"]) if kind == "choice" else None,
         scores=tuple(entry["scores"]) if kind == "choice" else None,
-        rows=rows,
         dropped=_parts(entry) if kind == "drop" else (),
         forcing=Forcing(**entry["forcing"]) if "forcing" in entry else None,
         threads=entry.get("threads"),
