@@ -19,6 +19,7 @@ from workbench.world_eval import (
     evaluate_navigation,
     frame_scores,
     markdown,
+    summary,
     world_params,
     write_report,
 )
@@ -66,8 +67,25 @@ def test_eval_world_scores_every_chain_and_writes_table_and_plot(pipe, tmp_path)
     assert json.loads(paths[0].read_text())["steps"] == 2
     assert "| future frames | forcing-w4 |" in paths[1].read_text()
     assert "PSNR over the pixels that moved" in paths[1].read_text()
+    assert "in the 1 of 1 episodes where something moved" in paths[1].read_text()
     assert Image.open(paths[2]).size == (720, 420)
     assert markdown(report) == paths[1].read_text()
+
+
+def test_moved_frames_are_scored_apart_from_still_ones():
+    """A future frame in which nothing moved (the ball out of view) is one copying gets
+    exactly: the figures "where something moved" leave such runs out."""
+    runs = [
+        {"psnr": [20.0, 18.0], "ssim": [0.9, 0.8], "moving_psnr": [12.0, None]},
+        {"psnr": [60.0, 22.0], "ssim": [1.0, 0.9], "moving_psnr": [None, 14.0]},
+        {"psnr": [26.0, 30.0], "ssim": [0.9, 0.9], "moving_psnr": [16.0, 10.0]},
+    ]
+    s = summary(runs)
+    assert s["psnr"] == [pytest.approx(106 / 3, abs=1e-3), pytest.approx(70 / 3, abs=1e-3)]
+    assert s["moved_runs"] == [2, 2]
+    assert s["psnr_moved_frames"] == [23.0, 26.0]
+    assert s["moving_psnr"] == [14.0, 12.0]
+    assert "moved_runs" not in summary([{"psnr": [1.0], "ssim": [0.5]}])
 
 
 def test_eval_world_command_refuses_bad_counts(tmp_path, capsys):

@@ -113,7 +113,7 @@ def _moving_psnr(
     return scores
 
 
-def _summary(runs: list[dict[str, list]]) -> dict[str, list]:
+def summary(runs: list[dict[str, list]]) -> dict[str, list]:
     """Per step: mean PSNR / SSIM over the runs and the median PSNR (and, where the runs
     have it, the mean moving-pixel PSNR over the runs in which something moved)."""
     out = {}
@@ -124,12 +124,21 @@ def _summary(runs: list[dict[str, list]]) -> dict[str, list]:
         round(statistics.median(v), 3) for v in zip(*[r["psnr"] for r in runs], strict=True)
     ]
     if runs and "moving_psnr" in runs[0]:
-        per_step = zip(*[r["moving_psnr"] for r in runs], strict=True)
+        per_step = list(zip(*[r["moving_psnr"] for r in runs], strict=True))
         out["moving_psnr"] = [
             round(statistics.fmean(known), 3)
             if (known := [x for x in v if x is not None])
             else None
             for v in per_step
+        ]
+        # the whole frame's PSNR over the runs in which something moved at that step
+        whole = list(zip(*[r["psnr"] for r in runs], strict=True))
+        out["moved_runs"] = [sum(x is not None for x in v) for v in per_step]
+        out["psnr_moved_frames"] = [
+            round(statistics.fmean(known), 3)
+            if (known := [p for p, m in zip(w, v, strict=True) if m is not None])
+            else None
+            for w, v in zip(whole, per_step, strict=True)
         ]
     return out
 
@@ -187,7 +196,7 @@ def evaluate_navigation(
                 start = _images(episode.frames[:1])
                 strips[name] = [start + truth, start + rollout]
             copy_runs.append(_scores([_images(episode.frames[:1])[0]] * steps, truth))
-        kinds[name] = {"model": _summary(model_runs), "copy": _summary(copy_runs)}
+        kinds[name] = {"model": summary(model_runs), "copy": summary(copy_runs)}
     return kinds
 
 
@@ -219,7 +228,7 @@ def evaluate_future(
         runs["copy"].append(_future_scores([context[-1]] * steps, truth, context[-1]))
         decoded = [_through_autoencoder(pipe, t, e * steps + k) for k, t in enumerate(truth)]
         runs["autoencoder"].append(_future_scores(decoded, truth, context[-1]))
-    return {name: _summary(r) for name, r in runs.items()}
+    return {name: summary(r) for name, r in runs.items()}
 
 
 def evaluate_revisit(pipe: BagelPipeline, episodes: int, params: GenerationParams) -> dict:
@@ -295,10 +304,18 @@ def markdown(report: dict) -> str:
         for m, s in report["future"].items()
         if s.get("moving_psnr") and s["moving_psnr"][0] is not None
     )
+    future = report["future"]
     if moving:
+        moved = ", ".join(
+            f"{m} {s['psnr_moved_frames'][0]:.2f}"
+            for m, s in future.items()
+            if s.get("psnr_moved_frames") and s["psnr_moved_frames"][0] is not None
+        )
+        runs = next(iter(future.values()))["moved_runs"][0]
         revisit = (
             "\nFuture frames, PSNR over the pixels that moved (true frame vs last context "
-            f"frame), step 1: {moving} dB.\n" + revisit
+            f"frame), step 1: {moving} dB. The whole frame at step 1 in the {runs} of "
+            f"{report['episodes']} episodes where something moved: {moved} dB.\n" + revisit
         )
     ae = report["autoencoder"]
     recon = f"\nAutoencoder reconstruction of {ae['frames']} held-out views: {ae['psnr_mean']:.2f} dB.\n"
