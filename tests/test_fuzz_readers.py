@@ -22,8 +22,9 @@ from bagel.errors import BagelError
 from workbench.params import GenerationParams
 from workbench.scenario import CHAIN_ARGS, TOP_KEYS, ScenarioError, load_scenario
 from workbench.session import Session
-from workbench.store import SessionFileError, read_manifest, save
+from workbench.session_format import SessionFileError, read_manifest
 from workbench.store import load as load_session
+from workbench.store import save
 
 FUZZ = settings(
     max_examples=40,

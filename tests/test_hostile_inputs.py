@@ -38,8 +38,9 @@ from workbench.export import export_session
 from workbench.params import GenerationParams
 from workbench.scenario import ScenarioError, load_scenario
 from workbench.session import Session
-from workbench.store import SessionFileError, replay, save
+from workbench.session_format import SessionFileError
 from workbench.store import load as load_session
+from workbench.store import replay, save
 
 FAST = GenerationParams(num_timesteps=2, height=32, width=32, max_think_tokens=2, seed=1)
 _OPENED: list[str] | None = None

@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from workbench import chains, store
+from workbench import chains, session_format, store
 from workbench.cli import main
 from workbench.client import RemoteError, RemoteSession
 from workbench.params import GenerationParams
@@ -179,7 +179,7 @@ def test_a_snapshot_that_does_not_match_is_rebuilt_from_the_turns(pipe, client, 
     _ok(client.post(f"/sessions/{sid}/text", json={"text": "a lighthouse"}))
     _ok(client.post(f"/sessions/{sid}/generate", json={"params": FAST}))
     folder = tmp_path / "sessions" / sid
-    (folder / store.SNAPSHOT).write_bytes(b"torn")  # as if killed between the two renames
+    (folder / session_format.SNAPSHOT).write_bytes(b"torn")  # as if killed between the two renames
     (folder.parent / "not-a-session").mkdir()
     again = TestClient(create_app(pipe, tmp_path / "sessions"))
     assert _turns(again, sid) == _turns(client, sid)
@@ -272,7 +272,7 @@ def test_a_queued_request_streams_its_position_then_its_progress(client):
 def test_cancelling_a_running_generation_leaves_the_session_and_its_folder(client, tmp_path):
     sid = _new(client)
     _ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
-    manifest = (tmp_path / "sessions" / sid / store.MANIFEST).read_bytes()
+    manifest = (tmp_path / "sessions" / sid / session_format.MANIFEST).read_bytes()
     thread, out = _started(client, sid, "generate", {"params": SLOW})
     job = _job(client, "running", steps=2)
     assert _ok(client.post(f"/jobs/{job['id']}/cancel"))["id"] == job["id"]
@@ -280,7 +280,7 @@ def test_cancelling_a_running_generation_leaves_the_session_and_its_folder(clien
     assert out[0].status_code == 409 and "cancelled" in out[0].json()["detail"]
     assert _ok(client.get(f"/jobs/{job['id']}"))["state"] == "cancelled"
     assert len(_turns(client, sid)) == 1
-    assert (tmp_path / "sessions" / sid / store.MANIFEST).read_bytes() == manifest
+    assert (tmp_path / "sessions" / sid / session_format.MANIFEST).read_bytes() == manifest
     # the session goes on as if the cancelled turn had never been asked for
     service_session = client.app.state.service.registry.get(sid).session
     assert len(service_session.turns) == 1
@@ -434,13 +434,13 @@ def test_bad_requests_get_their_4xx_and_change_nothing(client, tmp_path):
     _ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
     _ok(client.post(f"/sessions/{sid}/generate", json={"params": FAST}))
     folder = tmp_path / "sessions" / sid
-    before = (_turns(client, sid), (folder / store.MANIFEST).read_bytes())
+    before = (_turns(client, sid), (folder / session_format.MANIFEST).read_bytes())
     for method, url, kwargs, status, says in _bad_requests(sid):
         response = client.request(method, url, **kwargs)
         assert response.status_code == status, (url, kwargs.get("json"), response.text)
         assert says in response.text, (url, response.text)
         assert "Traceback" not in response.text
-        assert (_turns(client, sid), (folder / store.MANIFEST).read_bytes()) == before, url
+        assert (_turns(client, sid), (folder / session_format.MANIFEST).read_bytes()) == before, url
     assert [s["id"] for s in _ok(client.get("/sessions"))] == [sid]
 
 

@@ -164,7 +164,7 @@ def _targets(scenarios: list[Scenario], out: Path) -> list[tuple[Scenario, Path]
     """Each scenario's folder, out/<file stem>; out itself must not be a run or session."""
     from workbench.scenario import ScenarioError
     from workbench.scenario_run import RUN_MANIFEST
-    from workbench.store import MANIFEST
+    from workbench.session_format import MANIFEST
 
     for name in (MANIFEST, RUN_MANIFEST):
         if (out / name).exists():
@@ -319,7 +319,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_on_ray(folders: list[Path], args: argparse.Namespace) -> int:
     """`replay --ray`: the sessions spread over Ray replicas (workbench.fanout)."""
     from workbench.fanout import replay_sessions
-    from workbench.store import read_manifest
+    from workbench.session_format import read_manifest
 
     manifest = read_manifest(folders[0], None, allow_other_checkpoint=True)
     device = args.device or manifest.get("device") or "cpu"
@@ -382,7 +382,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _load_for_session(folder: Path, args: argparse.Namespace) -> BagelPipeline:
     """--model (default: the tiny checkpoint) on the session's own device kind, dtype and
     quantisation unless --device / --dtype / --profile say otherwise."""
-    from workbench.store import read_manifest
+    from workbench.session_format import read_manifest
 
     # device and dtype only: the command's own reader checks the snapshot, once
     manifest = read_manifest(folder, None, allow_other_checkpoint=True, check_snapshot=False)

@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw, ImageFont
 from bagel.errors import BagelError, InputError
 from bagel.pipeline import BagelPipeline, ProgressFn
 from bagel.tokenizer import GEN_THINK_PROMPT
-from workbench import outputs, store
+from workbench import outputs, session_format, store
 from workbench.files import check_regular_file, write_atomic
 from workbench.metrics import FrameMetrics, frame_metrics
 from workbench.session import Session
@@ -257,7 +257,7 @@ def export_session(
     if isinstance(source, Session):
         pipe = pipe or source.pipe
     elif pipe is not None:
-        store.read_manifest(Path(source), pipe, allow_other_checkpoint=False)
+        session_format.read_manifest(Path(source), pipe, allow_other_checkpoint=False)
     picked = session_frames(source, include)
     if not picked:
         raise InputError(f"no frames to export: the session has no {include} images")
@@ -362,10 +362,10 @@ def copy_saved_session(folder: Path, target: Path) -> list[Path]:
     K/V snapshot) into the new folder `target`, nothing else: each must be a regular file
     inside `folder` (no link followed, no FIFO or device opened), and their sizes are
     checked against the free space before anything is read."""
-    manifest = store.read_manifest(folder, None, allow_other_checkpoint=True)
-    names = [store.MANIFEST, *(t["image"] for t in manifest["turns"] if "image" in t)]
+    manifest = session_format.read_manifest(folder, None, allow_other_checkpoint=True)
+    names = [session_format.MANIFEST, *(t["image"] for t in manifest["turns"] if "image" in t)]
     if isinstance(manifest.get("snapshot"), dict):
-        names.append(store.SNAPSHOT)
+        names.append(session_format.SNAPSHOT)
     names = list(dict.fromkeys(names))
     sizes = {name: check_regular_file(folder / name, folder) for name in names}
     _make_folder(target)
@@ -408,13 +408,13 @@ def _turns(source: Session | str | Path) -> list[tuple[str, str, str | None, Cal
     if isinstance(source, Session):
         return [(t.role, t.kind, t.text, lambda im=t.image: im) for t in source.turns]
     folder = Path(source)
-    manifest = store.read_manifest(folder, None, allow_other_checkpoint=True)
+    manifest = session_format.read_manifest(folder, None, allow_other_checkpoint=True)
     return [
         (
             e["role"],
             e["kind"],
             e.get("text"),
-            lambda e=e, i=i: store.open_turn_image(folder, e["image"], i),
+            lambda e=e, i=i: session_format.open_turn_image(folder, e["image"], i),
         )
         for i, e in enumerate(manifest["turns"])
     ]

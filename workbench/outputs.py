@@ -23,10 +23,10 @@ from pathlib import Path
 
 from bagel.errors import InputError
 from workbench.files import write_atomic
+from workbench.session_format import MANIFEST as SESSION_MANIFEST
 
 MARKER = ".bagel-workbench-output.json"
 MARKER_FORMAT = "bagel-workbench-output"
-SESSION_MANIFEST = "session.json"  # workbench.store.MANIFEST (store imports this module)
 REPORT = "replay_report.json"  # a replay's report, by default in the session folder
 REPORT_FORMAT = "bagel-workbench-replay-report"
 

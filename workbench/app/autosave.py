@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline, ProgressFn
-from workbench import store
+from workbench import session_format, store
 from workbench.app.actions import Outcome, metrics_of
 from workbench.app.branches import PAGES, Branch, steps_from_turns
 from workbench.app.jobs import set_phase
@@ -116,7 +116,9 @@ def saved_branches(root: Path, workspace: str) -> list[SavedBranch]:
     if not base.is_dir():
         return []
     for folder in base.iterdir():
-        if not (BRANCH_NAME.fullmatch(folder.name) and (folder / store.MANIFEST).is_file()):
+        if not (
+            BRANCH_NAME.fullmatch(folder.name) and (folder / session_format.MANIFEST).is_file()
+        ):
             continue
         try:
             meta = json.loads((folder / META).read_text(encoding="utf-8"))
@@ -128,7 +130,7 @@ def saved_branches(root: Path, workspace: str) -> list[SavedBranch]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
         if page in PAGES:
-            mtime = (folder / store.MANIFEST).stat().st_mtime
+            mtime = (folder / session_format.MANIFEST).stat().st_mtime
             found.append(SavedBranch(folder.name, page, folder, labels, frames, mtime, seed))
     return sorted(found, key=lambda b: b.mtime)
 

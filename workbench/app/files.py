@@ -21,7 +21,7 @@ from PIL import Image
 
 from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline
-from workbench import outputs, store
+from workbench import outputs, session_format, store
 from workbench.session import Session
 
 MB = 1024 * 1024
@@ -99,7 +99,7 @@ def unpack_session(name: str, data: bytes, dest: Path) -> Path:
         try:
             _extract(name, archive, members, tmp)
             try:  # a manifest that cannot be read never lands in the sessions folder
-                store.read_manifest(tmp, None, allow_other_checkpoint=True)
+                session_format.read_manifest(tmp, None, allow_other_checkpoint=True)
             except BagelError as err:
                 raise UploadError(f"{name}: {str(err).replace(str(tmp), dest.name)}") from err
             os.replace(tmp, dest)
@@ -127,11 +127,13 @@ def _check_members(name: str, archive: zipfile.ZipFile) -> dict[str, zipfile.Zip
         if stat.S_ISLNK(mode):
             raise UploadError(f"{name}: {info.filename!r} is a link; links are not accepted")
     files = [i for i in infos if not i.is_dir()]
-    manifests = [i.filename for i in files if PurePosixPath(i.filename).name == store.MANIFEST]
+    manifests = [
+        i.filename for i in files if PurePosixPath(i.filename).name == session_format.MANIFEST
+    ]
     roots = {str(PurePosixPath(m).parent) for m in manifests}
     if len(roots) != 1 or len(PurePosixPath(next(iter(roots))).parts) > 1:
         raise UploadError(
-            f"{name}: expected one {store.MANIFEST} at the top of the archive "
+            f"{name}: expected one {session_format.MANIFEST} at the top of the archive "
             f"(or in one top folder), found {len(manifests)}"
         )
     root = PurePosixPath(next(iter(roots)))
@@ -143,7 +145,7 @@ def _check_members(name: str, archive: zipfile.ZipFile) -> dict[str, zipfile.Zip
         if parts[: len(root.parts)] != root.parts:
             continue
         inside = parts[len(root.parts) :]
-        if inside in ((store.MANIFEST,), (store.SNAPSHOT,)) or (
+        if inside in ((session_format.MANIFEST,), (session_format.SNAPSHOT,)) or (
             len(inside) == 2 and inside[0] == "images"
         ):
             picked["/".join(inside)] = info
@@ -178,8 +180,8 @@ def saved_sessions(root: Path) -> list[Path]:
     """Session folders under root (those with a manifest), newest first."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if (p / store.MANIFEST).is_file()]
-    return sorted(found, key=lambda p: (p / store.MANIFEST).stat().st_mtime, reverse=True)
+    found = [p for p in root.iterdir() if (p / session_format.MANIFEST).is_file()]
+    return sorted(found, key=lambda p: (p / session_format.MANIFEST).stat().st_mtime, reverse=True)
 
 
 def check_name(name: str) -> str:
@@ -199,7 +201,11 @@ def save_session(session: Session, root: Path, name: str, overwrite: bool = Fals
     folder = outputs.check_target(root / check_name(name))
     if folder.exists() and not overwrite:
         raise UploadError(f"{folder}: a saved session of that name exists; tick overwrite")
-    if folder.exists() and not (folder / store.MANIFEST).is_file() and any(folder.iterdir()):
+    if (
+        folder.exists()
+        and not (folder / session_format.MANIFEST).is_file()
+        and any(folder.iterdir())
+    ):
         raise UploadError(f"{folder}: holds something else than a saved session; choose a name")
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}."))
@@ -221,7 +227,7 @@ def save_session(session: Session, root: Path, name: str, overwrite: bool = Fals
 def _saved_folder(root: Path, name: str) -> Path:
     """root/name, a saved session (its manifest there), named as a save would name it."""
     folder = root / check_name(name)
-    if not (folder / store.MANIFEST).is_file() or folder.is_symlink():
+    if not (folder / session_format.MANIFEST).is_file() or folder.is_symlink():
         raise UploadError(f"{folder}: no saved session of that name")
     return folder
 

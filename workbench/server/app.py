@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 import workbench
 from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline
-from workbench import store
+from workbench import session_format, store
 from workbench.app.files import MAX_ARCHIVE_MB, MB, pack_folder, unpack_session
 from workbench.server import turns
 from workbench.server.guard import Guard
@@ -128,7 +128,7 @@ def _add_session_routes(app: FastAPI, service: Service) -> None:
         staging = Path(tempfile.mkdtemp(prefix="import-"))
         try:
             folder = unpack_session(file.filename or "upload", data, staging / "session")
-            store.read_manifest(folder, pipe, allow_other_checkpoint=False)
+            session_format.read_manifest(folder, pipe, allow_other_checkpoint=False)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

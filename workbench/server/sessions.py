@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline
-from workbench import store
+from workbench import session_format, store
 from workbench.params import ContextLimit
 from workbench.session import Session, Turn
 
@@ -113,8 +113,8 @@ def _load(folder: Path, pipe: BagelPipeline) -> Session:
     renames), from the turns."""
     try:
         return store.load(folder, pipe)
-    except store.SessionFileError as err:
-        if not (folder / store.SNAPSHOT).exists():
+    except session_format.SessionFileError as err:
+        if not (folder / session_format.SNAPSHOT).exists():
             raise
         log.warning("%s; re-encoding its turns instead", err)
         return store.load(folder, pipe, use_snapshot=False)
