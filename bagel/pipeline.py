@@ -88,13 +88,18 @@ class BagelPipeline:
 
     def append_text(self, ctx: KVContext, text: str) -> int:
         """Append `<|im_start|> text <|im_end|>` (causal, und expert). Returns its token count."""
-        ids = self.tokenizer.frame(text)
+        return self.append_token_ids(ctx, self.tokenizer.frame(text))
+
+    def append_token_ids(self, ctx: KVContext, ids: list[int] | Tensor) -> int:
+        """Append token ids as they are, one causal text segment (und expert); returns
+        their count. `append_text` frames a text and appends it this way."""
+        ids = torch.as_tensor(ids, dtype=torch.long)
         n = len(ids)
         self._check_positions(ctx, n, f"text of {n} tokens")
         positions = ctx.rope + torch.arange(n)
         self._prefill(
             ctx,
-            self.net.embed_tokens(torch.tensor(ids)),
+            self.net.embed_tokens(ids),
             positions,
             Routing.text(n),
             causal=True,

@@ -6,7 +6,7 @@
   value) so that 8k and 16k contexts stay inside the model's position range. No weight
   depends on it (RoPE is computed from the formula).
 - `fill_context`: grows a context to a given length through the pipeline's real prefill
-  path (`BagelPipeline._prefill`, what `append_text` runs after tokenising), one causal
+  path (`BagelPipeline.append_token_ids`, what `append_text` runs after tokenising), one causal
   text segment of random token ids at a time. The cached K/V are therefore the model's
   own, and the context has the block layout a real session has (O(log n) blocks).
 - `time_modes`: median wall-clock milliseconds of several callables, measured
@@ -76,11 +76,7 @@ def append_random_text(
 ) -> None:
     """Prefill n random token ids as one causal text segment (the append_text path)."""
     vocab = pipe.config.llm.vocab_size
-    ids = torch.randint(0, vocab, (n,), generator=generator)
-    positions = ctx.rope + torch.arange(n)
-    pipe._prefill(
-        ctx, pipe.net.embed_tokens(ids), positions, Routing.text(n), causal=True, rope_advance=n
-    )
+    pipe.append_token_ids(ctx, torch.randint(0, vocab, (n,), generator=generator))
 
 
 def fill_context(
