@@ -216,15 +216,3 @@ def test_motion_weight_changes_only_the_future_frames_loss(tmp_path):
     plain, weighted = first_model_step(tmp_path / "a", 0.0), first_model_step(tmp_path / "b", 4.0)
     assert weighted["nav"] == plain["nav"] and weighted["caption"] == plain["caption"]
     assert weighted["future"] != plain["future"]
-
-
-def test_nav_actions_sets_the_longest_navigation_sample():
-    from workbench.world_batches import model_batch
-
-    def lengths(nav_actions):
-        batches = [model_batch((0, 0, step), 2, nav_actions) for step in range(40)]
-        return {len(b.navigation[0].frames) - 1 for b in batches}
-
-    assert lengths(4) == {1, 2, 3, 4}  # the default: up to four actions
-    assert lengths(8) == set(range(1, 9))
-    assert lengths(1) == {1}

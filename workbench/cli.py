@@ -732,12 +732,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="future frames: weigh each token by 1 + this x its change from the last frame",
     )
-    p.add_argument(
-        "--nav-actions",
-        type=int,
-        default=4,
-        help="most actions in a navigation sample (longer rollouts are out of distribution)",
-    )
     p.set_defaults(func=cmd_train_world)
 
     p = sub.add_parser("eval-world", help="score world-model rollouts against the renderer")

@@ -52,11 +52,10 @@ class ViewsBatch:
     frames: np.ndarray
 
 
-def model_batch(key: Key, batch: int, nav_actions: int = 4) -> ModelBatch:
-    """The batch of one decoder step; navigation samples take 1 to `nav_actions` actions."""
+def model_batch(key: Key, batch: int) -> ModelBatch:
     rng = np.random.default_rng(list(key))
     gen_seed = int(rng.integers(2**62))
-    nav = navigation_batch(rng, batch, int(rng.integers(1, nav_actions + 1)))
+    nav = navigation_batch(rng, batch, int(rng.integers(1, 5)))
     window, context = int(rng.choice([1, 2, 3])), int(rng.integers(1, 3))
     fut = [future(rng, context + window) for _ in range(batch)]
     captions = [navigation(rng, []) for _ in range(batch // 2)]

@@ -27,7 +27,6 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -96,17 +95,14 @@ class TrainOptions:
     render_workers: int = 0  # processes rendering the coming steps' batches (0: inline)
     device: str = "cpu"  # where the model trains ("cuda" on a GPU)
     motion_weight: float = 0.0  # future frames: extra weight of tokens that change (0: off)
-    nav_actions: int = 4  # most actions in a navigation sample (rollouts longer are unseen)
 
     def __post_init__(self) -> None:
-        names = ("steps", "ae_steps", "batch", "ae_decoder_every", "render_workers", "nav_actions")
-        for name in names:
+        for name in ("steps", "ae_steps", "batch", "ae_decoder_every", "render_workers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"{name} must be a non-negative integer, got {value!r}")
-        for name in ("batch", "nav_actions"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch < 1:
+            raise InputError(f"batch must be at least 1, got {self.batch}")
         if self.device != "cpu" and not (
             self.device.split(":")[0] == "cuda" and torch.cuda.is_available()
         ):
@@ -153,7 +149,6 @@ class WorldTrainer:
         self.optimizer = self._optimizer()
         self.decoder_optimizer = self._decoder_optimizer()
         self.prefetch = Prefetch(options.render_workers)
-        self.model_batch = partial(model_batch, nav_actions=options.nav_actions)
         self.losses = SampleLosses(self.pipe, self.device, options.timestep_shift)
 
     @property
@@ -269,7 +264,7 @@ class WorldTrainer:
 
     def model_step(self) -> dict[str, float]:
         b = self.options.batch
-        data = self.prefetch.get(self.model_batch, self._key(), b, self._upcoming())
+        data = self.prefetch.get(model_batch, self._key(), b, self._upcoming())
         gen = torch.Generator().manual_seed(data.gen_seed)
         losses = self.losses
         nav = losses.flow(data.navigation, 1, gen)
@@ -389,7 +384,6 @@ def command(args) -> int:
         render_workers=args.render_workers,
         device=args.device,
         motion_weight=args.motion_weight,
-        nav_actions=args.nav_actions,
     )
     state = train_world(args.out, options, resume=args.resume)
     print(
