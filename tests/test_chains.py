@@ -117,7 +117,20 @@ def test_bad_choice_changes_nothing(session, options, message):
         session.choose("is it?", options)
     with pytest.raises(InputError, match="distinct"):
         session.choose("is it?", ["yes", "yes"])
+    with pytest.raises(InputError, match=message):
+        session.answer(options)  # the answer alone checks its options the same way
     assert state(session) == before
+
+
+def test_answer_alone_is_chooses_second_half(pipe, session):
+    """`answer` after a question added as a user text gives what `choose` gives."""
+    fork = session.fork()
+    expected = fork.choose("is it a cat?", ["yes", "no"])
+    session.add_text("is it a cat?")
+    assert session.answer(["yes", "no"]) == expected
+    fields = lambda t: (t.role, t.kind, t.text, t.options, t.scores, t.before)  # noqa: E731
+    assert [fields(t) for t in session.turns] == [fields(t) for t in fork.turns]
+    assert (session.main.length, session.main.rope) == (fork.main.length, fork.main.rope)
 
 
 # -- the chains ---------------------------------------------------------------------------

@@ -255,7 +255,7 @@ class Session:
         n = self._text_tokens(question) + max(len(ids) + 1 for ids in option_ids)
         with self._transaction(n, n):
             self._user_text(question)
-            return self.answer(list(options))
+            return self._answer(list(options))
 
     def think_then_generate(
         self,
@@ -321,22 +321,10 @@ class Session:
     def answer(self, options: list[str]) -> tuple[str, list[float]]:
         """The model's pick among `options` as its reply to the question already in the
         context (`choose` asks it first); recorded as a "choice" turn."""
-        before, started = self._marks(), time.perf_counter()
-        scores = self.pipe.score_continuations(self.main, options)
-        answer = options[max(range(len(options)), key=scores.__getitem__)]
-        self.pipe.append_text(self.main, answer)
-        self._record(
-            Turn(
-                "model",
-                "choice",
-                text=answer,
-                seconds=time.perf_counter() - started,
-                before=before,
-                options=tuple(options),
-                scores=tuple(scores),
-            )
-        )
-        return answer, scores
+        option_ids = self.pipe.check_options(options)
+        n = max(len(ids) + 1 for ids in option_ids)
+        with self._transaction(n, n):
+            return self._answer(list(options))
 
     def image_size(self, params: GenerationParams) -> tuple[int, int]:
         """(height, width) of the next generated image: the params' size (checked against
@@ -538,6 +526,24 @@ class Session:
             )
         )
         return reply.text
+
+    def _answer(self, options: list[str]) -> tuple[str, list[float]]:
+        before, started = self._marks(), time.perf_counter()
+        scores = self.pipe.score_continuations(self.main, options)
+        answer = options[max(range(len(options)), key=scores.__getitem__)]
+        self.pipe.append_text(self.main, answer)
+        self._record(
+            Turn(
+                "model",
+                "choice",
+                text=answer,
+                seconds=time.perf_counter() - started,
+                before=before,
+                options=tuple(options),
+                scores=tuple(scores),
+            )
+        )
+        return answer, scores
 
     def _noise(self, seed: int, height: int, width: int) -> torch.Tensor:
         """The initial latent generate_image draws for this seed, as [C, H/8, W/8]."""

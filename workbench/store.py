@@ -300,12 +300,11 @@ def _load_snapshot(
 def _restore(session: Session, folder: Path, entry: dict, index: int) -> None:
     """Append a recorded turn as it happened, without generating anything."""
     turn = _turn(folder, entry, index)
-    if turn.kind != "drop":
-        session.restore(turn)
-        return
     try:
         session.restore(turn)
     except BagelError as err:
+        if turn.kind != "drop":  # a recorded drop of parts that are not there
+            raise
         raise SessionFileError(f"{folder / MANIFEST}: turns[{index}].dropped: {err}") from err
 
 
