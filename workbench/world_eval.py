@@ -113,9 +113,14 @@ def _moving_psnr(
     return scores
 
 
+def _mean(values: list[float]) -> float | None:
+    return round(statistics.fmean(values), 3) if values else None
+
+
 def summary(runs: list[dict[str, list]]) -> dict[str, list]:
-    """Per step: mean PSNR / SSIM over the runs and the median PSNR (and, where the runs
-    have it, the mean moving-pixel PSNR over the runs in which something moved)."""
+    """Per step: mean PSNR / SSIM over the runs and the median PSNR; where the runs have
+    moving-pixel PSNRs, their mean and the whole frame's mean PSNR over the runs in which
+    something moved at that step (None where nothing moved in any)."""
     out = {}
     for key in ("psnr", "ssim"):
         per_step = list(zip(*[r[key] for r in runs], strict=True))
@@ -124,21 +129,13 @@ def summary(runs: list[dict[str, list]]) -> dict[str, list]:
         round(statistics.median(v), 3) for v in zip(*[r["psnr"] for r in runs], strict=True)
     ]
     if runs and "moving_psnr" in runs[0]:
-        per_step = list(zip(*[r["moving_psnr"] for r in runs], strict=True))
-        out["moving_psnr"] = [
-            round(statistics.fmean(known), 3)
-            if (known := [x for x in v if x is not None])
-            else None
-            for v in per_step
-        ]
-        # the whole frame's PSNR over the runs in which something moved at that step
-        whole = list(zip(*[r["psnr"] for r in runs], strict=True))
-        out["moved_runs"] = [sum(x is not None for x in v) for v in per_step]
+        moving = list(zip(*[r["moving_psnr"] for r in runs], strict=True))
+        whole = zip(*[r["psnr"] for r in runs], strict=True)
+        out["moving_psnr"] = [_mean([x for x in v if x is not None]) for v in moving]
+        out["moved_runs"] = [sum(x is not None for x in v) for v in moving]
         out["psnr_moved_frames"] = [
-            round(statistics.fmean(known), 3)
-            if (known := [p for p, m in zip(w, v, strict=True) if m is not None])
-            else None
-            for w, v in zip(whole, per_step, strict=True)
+            _mean([p for p, m in zip(w, v, strict=True) if m is not None])
+            for w, v in zip(whole, moving, strict=True)
         ]
     return out
 
@@ -299,19 +296,14 @@ def markdown(report: dict) -> str:
         f"{r['last_frame_only_psnr']:.2f} dB with only the last frame; the true frame "
         f"before the return scores {r['copy_previous_truth_psnr']:.2f} dB.\n"
     )
-    moving = ", ".join(
-        f"{m} {s['moving_psnr'][0]:.2f}"
-        for m, s in report["future"].items()
-        if s.get("moving_psnr") and s["moving_psnr"][0] is not None
-    )
     future = report["future"]
-    if moving:
-        moved = ", ".join(
-            f"{m} {s['psnr_moved_frames'][0]:.2f}"
-            for m, s in future.items()
-            if s.get("psnr_moved_frames") and s["psnr_moved_frames"][0] is not None
-        )
-        runs = next(iter(future.values()))["moved_runs"][0]
+
+    def first_step(key: str) -> str:
+        return ", ".join(f"{m} {s[key][0]:.2f}" for m, s in future.items() if s[key][0] is not None)
+
+    runs = next(iter(future.values()))["moved_runs"][0]
+    if runs:
+        moving, moved = first_step("moving_psnr"), first_step("psnr_moved_frames")
         revisit = (
             "\nFuture frames, PSNR over the pixels that moved (true frame vs last context "
             f"frame), step 1: {moving} dB. The whole frame at step 1 in the {runs} of "
