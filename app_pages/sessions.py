@@ -22,7 +22,7 @@ from workbench.app.files import (
     unpack_session,
 )
 from workbench.app.model import AppOptions, LoadedModel
-from workbench.replay_report import ReplayReport
+from workbench.store.replay_report import ReplayReport
 
 
 def page(model: LoadedModel, opts: AppOptions) -> None:

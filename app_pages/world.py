@@ -1,6 +1,6 @@
 """World: start from an image or a prompt, move the camera, rotate, predict frames.
 
-On a world model (workbench/world_model.py) a world can also start from a seeded view of
+On a world model (workbench/world/model.py) a world can also start from a seeded view of
 the rendered world; its frames are then shown beside the renderer's true frames, with
 eval-world's PSNR / SSIM of each against its truth."""
 
@@ -20,7 +20,7 @@ from workbench.app.files import IMAGE_TYPES, MAX_IMAGE_MB, read_image
 from workbench.app.model import LoadedModel
 from workbench.app.world_truth import start_view, truth_scores
 from workbench.params import GenerationParams
-from workbench.world_eval import PSNR_CAP, world_params
+from workbench.world.eval import PSNR_CAP, world_params
 
 MOVES = {  # action -> (button label, Material icon)
     "forward": ("Forward", "arrow_upward"),

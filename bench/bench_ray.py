@@ -30,8 +30,8 @@ from PIL import Image  # noqa: E402
 from bagel.checkpoint import load  # noqa: E402
 from bagel.tiny import make_tiny  # noqa: E402
 from workbench.fanout import Cluster, run_scenarios  # noqa: E402
-from workbench.scenario import load_scenario  # noqa: E402
-from workbench.scenario_run import run_scenario  # noqa: E402
+from workbench.scenario.read import load_scenario  # noqa: E402
+from workbench.scenario.run import run_scenario  # noqa: E402
 
 SCENARIO = """\
 seed: {seed}

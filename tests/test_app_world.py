@@ -11,11 +11,11 @@ from streamlit.testing.v1 import AppTest
 from test_app import _ok, app_test, settle  # the AppTest helpers
 
 from bagel.tiny import make_tiny
-from workbench import world_model
 from workbench.app.model import model_for_page
 from workbench.app.world_truth import start_view, start_world, true_frames
 from workbench.metrics import psnr, ssim
-from workbench.world_eval import PSNR_CAP
+from workbench.world import model as world_model
+from workbench.world.eval import PSNR_CAP
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from workbench.cli import main
-from workbench.scenario import load_scenario
-from workbench.scenario_run import run_scenario
+from workbench.scenario.read import load_scenario
+from workbench.scenario.run import run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = """\

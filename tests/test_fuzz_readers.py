@@ -20,11 +20,11 @@ from PIL import Image
 
 from bagel.errors import BagelError
 from workbench.params import GenerationParams
-from workbench.scenario import CHAIN_ARGS, TOP_KEYS, ScenarioError, load_scenario
+from workbench.scenario.read import CHAIN_ARGS, TOP_KEYS, ScenarioError, load_scenario
 from workbench.session import Session
-from workbench.session_format import SessionFileError, read_manifest
 from workbench.store import load as load_session
 from workbench.store import save
+from workbench.store.session_format import SessionFileError, read_manifest
 
 FUZZ = settings(
     max_examples=40,

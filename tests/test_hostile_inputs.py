@@ -36,11 +36,11 @@ from workbench.app.files import UploadError, pack_folder, read_image, unpack_ses
 from workbench.cli import main
 from workbench.export import export_session
 from workbench.params import GenerationParams
-from workbench.scenario import ScenarioError, load_scenario
+from workbench.scenario.read import ScenarioError, load_scenario
 from workbench.session import Session
-from workbench.session_format import SessionFileError
 from workbench.store import load as load_session
 from workbench.store import replay, save
+from workbench.store.session_format import SessionFileError
 
 FAST = GenerationParams(num_timesteps=2, height=32, width=32, max_think_tokens=2, seed=1)
 _OPENED: list[str] | None = None

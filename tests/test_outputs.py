@@ -31,9 +31,9 @@ from workbench.cli import main
 from workbench.export import export_session
 from workbench.outputs import MARKER, REPORT, OutputError, check_output_folder
 from workbench.params import GenerationParams
-from workbench.positions import scenario_positions
-from workbench.scenario import ScenarioError, load_scenario
-from workbench.scenario_run import run_scenario
+from workbench.scenario.positions import scenario_positions
+from workbench.scenario.read import ScenarioError, load_scenario
+from workbench.scenario.run import run_scenario
 from workbench.session import Session
 from workbench.store import replay, save
 

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from workbench.params import GenerationParams
-from workbench.replay_report import FrameDiff, ReplayReport
 from workbench.session import Session
 from workbench.store import load, replay, save
+from workbench.store.replay_report import FrameDiff, ReplayReport
 
 FAST = GenerationParams(num_timesteps=3, height=32, width=32, max_think_tokens=3, seed=4)
 

@@ -23,8 +23,8 @@ from PIL import Image
 
 from bagel.errors import InputError
 from workbench.params import GenerationParams
-from workbench.scenario import CHAIN_ARGS, TOP_KEYS, ScenarioError, load_scenario
-from workbench.scenario_run import check_for_model, run_scenario
+from workbench.scenario.read import CHAIN_ARGS, TOP_KEYS, ScenarioError, load_scenario
+from workbench.scenario.run import check_for_model, run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "scenarios").glob("*.yaml"))

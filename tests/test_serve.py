@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from workbench import chains, session_format, store
+from workbench import chains, store
 from workbench.cli import main
 from workbench.client import RemoteError, RemoteSession
 from workbench.params import GenerationParams
@@ -27,6 +27,7 @@ from workbench.server import create_app
 from workbench.server.run import is_loopback
 from workbench.server.schemas import Params
 from workbench.session import Session
+from workbench.store import session_format
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"num_timesteps": 3, "height": 64, "width": 64, "max_think_tokens": 4}

@@ -19,8 +19,8 @@ from bagel.kv import KVContext, KVLayout
 from workbench.metrics import psnr
 from workbench.params import ContextLimit, GenerationParams
 from workbench.session import Session
-from workbench.session_format import SessionFileError
 from workbench.store import load, replay, save
+from workbench.store.session_format import SessionFileError
 
 FAST = GenerationParams(num_timesteps=3, height=32, width=32, max_think_tokens=3, seed=4)
 

@@ -16,7 +16,7 @@ from bagel.train import (
     noisy,
     reply_loss,
 )
-from workbench.world import make_level, random_world
+from workbench.world.render import make_level, random_world
 
 TEXT = "Move the camera forward."
 
@@ -143,7 +143,7 @@ def test_a_decoder_step_trains_the_decoder_alone_so_the_latents_stay(tiny_dir):
 
 def test_train_world_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     from bagel.checkpoint import load as load_checkpoint
-    from workbench.world_train import TrainOptions, train_world
+    from workbench.world.train import TrainOptions, train_world
 
     out = tmp_path / "world"
     options = TrainOptions(steps=1, ae_steps=2, batch=4)
@@ -151,7 +151,7 @@ def test_train_world_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     assert (state["ae_step"], state["step"]) == (2, 1)
     pipe = load_checkpoint(out, device="cpu", dtype="float32")
     assert pipe.config.llm.hidden_size == 128
-    from workbench.world_model import is_world_model
+    from workbench.world.model import is_world_model
 
     assert is_world_model(out) and not is_world_model(tmp_path)  # the app's rule
     assert pipe.ae.config.scale_factor != 0.3611  # set from the data after the AE phase
@@ -174,7 +174,7 @@ def test_train_world_writes_a_loadable_checkpoint_and_resumes(tmp_path):
 def test_render_workers_draw_the_batches_inline_rendering_draws(tmp_path):
     """Each step's batch is a function of its key: rendered ahead by worker processes,
     training takes exactly the steps it takes rendering inline."""
-    from workbench.world_train import TrainOptions, train_world
+    from workbench.world.train import TrainOptions, train_world
 
     def losses(out, workers):
         train_world(out, TrainOptions(steps=3, ae_steps=1, batch=4, render_workers=workers))
@@ -207,7 +207,7 @@ def test_motion_weight_weighs_the_tokens_that_change():
 
 
 def test_motion_weight_changes_only_the_future_frames_loss(tmp_path):
-    from workbench.world_train import TrainOptions, train_world
+    from workbench.world.train import TrainOptions, train_world
 
     def first_model_step(out, weight):
         train_world(out, TrainOptions(steps=1, ae_steps=1, batch=4, motion_weight=weight))

@@ -13,7 +13,7 @@ from workbench.actions import (
     TURN_DEGREES,
     parse_path,
 )
-from workbench.world import (
+from workbench.world.render import (
     COLOUR_NAMES,
     RESOLUTION,
     TURNTABLE_CENTRE,

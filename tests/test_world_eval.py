@@ -7,8 +7,8 @@ from PIL import Image
 
 from bagel.checkpoint import load
 from workbench.cli import main
-from workbench.world_data import future
-from workbench.world_eval import (
+from workbench.world.data import future
+from workbench.world.eval import (
     EVAL_STREAM,
     MOVING_LEVEL,
     REVISIT_BACK,
@@ -23,7 +23,7 @@ from workbench.world_eval import (
     world_params,
     write_report,
 )
-from workbench.world_model import default_world_model
+from workbench.world.model import default_world_model
 
 
 @pytest.fixture(autouse=True)

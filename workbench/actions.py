@@ -1,7 +1,7 @@
 """The camera actions: one table for the navigate / agent chains and the rendered world.
 
 Each action has the instruction text the chains append (its template) and the pose
-change the world (workbench/world.py) applies: a step along the view direction, a step
+change the world (workbench/world/render.py) applies: a step along the view direction, a step
 sideways, a turn of the heading, or a tilt of the view.
 """
 

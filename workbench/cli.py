@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from bagel.pipeline import BagelPipeline
-    from workbench.scenario import Scenario
+    from workbench.scenario.read import Scenario
 
 DEFAULT_TINY = Path(".cache/tiny-bagel")
 EXAMPLES = Path(__file__).resolve().parent.parent / "scenarios"  # a source checkout's
@@ -52,7 +52,7 @@ REAL_MODEL_HINT = (
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate every scenario file, load the model once, run each into --out/<file stem>/."""
-    from workbench.scenario import load_scenario
+    from workbench.scenario.read import load_scenario
 
     scenarios = [load_scenario(path) for path in args.scenarios]
     return _run_batch(scenarios, Path(args.out), args)
@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Every example scenario of scenarios/, on the tiny checkpoint unless --model."""
     from bagel.errors import InputError
-    from workbench.scenario import load_scenario
+    from workbench.scenario.read import load_scenario
 
     paths = sorted(EXAMPLES.glob("*.yaml"))
     if not paths:
@@ -94,7 +94,7 @@ def _run_batch(scenarios: list[Scenario], out: Path, args: argparse.Namespace) -
     each scenario against it; only then run them, one after another. A scenario that fails
     is reported and the next one runs (exit code 1)."""
     from bagel.errors import InputError
-    from workbench.scenario_run import check_for_model, check_out_dir
+    from workbench.scenario.run import check_for_model, check_out_dir
 
     targets = _targets(scenarios, out)
     for scenario, folder in targets:
@@ -162,9 +162,9 @@ def _model_path(model: str | None) -> str:
 
 def _targets(scenarios: list[Scenario], out: Path) -> list[tuple[Scenario, Path]]:
     """Each scenario's folder, out/<file stem>; out itself must not be a run or session."""
-    from workbench.scenario import ScenarioError
-    from workbench.scenario_run import RUN_MANIFEST
-    from workbench.session_format import MANIFEST
+    from workbench.scenario.read import ScenarioError
+    from workbench.scenario.run import RUN_MANIFEST
+    from workbench.store.session_format import MANIFEST
 
     for name in (MANIFEST, RUN_MANIFEST):
         if (out / name).exists():
@@ -207,7 +207,7 @@ def _pick(scenarios: list[Scenario], key: str, override: str | None) -> str | No
 
 def _run_one(scenario: Scenario, pipe: BagelPipeline, folder: Path) -> _Row:
     from bagel.errors import BagelError
-    from workbench.scenario_run import run_scenario
+    from workbench.scenario.run import run_scenario
 
     started, name = time.perf_counter(), scenario.source.stem
     bars = _Bars(scenario)
@@ -233,7 +233,7 @@ def _run_one(scenario: Scenario, pipe: BagelPipeline, folder: Path) -> _Row:
 
 def _saved(scenario: Scenario, folder: Path, done: int) -> str:
     """What an interrupted run left: `done` parts (the start, then steps) were saved."""
-    from workbench.scenario import Start
+    from workbench.scenario.read import Start
 
     if done == 0:
         return "nothing had finished; nothing saved"
@@ -252,7 +252,7 @@ class _Bars:
     """
 
     def __init__(self, scenario: Scenario):
-        from workbench.scenario import Start
+        from workbench.scenario.read import Start
 
         self.labels = ["start"] if scenario.start != Start() else []
         self.labels += [f"steps[{i}].{step.chain}" for i, step in enumerate(scenario.steps)]
@@ -319,7 +319,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_on_ray(folders: list[Path], args: argparse.Namespace) -> int:
     """`replay --ray`: the sessions spread over Ray replicas (workbench.fanout)."""
     from workbench.fanout import replay_sessions
-    from workbench.session_format import read_manifest
+    from workbench.store.session_format import read_manifest
 
     manifest = read_manifest(folders[0], None, allow_other_checkpoint=True)
     device = args.device or manifest.get("device") or "cpu"
@@ -382,7 +382,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _load_for_session(folder: Path, args: argparse.Namespace) -> BagelPipeline:
     """--model (default: the tiny checkpoint) on the session's own device kind, dtype and
     quantisation unless --device / --dtype / --profile say otherwise."""
-    from workbench.session_format import read_manifest
+    from workbench.store.session_format import read_manifest
 
     # device and dtype only: the command's own reader checks the snapshot, once
     manifest = read_manifest(folder, None, allow_other_checkpoint=True, check_snapshot=False)
@@ -490,13 +490,13 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_train_world(args: argparse.Namespace) -> int:
-    from workbench.world_train import command
+    from workbench.world.train import command
 
     return command(args)
 
 
 def cmd_eval_world(args: argparse.Namespace) -> int:
-    from workbench.world_eval import command
+    from workbench.world.eval import command
 
     return command(args)
 

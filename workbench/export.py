@@ -35,10 +35,11 @@ from PIL import Image, ImageDraw, ImageFont
 from bagel.errors import BagelError, InputError
 from bagel.pipeline import BagelPipeline, ProgressFn
 from bagel.tokenizer import GEN_THINK_PROMPT
-from workbench import outputs, session_format, store
+from workbench import outputs, store
 from workbench.files import check_regular_file, write_atomic
 from workbench.metrics import FrameMetrics, frame_metrics
 from workbench.session import Session
+from workbench.store import session_format
 
 FORMATS = frozenset({"png", "gif", "mp4", "sheet", "story", "session"})
 FPS_RANGE = (0.1, 60.0)  # MP4; a GIF stops at 50 (its delays are whole 1/100 s)

@@ -89,8 +89,8 @@ class Replica:
         self.pipe = load(model, device=device, dtype=dtype)
 
     def run(self, scenario_file: str, folder: str) -> ItemResult:
-        from workbench.scenario import load_scenario
-        from workbench.scenario_run import run_scenario
+        from workbench.scenario.read import load_scenario
+        from workbench.scenario.run import run_scenario
 
         def work() -> ItemResult:
             result = run_scenario(load_scenario(scenario_file), self.pipe, folder)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bagel.errors import InputError
 from workbench.files import write_atomic
-from workbench.session_format import MANIFEST as SESSION_MANIFEST
+from workbench.store.session_format import MANIFEST as SESSION_MANIFEST
 
 MARKER = ".bagel-workbench-output.json"
 MARKER_FORMAT = "bagel-workbench-output"

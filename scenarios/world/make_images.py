@@ -2,7 +2,7 @@
 
     python scenarios/world/make_images.py      # rewrites scenarios/world/images/*.png
 
-The views come from the rendered world (workbench/world.py), the one the world model in
+The views come from the rendered world (workbench/world/render.py), the one the world model in
 models/world-64 was trained on; the evaluation (`workbench eval-world`) compares that
 model's rollouts with the same renderer's truth.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from workbench.world import Ball, Pose, World, make_level, turntable_world
+from workbench.world.render import Ball, Pose, World, make_level, turntable_world
 
 FOLDER = Path(__file__).resolve().parent / "images"
 

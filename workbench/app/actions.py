@@ -27,8 +27,8 @@ from workbench.app.jobs import set_phase
 from workbench.export import export_session, session_frames, story_page
 from workbench.metrics import FrameMetrics, frame_metrics
 from workbench.params import GenerationParams
-from workbench.replay_report import ReplayReport
 from workbench.session import Session
+from workbench.store.replay_report import ReplayReport
 
 Chain = Callable[[Session, ProgressFn], chains.ChainResult | None]
 Work = Callable[[ProgressFn], object]

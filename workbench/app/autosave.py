@@ -25,11 +25,12 @@ from pathlib import Path
 
 from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline, ProgressFn
-from workbench import session_format, store
+from workbench import store
 from workbench.app.actions import Outcome, metrics_of
 from workbench.app.branches import PAGES, Branch, steps_from_turns
 from workbench.app.jobs import set_phase
 from workbench.files import write_atomic
+from workbench.store import session_format
 
 AUTOSAVE = "autosave"
 META = "branch.json"

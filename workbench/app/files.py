@@ -21,8 +21,9 @@ from PIL import Image
 
 from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline
-from workbench import outputs, session_format, store
+from workbench import outputs, store
 from workbench.session import Session
+from workbench.store import session_format
 
 MB = 1024 * 1024
 MAX_IMAGE_MB = 20  # an uploaded image (also the uploader widget's limit)

@@ -22,7 +22,7 @@ from bagel.pipeline import BagelPipeline
 from bagel.profiles import PROFILES
 from workbench.app.jobs import Gate
 from workbench.cli import DEFAULT_TINY
-from workbench.world_model import default_world_model, is_world_model
+from workbench.world.model import default_world_model, is_world_model
 
 DEVICES = ("auto", "cpu", "cuda")
 PROFILE_CHOICES = ("default", *PROFILES)  # "default": fp32 on CPU, bf16 on CUDA
@@ -80,7 +80,7 @@ class LoadedModel:
     gate: Gate
     name: str  # what the sidebar shows
     random_weights: bool
-    world: bool = False  # a world model of the rendered world (workbench/world_model.py)
+    world: bool = False  # a world model of the rendered world (workbench/world/model.py)
 
     @property
     def summary(self) -> str:

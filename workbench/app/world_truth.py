@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from PIL import Image
 
 from workbench.actions import ACTIONS
-from workbench.world import World, make_level, random_world
-from workbench.world_data import TRAIN_LEVELS
-from workbench.world_eval import frame_scores
+from workbench.world.data import TRAIN_LEVELS
+from workbench.world.eval import frame_scores
+from workbench.world.render import World, make_level, random_world
 
 PREDICTED = ("autoregressive t+", "forcing t+")  # the labels of predicted frames
 

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 import workbench
 from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline
-from workbench import session_format, store
+from workbench import store
 from workbench.app.files import MAX_ARCHIVE_MB, MB, pack_folder, unpack_session
 from workbench.server import turns
 from workbench.server.guard import Guard
@@ -40,6 +40,7 @@ from workbench.server.schemas import (
 from workbench.server.service import Done, Service
 from workbench.server.sessions import NotFound, Registry
 from workbench.server.turns import SessionId, TooLarge, read_upload
+from workbench.store import session_format
 
 log = logging.getLogger(__name__)
 

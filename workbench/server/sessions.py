@@ -23,9 +23,10 @@ from pathlib import Path
 
 from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline
-from workbench import session_format, store
+from workbench import store
 from workbench.params import ContextLimit
 from workbench.session import Session, Turn
+from workbench.store import session_format
 
 log = logging.getLogger(__name__)
 

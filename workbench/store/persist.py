@@ -19,8 +19,8 @@ rebuilds the contexts from the turns (deterministic: image turns carry the seed 
 their VAE posterior sample), or reads them from the snapshot when there is one;
 replaying regenerates the model's turns and compares them.
 
-The format's names, versions and checks are in workbench/session_format.py, the K/V
-snapshot in workbench/kv_snapshot.py.
+The format's names, versions and checks are in workbench/store/session_format.py, the K/V
+snapshot in workbench/store/kv_snapshot.py.
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline, ProgressFn
 from workbench import outputs
 from workbench.files import write_atomic
-from workbench.kv_snapshot import read_snapshot, write_snapshot
 from workbench.metrics import frame_metrics, psnr
 from workbench.params import GenerationParams
-from workbench.replay_report import FrameDiff, ReplayReport
 from workbench.session import Forcing, Mark, Session, Turn
-from workbench.session_format import (
+from workbench.store.kv_snapshot import read_snapshot, write_snapshot
+from workbench.store.replay_report import FrameDiff, ReplayReport
+from workbench.store.session_format import (
     FORMAT,
     MANIFEST,
     SNAPSHOT,

@@ -1,4 +1,4 @@
-"""Running a loaded scenario (workbench/scenario.py reads and checks the file): the start
+"""Running a loaded scenario (workbench/scenario/read.py reads and checks the file): the start
 and every chain step on one persistent session, saved after each step, then the export.
 
 out_dir receives `session/`, `run.json` (the scenario and each step's frames and trace)
@@ -22,8 +22,8 @@ from PIL import Image
 from bagel.errors import BagelError, InputError
 from workbench import outputs
 from workbench.files import write_atomic
-from workbench.positions import scenario_positions
-from workbench.scenario import Scenario, ScenarioError, Start, Step
+from workbench.scenario.positions import scenario_positions
+from workbench.scenario.read import Scenario, ScenarioError, Start, Step
 from workbench.session import Session
 from workbench.store import save
 
@@ -127,7 +127,7 @@ def check_for_model(scenario: Scenario, pipe: BagelPipeline) -> None:
 
 
 def _check_positions(scenario: Scenario, pipe: BagelPipeline) -> None:
-    """The run's turns must fit in the model's positions (workbench.positions), or the
+    """The run's turns must fit in the model's positions (workbench.scenario.positions), or the
     session would refuse the turn that passes the limit once running."""
     limit = pipe.config.llm.max_position_embeddings
     for at, total in scenario_positions(scenario, pipe):

@@ -2,7 +2,7 @@
 
 `workbench train-world` writes it at every save; a folder without it is any other
 checkpoint. The file says what the model was trained on (the rendered world of
-workbench/world.py, its resolution and training levels), so that the app can render the
+workbench/world/render.py, its resolution and training levels), so that the app can render the
 true frames for a world started from a seeded view.
 """
 
@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 from workbench.files import write_atomic
-from workbench.world import RESOLUTION
-from workbench.world_data import TRAIN_LEVELS
-from workbench.world_eval import WORLD_MODEL
+from workbench.world.data import TRAIN_LEVELS
+from workbench.world.eval import WORLD_MODEL
+from workbench.world.render import RESOLUTION
 
 WORLD_MARKER = "world.json"
 
@@ -27,7 +27,11 @@ def is_world_model(folder: str | Path) -> bool:
 def write_marker(folder: str | Path) -> Path:
     """Mark `folder` as a world model of the rendered world."""
     path = Path(folder, WORLD_MARKER)
-    info = {"world": "workbench.world", "resolution": RESOLUTION, "levels": list(TRAIN_LEVELS)}
+    info = {
+        "world": "workbench.world.render",
+        "resolution": RESOLUTION,
+        "levels": list(TRAIN_LEVELS),
+    }
     text = json.dumps(info, indent=2) + "\n"
     write_atomic(path, lambda tmp: tmp.write_text(text))
     return path

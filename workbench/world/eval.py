@@ -41,8 +41,8 @@ from workbench.files import write_atomic
 from workbench.metrics import psnr, ssim
 from workbench.params import GenerationParams
 from workbench.session import Session
-from workbench.world_data import TRAIN_LEVELS, Episode, future, navigation, random_actions
-from workbench.world_plot import plot_curves
+from workbench.world.data import TRAIN_LEVELS, Episode, future, navigation, random_actions
+from workbench.world.plot import plot_curves
 
 WORLD_MODEL = Path(__file__).resolve().parent.parent / "models" / "world-64"
 EVAL_STREAM = 7_000_003  # first key of every evaluation generator (training uses the seed)

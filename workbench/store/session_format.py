@@ -1,7 +1,7 @@
 """The saved-session format on disk: its file names, versions and limits, the error
 every reader raises, and `read_manifest`, the one check that load, replay, export, the
-server and the app make of a folder, so that they refuse the same folders (workbench/store.py
-writes and reads sessions; workbench/kv_snapshot.py the optional K/V snapshot).
+server and the app make of a folder, so that they refuse the same folders (workbench/store/persist.py
+writes and reads sessions; workbench/store/kv_snapshot.py the optional K/V snapshot).
 """
 
 from __future__ import annotations

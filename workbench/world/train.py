@@ -43,11 +43,11 @@ from bagel.tiny import make_tiny
 from bagel.train import autoencoder_loss, decoder_loss
 from workbench.chains import CAPTION_QUESTION
 from workbench.files import write_atomic
-from workbench.train_files import load_optimizer, optimizer_tensors, save_tensors, trim_log
-from workbench.world_batches import Prefetch, model_batch, views_batch
-from workbench.world_data import navigation
-from workbench.world_losses import SampleLosses
-from workbench.world_model import write_marker
+from workbench.world.batches import Prefetch, model_batch, views_batch
+from workbench.world.data import navigation
+from workbench.world.losses import SampleLosses
+from workbench.world.model import write_marker
+from workbench.world.train_files import load_optimizer, optimizer_tensors, save_tensors, trim_log
 
 TRAIN_DIR = "train"
 LOG = "log.jsonl"

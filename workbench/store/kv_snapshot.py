@@ -2,7 +2,7 @@
 image-dropped contexts per layer (`k.main.0`, `v.main.0`, …, `k.image_dropped.0`, …) with
 their lengths, ropes and per-turn marks in the header metadata; written by a save with
 snapshot=True, read back by a load after checking it is the file saved with these turns
-by this model (workbench/session_format.py checks the file itself).
+by this model (workbench/store/session_format.py checks the file itself).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from bagel.kv import KVContext
 from bagel.pipeline import BagelPipeline
 from workbench.files import write_atomic
 from workbench.session import Mark, Session
-from workbench.session_format import (
+from workbench.store.session_format import (
     MANIFEST,
     SNAPSHOT,
     USE_TURNS,

@@ -28,7 +28,7 @@ from workbench.params import GenerationParams
 
 if TYPE_CHECKING:
     from bagel.pipeline import BagelPipeline
-    from workbench.scenario import Scenario, Step
+    from workbench.scenario.read import Scenario, Step
 
 IMAGE = FRAME_ROPE_STRIDE
 # each chain's keyword defaults, read once from workbench.chains (a scenario passes only

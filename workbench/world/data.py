@@ -1,4 +1,4 @@
-"""Training and evaluation episodes drawn from the rendered world (workbench/world.py).
+"""Training and evaluation episodes drawn from the rendered world (workbench/world/render.py).
 
 Every episode is drawn from a numpy generator, so a seed fixes it. Three kinds, each laid
 out the way its chain lays out a session:
@@ -20,7 +20,7 @@ import numpy as np
 
 from workbench.actions import ACTION_TABLE, ACTIONS
 from workbench.chains import AGENT_QUESTION, DONE, ROTATE_TEMPLATE
-from workbench.world import (
+from workbench.world.render import (
     COLOUR_NAMES,
     TURNTABLE_CENTRE,
     World,

@@ -9,7 +9,7 @@ error names the file, the line and the field:
 Paths resolve against the scenario file's folder and may not leave it unless the caller
 passes `allow_outside` (never the file itself: a scenario from elsewhere must not be
 able to read files outside its own folder). Running a loaded scenario is
-workbench/scenario_run.py.
+workbench/scenario/run.py.
 """
 
 from __future__ import annotations

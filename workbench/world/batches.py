@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workbench.world_data import (
+from workbench.world.data import (
     Episode,
     agent_views,
     future,

@@ -13,7 +13,7 @@ from bagel.embeddings import patchify_latent
 from bagel.image import to_tensor
 from bagel.pipeline import BagelPipeline
 from bagel.train import SequenceBuilder, flow_loss, motion_weight, noisy, reply_loss, sample_t
-from workbench.world_data import Episode
+from workbench.world.data import Episode
 
 
 class SampleLosses:
