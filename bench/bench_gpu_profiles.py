@@ -118,7 +118,7 @@ def matrix(config, names, device, side, steps, compiled_for) -> list[dict[str, o
                         seconds, peak = run(pipe, task, params, side)
                         row = dict(profile=name, compiled=compiled, task=task, cache=cache)
                         rows.append(
-                            {**row, "seconds": round(seconds, 2), "peak_GiB": round(peak, 2)}
+                            {**row, "seconds": round(seconds, 4), "peak_GiB": round(peak, 2)}
                         )
                         print(json.dumps(rows[-1]), flush=True)
             del pipe
