@@ -32,6 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
 STARTUP_SECONDS = 120
 STEP_SECONDS = 300  # one generation on a loaded CI machine, the first one loading the model
+# the suite's per-test limit (pyproject.toml), raised above this module's own waits: the
+# server's start and a few slow steps, each of which fails the test with its own message
+pytestmark = pytest.mark.timeout(STARTUP_SECONDS + 2 * STEP_SECONDS + 180)
 
 
 def _free_port() -> int:

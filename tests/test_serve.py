@@ -515,9 +515,21 @@ def test_params_has_exactly_the_fields_of_generation_params():
 # -- the command --------------------------------------------------------------------------
 
 
-def test_serve_refuses_an_open_address_without_a_token(capsys, monkeypatch):
+def test_serve_refuses_an_open_address_without_a_token(capsys, monkeypatch, tmp_path):
+    """The refusal comes before the model loads or a server starts: both are replaced by a
+    raise here, so a weakened address check fails at once instead of serving forever."""
+    import uvicorn
+
+    import bagel.checkpoint
+
+    def started(*_, **__):
+        raise AssertionError("the address check let 0.0.0.0 through without a token")
+
+    monkeypatch.setattr(bagel.checkpoint, "load", started)
+    monkeypatch.setattr(uvicorn, "run", started)
     monkeypatch.delenv("WORKBENCH_TOKEN", raising=False)
-    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    model = str(tmp_path / "model")  # never made: the refusal comes first
+    assert main(["serve", "--host", "0.0.0.0", "--model", model]) == 2
     assert "give a token" in capsys.readouterr().err
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
