@@ -9,6 +9,15 @@ from bagel.checkpoint import load
 from bagel.tiny import make_tiny
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A command run in-process sets the process's torch threads (workbench/threads.py):
+    put them back so that no test runs on another test's count."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     return make_tiny(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)

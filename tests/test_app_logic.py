@@ -4,7 +4,6 @@ steps read off turns, uploads, session archives and saves."""
 from __future__ import annotations
 
 import io
-import os
 import threading
 import time
 import zipfile
@@ -354,7 +353,7 @@ def test_save_session_names_and_overwrite(pipe, tmp_path):
             save_session(one, tmp_path, bad)
 
 
-def test_app_options():
+def test_app_options(monkeypatch):
     env = {"WORKBENCH_MODEL": "/models/bagel", "WORKBENCH_SESSIONS": "/data/s"}
     options = app_options([], env)
     assert (options.model, options.device, str(options.sessions)) == (
@@ -365,9 +364,15 @@ def test_app_options():
     options = app_options(["--model", "org/repo", "--device", "cuda"], env)
     assert (options.model, options.device) == ("org/repo", "cuda")
     assert app_options([], {}).model == ""
-    # torch threads: all cores but one unless asked; a count below 1 is refused
-    cores = len(os.sched_getaffinity(0))
-    assert app_options([], {}).threads == max(1, cores - 1)
+    # torch threads: the free cores but one unless asked; a count below 1 is refused
+    from workbench import threads
+    from workbench.app import model
+
+    monkeypatch.setattr(threads, "machine_cores", lambda: 4)
+    monkeypatch.setattr(threads, "busy_cores", lambda seconds=0.1: 1.0)
+    model.app_threads.cache_clear()
+    assert app_options([], {}).threads == 2
+    model.app_threads.cache_clear()
     assert app_options([], {"WORKBENCH_THREADS": "3"}).threads == 3
     assert app_options(["--threads", "2"], {"WORKBENCH_THREADS": "3"}).threads == 2
     with pytest.raises(SystemExit):

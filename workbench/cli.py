@@ -417,11 +417,10 @@ def _listing(folder: Path) -> list[str]:
 
 def cmd_app(args: argparse.Namespace) -> int:
     """Serve the browser app on --address (127.0.0.1 unless another is chosen)."""
-    from bagel.errors import InputError
     from workbench.app.launch import run_app
+    from workbench.threads import check_threads
 
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be at least 1, not {args.threads}")
+    check_threads(args.threads)
     app_args = []
     for name in ("model", "device", "sessions", "threads"):
         if getattr(args, name) is not None:
@@ -603,6 +602,13 @@ def _model_options(p: argparse.ArgumentParser, model_help: str) -> None:
         action="store_true",
         help="torch.compile the decoder layers (same outputs; pays off on CUDA)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for the model (default: the cores not busy with other work)",
+    )
+    p.set_defaults(uses_threads=True)
 
 
 def _ray_options(p: argparse.ArgumentParser) -> None:
@@ -693,7 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--sessions", default=None, help="where sessions are saved (out/sessions)")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (all cores but one)"
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for the model (default: the free cores but one, kept for the browser)",
     )
     p.set_defaults(func=cmd_app)
 
@@ -762,6 +771,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command: Callable[[argparse.Namespace], int] = args.func
     try:
+        if getattr(args, "uses_threads", False):
+            from workbench.threads import use_threads
+
+            use_threads(args.threads)
         return command(args)
     except BagelError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -80,12 +80,11 @@ class Replica:
     """One model replica (a Ray actor): loads the model once, then takes items."""
 
     def __init__(self, model: str, device: str, dtype: str | None, threads: int):
-        import torch
-
         from bagel.checkpoint import load
+        from workbench.threads import use_threads
 
-        if device == "cpu":
-            torch.set_num_threads(threads)
+        if device == "cpu":  # replicas sharing a machine: each its own cores, never more
+            use_threads(threads)
         self.pipe = load(model, device=device, dtype=dtype)
 
     def run(self, scenario_file: str, folder: str) -> ItemResult:

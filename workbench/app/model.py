@@ -11,7 +11,7 @@ serves the world model (models/world-64) instead when it is present.
 from __future__ import annotations
 
 import argparse
-import os
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from bagel.pipeline import BagelPipeline
 from bagel.profiles import PROFILES
 from workbench.app.jobs import Gate
 from workbench.cli import DEFAULT_TINY
+from workbench.threads import default_threads
 from workbench.world.model import default_world_model, is_world_model
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -42,11 +43,11 @@ class AppOptions:
     threads: int  # torch CPU threads for the model's work
 
 
-def default_threads() -> int:
-    """All cores but one: the server and a browser on the same machine need one. With
-    every core, the jobs' thread teams lost their cores to the browser's drawing and
-    ran ~2.5× slower on a 2-core machine than with one thread (docs/benchmarks.md)."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+@functools.cache
+def app_threads() -> int:
+    """The free cores but one, kept for the browser and the server (looked at once per
+    process: every page rerun then reads the same count)."""
+    return default_threads(keep=1)
 
 
 def app_options(argv: Sequence[str], environ: Mapping[str, str]) -> AppOptions:
@@ -63,8 +64,8 @@ def app_options(argv: Sequence[str], environ: Mapping[str, str]) -> AppOptions:
     parser.add_argument(
         "--threads",
         type=int,
-        default=int(environ.get("WORKBENCH_THREADS", 0)) or default_threads(),
-        help="torch CPU threads (default: all cores but one)",
+        default=int(environ.get("WORKBENCH_THREADS", 0)) or app_threads(),
+        help="CPU threads for the model (default: the free cores but one, kept for the browser)",
     )
     args = parser.parse_args(list(argv))
     if args.threads < 1:
