@@ -452,7 +452,7 @@ def header(plan: Plan) -> dict:
 
     bnb = version("bitsandbytes") if find_spec("bitsandbytes") else "not installed"
     cuda = plan.device.type == "cuda"
-    mode = "smoke: CPU, tiny model, 2 steps" if plan.smoke else "CUDA, 7B architecture"
+    mode = "smoke: CPU, tiny model, few steps" if plan.smoke else "CUDA, 7B architecture"
     return {
         "mode": mode,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
@@ -466,7 +466,7 @@ def header(plan: Plan) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the results")
-    parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, 2 steps")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, few steps")
     parser.add_argument("--minutes", type=float, default=8.0, help="no cell starts after")
     args = parser.parse_args(argv)
     if not args.smoke and not torch.cuda.is_available():

@@ -5,7 +5,7 @@
 # (where a goal is missed) and run.log.
 #
 #   bash scripts/gpu-check.sh OUT            # on a GPU machine (default OUT: $OUT or /tmp/gpu-check)
-#   bash scripts/gpu-check.sh --smoke OUT    # here, on the CPU: the same code paths, tiny, 2 steps
+#   bash scripts/gpu-check.sh --smoke OUT    # here, on the CPU: the same code paths, tiny, few steps
 #
 # Uses $PYTHON (default python3: on the GPU machine, the one that holds its torch) with
 # this checkout on PYTHONPATH; nothing is installed into it. Wheels in .whl/ (or $WHEELS)
