@@ -98,6 +98,13 @@ def run(pipe: BagelPipeline, task: str, params: SamplerParams, side: int) -> tup
     return seconds, torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
 
 
+def sampler_params(task: str, steps: int, cache: str) -> SamplerParams:
+    """The app's defaults for `task` ("t2i" or "edit") with `steps` timesteps and the
+    feature cache `cache` ("none" or "taylorseer")."""
+    base = SamplerParams() if task == "t2i" else SamplerParams.edit()
+    return SamplerParams(**{**base.__dict__, "num_timesteps": steps, "feature_cache": cache})
+
+
 def matrix(config, names, device, side, steps, compiled_for) -> list[dict[str, object]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,11 +115,8 @@ def matrix(config, names, device, side, steps, compiled_for) -> list[dict[str, o
                 if compiled:
                     compile_decoder(pipe.net.language_model.model.layers)
                 for task in ("t2i", "edit"):
-                    base = SamplerParams() if task == "t2i" else SamplerParams.edit()
                     for cache in ("none", "taylorseer"):
-                        params = SamplerParams(
-                            **{**base.__dict__, "num_timesteps": steps, "feature_cache": cache}
-                        )
+                        params = sampler_params(task, steps, cache)
                         if compiled:
                             run(pipe, task, params, side)  # warm-up: compilation
                         seconds, peak = run(pipe, task, params, side)
