@@ -14,8 +14,10 @@ from test_pipeline import latent_segment, text_embeds, vit_segment
 
 from bagel.errors import InputError
 from bagel.llm import Routing
+from workbench.memory import memory_report
 from workbench.params import ContextLimit, GenerationParams
-from workbench.session import Mark, Session, memory_report
+from workbench.session import Session
+from workbench.transcript import Mark, image_rows
 
 from reference_forward import Sequence, reference_forward
 
@@ -54,7 +56,7 @@ def image_then_text(pipe, limit: ContextLimit) -> Session:
 def test_sizes_this_file_relies_on(pipe):
     s = image_then_text(pipe, ContextLimit())
     assert pipe.image_token_counts(48, 32) == (8, 8) and pipe.image_token_counts(32, 32) == (6, 6)
-    assert s._image_rows() == {(0, "vae"): (0, 8), (0, "vit"): (8, 16)}
+    assert image_rows(s.turns) == {(0, "vae"): (0, 8), (0, "vit"): (8, 16)}
     assert state(s)[:4] == (21, 7, 5, Mark(16, 2))
 
 
@@ -79,7 +81,7 @@ def test_drop_vit_removes_the_oldest_vit_tokens_until_the_turn_fits(pipe):
     # the ViT rows are gone, the rope is not; the text-dropped prefix lost them too
     assert s.main.length == 25 and s.main.rope == 9
     assert s.turns[3].before[1] == Mark(8, 2)  # what generation used: A's VAE rows only
-    assert s._image_rows() == {(0, "vae"): (0, 8), (3, "vae"): (13, 19), (3, "vit"): (19, 25)}
+    assert image_rows(s.turns) == {(0, "vae"): (0, 8), (3, "vae"): (13, 19), (3, "vit"): (19, 25)}
     # the next image does not fit even without the generated ViT (25 - 6 + 16 > 25):
     # refused, and nothing is dropped
     with pytest.raises(InputError, match="even without the ViT tokens of every earlier image"):
@@ -108,7 +110,7 @@ def test_keep_last_images_drops_older_images_before_each_turn(pipe):
     assert [t.kind for t in s.turns] == ["image", "text", "image", "drop", "text"]
     assert s.turns[3].dropped == ((0, "vae"), (0, "vit"))
     assert s.main.length == 37 - 16 + 3 and s.main.rope == 2 + 5 + 2 + 3
-    assert s._image_rows() == {(2, "vae"): (5, 13), (2, "vit"): (13, 21)}
+    assert image_rows(s.turns) == {(2, "vae"): (5, 13), (2, "vit"): (13, 21)}
     s.limit = ContextLimit(max_tokens=24, policy="keep_last_images", keep_images=1)
     with pytest.raises(InputError, match="even keeping only the last 1 images"):
         s.add_text("a")  # 24 + 3 > 24, and the only image left is the last one
@@ -227,7 +229,7 @@ def test_memory_keeps_counting_rows_kept_for_undo(pipe):
     # which the undo context still reads): two blocks for main, one for the texts
     assert m.allocated_bytes == 3 * 256 * pipe.kv_layout.bytes_per_token
     assert m.read_bytes == (13 + 5) * pipe.kv_layout.bytes_per_token
-    assert s._kept_contexts()[2] is s.turns[1].undo
+    assert s.kept_contexts()[2] is s.turns[1].undo
 
 
 @pytest.mark.parametrize(

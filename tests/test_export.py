@@ -14,13 +14,12 @@ import pytest
 from PIL import Image
 
 from bagel.errors import InputError
-from workbench import export
-from workbench.export import (
+from workbench import export, media
+from workbench.export import export_session, session_frames
+from workbench.media import (
     ExportError,
     Frame,
     contact_sheet,
-    export_session,
-    session_frames,
     story_page,
     write_contact_sheet,
     write_frames,
@@ -118,8 +117,8 @@ def test_writers_refuse_bad_input(tmp_path):
 def test_contact_sheet_size_layout_and_captions(tmp_path):
     frames = [Frame(noise(i), f"frame {i}") for i in range(5)]
     sheet = contact_sheet(frames, columns=2, thumb=100)
-    gap, cell_w, cell_h = export.SHEET_GAP, 100, 75  # 40x30 scaled to a long side of 100
-    caption_h = export.CAPTION_LINES * (export.CAPTION_FONT_SIZE + 3)
+    gap, cell_w, cell_h = media.SHEET_GAP, 100, 75  # 40x30 scaled to a long side of 100
+    caption_h = media.CAPTION_LINES * (media.CAPTION_FONT_SIZE + 3)
     assert sheet.size == (2 * (cell_w + gap) + gap, 3 * (cell_h + caption_h + gap) + gap)
     second = sheet.crop((2 * gap + cell_w, gap, 2 * (gap + cell_w), gap + cell_h))
     expected = noise(1).resize((100, 75), Image.Resampling.BICUBIC)
@@ -135,12 +134,12 @@ def test_contact_sheet_size_layout_and_captions(tmp_path):
 
 
 def test_long_captions_wrap_to_three_lines_with_an_ellipsis():
-    draw = export.ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    font = export.ImageFont.load_default(export.CAPTION_FONT_SIZE)
-    lines = export._wrap("word " * 200, draw, font, 100)
+    draw = media.ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font = media.ImageFont.load_default(media.CAPTION_FONT_SIZE)
+    lines = media._wrap("word " * 200, draw, font, 100)
     assert len(lines) == 3 and lines[-1].endswith("…")
     assert all(draw.textlength(line, font=font) <= 100 for line in lines)
-    assert export._wrap("short", draw, font, 100) == ["short"]
+    assert media._wrap("short", draw, font, 100) == ["short"]
 
 
 def test_story_page_escapes_texts_and_embeds_images(tmp_path):
@@ -271,7 +270,7 @@ def test_a_failure_mid_export_leaves_no_partial_out(saved, tmp_path, monkeypatch
     def broken(*args, **kwargs):
         raise ExportError("disk full")
 
-    monkeypatch.setattr(export, "_encode_h264", broken)  # PNGs and GIF are written by then
+    monkeypatch.setattr(media, "_encode_h264", broken)  # PNGs and GIF are written by then
     with pytest.raises(ExportError, match="disk full"):
         export_session(saved, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -21,6 +21,7 @@ from workbench.params import ContextLimit, GenerationParams
 from workbench.session import Session
 from workbench.store import load, replay, save
 from workbench.store.session_format import SessionFileError
+from workbench.transcript import image_rows
 
 FAST = GenerationParams(num_timesteps=3, height=32, width=32, max_think_tokens=3, seed=4)
 
@@ -424,7 +425,7 @@ def test_snapshot_of_a_session_with_drops_keeps_its_image_rows_and_limit(
     folder = save(original, tmp_path / "snap", snapshot=True)
     resumed = load(folder, pipe)
     assert resumed.limit == original.limit
-    assert resumed._image_rows() == original._image_rows()  # the policies see the images
+    assert image_rows(resumed.turns) == image_rows(original.turns)  # the policies see the images
     assert [t.rows for t in resumed.turns] == [t.rows for t in original.turns]
     # one block vs the original's spans around the dropped rows: the same tokens, so the
     # same numbers (attention reads the cache as one buffer whatever its blocks)

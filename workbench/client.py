@@ -30,7 +30,7 @@ from bagel.errors import BagelError
 from bagel.pipeline import ProgressFn
 from workbench.files import write_atomic
 from workbench.params import ContextLimit, GenerationParams
-from workbench.session import Forcing, Turn
+from workbench.transcript import Forcing, Turn
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 

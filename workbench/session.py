@@ -33,96 +33,13 @@ from PIL import Image
 from bagel.embeddings import unpatchify_latent
 from bagel.errors import InputError
 from bagel.forcing import check_forcing
-from bagel.kv import KVContext, allocated_bytes
+from bagel.kv import KVContext
 from bagel.pipeline import FRAME_ROPE_STRIDE, BagelPipeline, ImageOutput, ProgressFn
 from bagel.tokenizer import GEN_THINK_PROMPT, check_text
 from workbench.files import check_regular_file
+from workbench.memory import Memory, memory_report
 from workbench.params import ContextLimit, GenerationParams, check_seed
-
-ImagePart = tuple[int, str]  # (turn index of an image, "vae" or "vit")
-
-
-@dataclass(frozen=True)
-class Mark:
-    """Where a context stood: its token count and next RoPE position."""
-
-    length: int
-    rope: int
-
-    @classmethod
-    def of(cls, ctx: KVContext) -> Mark:
-        return cls(ctx.length, ctx.rope)
-
-
-@dataclass(frozen=True)
-class Forcing:
-    """Which frame of which diffusion-forcing run an image turn is (replay re-runs the
-    whole run: with a window > 1 its frames were denoised together)."""
-
-    frames: int
-    window: int
-    schedule: str
-    index: int
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One entry of the transcript, with where the contexts stood before it."""
-
-    role: str  # "user", "model" or "session" (a drop made by the context limit)
-    kind: str  # "text", "image", "thinking", "choice" (a constrained answer) or "drop"
-    text: str | None = None
-    image: Image.Image | None = None
-    params: GenerationParams | None = None
-    seed: int = 0  # the VAE posterior sample of an image turn
-    seconds: float = 0.0
-    before: tuple[Mark, Mark, Mark] | None = None  # main, text-dropped, image-dropped
-    options: tuple[str, ...] | None = None  # a choice turn: the allowed answers ...
-    scores: tuple[float, ...] | None = None  # ... and their log-probabilities
-    forcing: Forcing | None = None  # a frame of a diffusion-forcing run
-    rows: tuple[tuple[int, int], tuple[int, int]] | None = None  # image: VAE, ViT rows in main
-    dropped: tuple[ImagePart, ...] = ()  # drop: the image parts it removed from main
-    undo: KVContext | None = field(default=None, repr=False, compare=False)  # drop: main before
-    threads: int | None = None  # CPU intra-op threads it ran with (sums depend on it); GPU: None
-
-
-@dataclass(frozen=True)
-class Memory:
-    """Tokens and K/V bytes of one session (branch)."""
-
-    main_tokens: int
-    text_dropped_tokens: int
-    image_dropped_tokens: int
-    read_bytes: int  # the rows its contexts attend to (text-dropped rows are main's rows)
-    allocated_bytes: int  # blocks it keeps alive (contexts, undo of drops), each once
-    exclusive_bytes: int  # of those, blocks no other session of the report keeps alive
-
-
-@dataclass(frozen=True)
-class MemoryReport:
-    branches: tuple[Memory, ...]  # one per session, in the order given
-    total_bytes: int  # blocks any of the sessions keeps alive, shared ones counted once
-
-
-def memory_report(*sessions: Session) -> MemoryReport:
-    """Tokens and bytes per session and in total, shared KV blocks counted once."""
-    kept = [s._kept_contexts() for s in sessions]
-    everything = [ctx for contexts in kept for ctx in contexts]
-    total = allocated_bytes(*everything)
-    branches = []
-    for i, s in enumerate(sessions):
-        others = [ctx for j, contexts in enumerate(kept) if j != i for ctx in contexts]
-        branches.append(
-            Memory(
-                s.main.length,
-                s.text_mark.length,
-                s.image_dropped.length,
-                s.main.nbytes_used + s.image_dropped.nbytes_used,
-                allocated_bytes(*kept[i]),
-                total - allocated_bytes(*others),
-            )
-        )
-    return MemoryReport(tuple(branches), total)
+from workbench.transcript import Forcing, ImagePart, Mark, Turn, image_rows
 
 
 @dataclass
@@ -358,7 +275,7 @@ class Session:
     def _marks(self) -> tuple[Mark, Mark, Mark]:
         return Mark.of(self.main), self.text_mark, Mark.of(self.image_dropped)
 
-    def _kept_contexts(self) -> list[KVContext]:
+    def kept_contexts(self) -> list[KVContext]:
         """Every context whose blocks this session keeps alive."""
         undo = [t.undo for t in self.turns if t.undo is not None]
         return [self.main, self.image_dropped, *undo]
@@ -389,7 +306,7 @@ class Session:
                 f"{positions} more positions do not fit: the session is at {where} "
                 "(dropping tokens does not help: kept tokens keep their positions)"
             )
-        live, policy, budget = self._image_rows(), self.limit.policy, self.limit.max_tokens
+        live, policy, budget = image_rows(self.turns), self.limit.policy, self.limit.max_tokens
         drops: list[ImagePart] = []
         if policy == "keep_last_images":
             images = list(dict.fromkeys(index for index, _ in live))  # oldest first
@@ -419,20 +336,9 @@ class Session:
             )
         return tuple(drops)
 
-    def _image_rows(self) -> dict[ImagePart, tuple[int, int]]:
-        """Where each image part still in main sits now, oldest first."""
-        live: dict[ImagePart, tuple[int, int]] = {}
-        for index, turn in enumerate(self.turns):
-            if turn.kind == "drop":
-                cut = [live.pop(part) for part in turn.dropped]
-                live = {part: _shift(rows, cut) for part, rows in live.items()}
-            elif turn.rows is not None:
-                live[(index, "vae")], live[(index, "vit")] = turn.rows
-        return live
-
     def _drop(self, parts: tuple[ImagePart, ...]) -> None:
         """Remove image parts from main (and the text-dropped prefix) as a "drop" turn."""
-        live = self._image_rows()
+        live = image_rows(self.turns)
         missing = [part for part in parts if part not in live]
         if missing or len(set(parts)) != len(parts) or not parts:
             raise InputError(f"cannot drop {list(parts)}: the image parts in main are {[*live]}")
@@ -562,9 +468,3 @@ class Session:
     def _reply_bound(params: GenerationParams) -> int:
         """Most tokens a reply adds: the generated ones, re-framed by the two markers."""
         return params.max_think_tokens + 2
-
-
-def _shift(rows: tuple[int, int], cut: list[tuple[int, int]]) -> tuple[int, int]:
-    """Rows of a kept part after the disjoint ranges `cut` were removed from main."""
-    before = sum(stop - start for start, stop in cut if stop <= rows[0])
-    return rows[0] - before, rows[1] - before

@@ -24,7 +24,8 @@ from workbench import chains, store
 from workbench.app.branches import Branch, Step, Workspace, steps_from_turns
 from workbench.app.files import pack_folder
 from workbench.app.jobs import set_phase
-from workbench.export import export_session, session_frames, story_page
+from workbench.export import export_session, session_frames
+from workbench.media import story_page
 from workbench.metrics import FrameMetrics, frame_metrics
 from workbench.params import GenerationParams
 from workbench.session import Session

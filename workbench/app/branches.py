@@ -16,7 +16,8 @@ from PIL import Image
 from bagel.pipeline import BagelPipeline
 from bagel.tokenizer import GEN_THINK_PROMPT
 from workbench.metrics import FrameMetrics
-from workbench.session import Session, Turn
+from workbench.session import Session
+from workbench.transcript import Turn
 
 PAGES = ("story", "world")
 

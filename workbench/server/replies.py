@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from workbench.server.schemas import JobOut, TurnOut, TurnResult
 from workbench.server.service import Outcome, Refused, Task
-from workbench.session import Turn
+from workbench.transcript import Turn
 
 POLL_SECONDS = 0.02  # how often a waiting request looks at its task
 KEEPALIVE_SECONDS = 10.0  # an SSE comment line, so proxies keep a quiet stream open

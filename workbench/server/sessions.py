@@ -25,8 +25,9 @@ from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline
 from workbench import store
 from workbench.params import ContextLimit
-from workbench.session import Session, Turn
+from workbench.session import Session
 from workbench.store import session_format
+from workbench.transcript import Turn
 
 log = logging.getLogger(__name__)
 

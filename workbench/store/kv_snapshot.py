@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from bagel.kv import KVContext
 from bagel.pipeline import BagelPipeline
 from workbench.files import write_atomic
-from workbench.session import Mark, Session
+from workbench.session import Session
 from workbench.store.session_format import (
     MANIFEST,
     SNAPSHOT,
@@ -27,6 +27,7 @@ from workbench.store.session_format import (
     sha256_of,
     transcript_digest,
 )
+from workbench.transcript import Mark
 
 SNAPSHOT_FORMAT = "bagel-workbench-kv"
 SNAPSHOT_VERSION = 1

@@ -45,7 +45,7 @@ from workbench import outputs
 from workbench.files import write_atomic
 from workbench.metrics import frame_metrics, psnr
 from workbench.params import GenerationParams
-from workbench.session import Forcing, Mark, Session, Turn
+from workbench.session import Session
 from workbench.store.kv_snapshot import read_snapshot, write_snapshot
 from workbench.store.replay_report import FrameDiff, ReplayReport
 from workbench.store.session_format import (
@@ -60,6 +60,7 @@ from workbench.store.session_format import (
     read_manifest,
     snapshot_header,
 )
+from workbench.transcript import Forcing, Mark, Turn
 
 
 def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:

@@ -25,7 +25,7 @@ from bagel.pipeline import BagelPipeline
 from bagel.tokenizer import check_text
 from workbench.files import check_regular_file
 from workbench.params import ContextLimit, GenerationParams, check_seed
-from workbench.session import Forcing
+from workbench.transcript import Forcing
 
 MANIFEST = "session.json"
 FORMAT = "bagel-workbench-session"
