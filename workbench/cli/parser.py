@@ -4,10 +4,13 @@ function (`args.func`)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from workbench.cli import checkpoints, scenarios, serving, sessions, world
 from workbench.models import DEFAULT_TINY
+
+AddVerb = Callable[..., argparse.ArgumentParser]  # the subparsers' add_parser
 
 DESCRIPTION = """\
 Run BAGEL on scenario files, replay and export saved sessions, and serve the model
@@ -33,11 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    add_scenario_verbs(sub)
-    add_session_verbs(sub)
-    add_serving_verbs(sub)
-    add_checkpoint_verbs(sub)
-    add_world_verbs(sub)
+    for add_verbs in (
+        add_scenario_verbs,
+        add_session_verbs,
+        add_serving_verbs,
+        add_checkpoint_verbs,
+        add_world_verbs,
+    ):
+        add_verbs(sub.add_parser)
     return parser
 
 
@@ -81,9 +87,9 @@ def ray_options(p: argparse.ArgumentParser) -> None:
 # -- the groups of verbs ----------------------------------------------------------------
 
 
-def add_scenario_verbs(sub: argparse._SubParsersAction) -> None:
+def add_scenario_verbs(add_verb: AddVerb) -> None:
     """run, demo (workbench/cli/scenarios.py)."""
-    p = sub.add_parser("run", help="run scenario files, one after another, on one model")
+    p = add_verb("run", help="run scenario files, one after another, on one model")
     p.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
     p.add_argument("--out", default="runs", help="each scenario writes to OUT/<file name>/")
     model_options(
@@ -94,17 +100,17 @@ def add_scenario_verbs(sub: argparse._SubParsersAction) -> None:
     ray_options(p)
     p.set_defaults(func=scenarios.cmd_run)
 
-    p = sub.add_parser("demo", help="run every example scenario (tiny random model by default)")
+    p = add_verb("demo", help="run every example scenario (tiny random model by default)")
     p.add_argument("--out", default="demo-output", help="each scenario writes to OUT/<file name>/")
     model_options(p, f"checkpoint folder or hub id (default: a tiny random one in {DEFAULT_TINY})")
     p.set_defaults(func=scenarios.cmd_demo)
 
 
-def add_session_verbs(sub: argparse._SubParsersAction) -> None:
+def add_session_verbs(add_verb: AddVerb) -> None:
     """replay, export (workbench/cli/sessions.py)."""
     from workbench.export import FORMATS
 
-    p = sub.add_parser("replay", help="regenerate saved sessions and compare every output")
+    p = add_verb("replay", help="regenerate saved sessions and compare every output")
     p.add_argument("sessions", nargs="+", type=Path, metavar="SESSION_DIR")
     model_options(
         p,
@@ -120,7 +126,7 @@ def add_session_verbs(sub: argparse._SubParsersAction) -> None:
     ray_options(p)
     p.set_defaults(func=sessions.cmd_replay)
 
-    p = sub.add_parser("export", help="export a saved session's frames (no model needed)")
+    p = add_verb("export", help="export a saved session's frames (no model needed)")
     p.add_argument("session", type=Path, metavar="SESSION_DIR")
     p.add_argument("--out", default=None, help="default: SESSION_DIR-export beside it")
     for name in sorted(FORMATS):
@@ -144,9 +150,9 @@ def add_session_verbs(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=sessions.cmd_export)
 
 
-def add_serving_verbs(sub: argparse._SubParsersAction) -> None:
+def add_serving_verbs(add_verb: AddVerb) -> None:
     """serve, app (workbench/cli/serving.py)."""
-    p = sub.add_parser("serve", help="an HTTP API over persistent sessions on one model")
+    p = add_verb("serve", help="an HTTP API over persistent sessions on one model")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (others need a token)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--sessions", type=Path, default=Path("out/served-sessions"))
@@ -154,7 +160,7 @@ def add_serving_verbs(sub: argparse._SubParsersAction) -> None:
     model_options(p, f"checkpoint folder or hub id (default: the tiny one in {DEFAULT_TINY})")
     p.set_defaults(func=serving.cmd_serve)
 
-    p = sub.add_parser("app", help="serve the browser app (on 127.0.0.1 unless --address)")
+    p = add_verb("app", help="serve the browser app (on 127.0.0.1 unless --address)")
     p.add_argument(
         "--address", default="127.0.0.1", help="where to listen; 0.0.0.0 serves other machines"
     )
@@ -168,14 +174,14 @@ def add_serving_verbs(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=serving.cmd_app)
 
 
-def add_checkpoint_verbs(sub: argparse._SubParsersAction) -> None:
+def add_checkpoint_verbs(add_verb: AddVerb) -> None:
     """make-tiny, info (workbench/cli/checkpoints.py)."""
-    p = sub.add_parser("make-tiny", help="write a tiny random checkpoint in the official layout")
+    p = add_verb("make-tiny", help="write a tiny random checkpoint in the official layout")
     p.add_argument("folder", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=checkpoints.cmd_make_tiny)
 
-    p = sub.add_parser("info", help="describe a checkpoint folder without loading its weights")
+    p = add_verb("info", help="describe a checkpoint folder without loading its weights")
     p.add_argument("model")
     p.add_argument(
         "--profile", default=None, help="also print the weight bytes each device would hold"
@@ -187,9 +193,9 @@ def add_checkpoint_verbs(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=checkpoints.cmd_info)
 
 
-def add_world_verbs(sub: argparse._SubParsersAction) -> None:
+def add_world_verbs(add_verb: AddVerb) -> None:
     """train-world, eval-world (workbench/cli/world.py)."""
-    p = sub.add_parser("train-world", help="train the world model on the rendered world")
+    p = add_verb("train-world", help="train the world model on the rendered world")
     p.add_argument("out", type=Path, metavar="OUT", help="checkpoint folder (official layout)")
     p.add_argument("--steps", type=int, default=20000, help="decoder steps (after the AE's)")
     p.add_argument("--ae-steps", type=int, default=1500, help="autoencoder steps (first)")
@@ -221,7 +227,7 @@ def add_world_verbs(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=world.cmd_train_world)
 
-    p = sub.add_parser("eval-world", help="score world-model rollouts against the renderer")
+    p = add_verb("eval-world", help="score world-model rollouts against the renderer")
     p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
     p.add_argument("--episodes", type=int, default=4, help="episodes per script kind")
     p.add_argument("--steps", type=int, default=8, help="rollout length")

@@ -7,12 +7,14 @@ import argparse
 
 
 def cmd_train_world(args: argparse.Namespace) -> int:
+    """Train the world model from scratch on the rendered world."""
     from workbench.world.train import command
 
     return command(args)
 
 
 def cmd_eval_world(args: argparse.Namespace) -> int:
+    """Score world-model rollouts against the renderer's true frames."""
     from workbench.world.eval import command
 
     return command(args)
