@@ -298,3 +298,21 @@ def device_bytes(
     resident = plan_offload(other, layers, gpu_budget)
     kept = sum(size for size, on_gpu in zip(layers, resident, strict=True) if on_gpu)
     return {here: other + kept + ae, "cpu": sum(layers) - kept}
+
+
+def profile_memory(
+    shapes: dict[str, tuple[int, ...]],
+    ae_shapes: dict[str, tuple[int, ...]],
+    profile: Profile,
+    device: torch.device,
+    gpu_budget: int | None = None,
+) -> dict[str, object]:
+    """The weight bytes each device holds under `profile`, from the safetensors shapes
+    alone (`shapes`: ema.safetensors, `ae_shapes`: ae.safetensors), also in GiB."""
+    dtype = profile_dtype(profile, None, device)
+    sizes = device_bytes(shapes, ae_shapes, profile, dtype, device, gpu_budget)
+    return {
+        "profile": profile.name,
+        "bytes": sizes,
+        "GiB": {k: round(v / 2**30, 3) for k, v in sizes.items()},
+    }

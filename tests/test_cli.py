@@ -20,8 +20,11 @@ from PIL import Image
 import bagel.checkpoint
 import workbench.chains
 from bagel.errors import InputError
-from workbench import cli, store
-from workbench.cli import main
+from workbench import models, store
+from workbench.cli import common
+from workbench.cli import scenarios as scenario_verbs
+from workbench.cli.main import main
+from workbench.cli.parser import build_parser
 from workbench.outputs import MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +64,7 @@ def loads(monkeypatch, pipe, tiny_dir):
         return pipe
 
     monkeypatch.setattr(bagel.checkpoint, "load", load)
-    monkeypatch.setattr(cli, "DEFAULT_TINY", tiny_dir)
+    monkeypatch.setattr(models, "DEFAULT_TINY", tiny_dir)
     return calls
 
 
@@ -85,14 +88,16 @@ def test_make_tiny_and_info(tmp_path, capsys):
 
 def test_run_loads_the_model_once_for_several_scenarios(tmp_path, loads, monkeypatch, capsys):
     denoised = []  # the denoising bar's updates: (scenario, done, total)
-    monkeypatch.setattr(cli._Bars, "denoised", lambda bars, *n: denoised.append((bars.name, *n)))
+    monkeypatch.setattr(
+        scenario_verbs.Bars, "denoised", lambda bars, *n: denoised.append((bars.name, *n))
+    )
     paths = scenarios(tmp_path, walk=WALK, turn=TURN)
     out = tmp_path / "runs"
     assert main(["run", *paths, "--out", str(out)]) == 0
-    assert loads == [(str(cli.DEFAULT_TINY), "cpu", None)]
+    assert loads == [(str(models.DEFAULT_TINY), "cpu", None)]
     assert denoised == [("walk", 1, 1), ("walk", 1, 1), ("turn", 1, 1)]  # one step a frame
     printed = capsys.readouterr().out
-    assert cli.RANDOM_WEIGHTS_NOTE in printed
+    assert common.RANDOM_WEIGHTS_NOTE in printed
     assert re.search(rf"^walk +2 +[0-9.]+  {out / 'walk'}$", printed, re.M)
     assert re.search(rf"^turn +1 +[0-9.]+  {out / 'turn'}$", printed, re.M)
     walk = json.loads((out / "walk" / "run.json").read_text())
@@ -236,11 +241,13 @@ def test_demo_runs_every_example_and_says_the_weights_are_random(
     tmp_path, loads, monkeypatch, capsys
 ):
     scenarios(tmp_path / "examples", walk=WALK, turn=TURN)
-    monkeypatch.setattr(cli, "EXAMPLES", tmp_path / "examples")
+    monkeypatch.setattr(scenario_verbs, "EXAMPLES", tmp_path / "examples")
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count(cli.RANDOM_WEIGHTS_NOTE) == 2 and cli.REAL_MODEL_HINT in printed
+    assert (
+        printed.count(common.RANDOM_WEIGHTS_NOTE) == 2 and scenario_verbs.REAL_MODEL_HINT in printed
+    )
     assert "scenario  frames  seconds  output" in printed
     assert (out / "turn" / "export" / "frames.gif").is_file()
     assert (out / "walk" / "session" / "session.json").is_file()
@@ -275,7 +282,7 @@ def test_compile_reaches_the_loader_and_is_refused_with_ray(
 ):
     seen = []
     monkeypatch.setattr(bagel.checkpoint, "load", lambda path, **kw: seen.append(kw) or pipe)
-    monkeypatch.setattr(cli, "DEFAULT_TINY", tiny_dir)
+    monkeypatch.setattr(models, "DEFAULT_TINY", tiny_dir)
     paths = scenarios(tmp_path, walk=WALK)
     assert main(["run", *paths, "--out", str(tmp_path / "runs"), "--compile"]) == 0
     assert [kw["compile"] for kw in seen] == [True]
@@ -283,3 +290,16 @@ def test_compile_reaches_the_loader_and_is_refused_with_ray(
     assert "--compile is not supported with --ray" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "runs" / "walk" / "session"), "--compile"]) == 0
     assert [kw["compile"] for kw in seen] == [True, True]
+
+
+def test_help_says_what_the_command_does_and_its_examples_run(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    assert "Run BAGEL on scenario files" in printed
+    examples = re.findall(r"^  workbench ([a-z-]+)(.*?)(?:  #.*)?$", printed, re.M)
+    assert len(examples) >= 5
+    for verb, rest in examples:  # each example parses: its verb and options exist
+        args = build_parser().parse_args([verb, *rest.split()])
+        assert args.command == verb

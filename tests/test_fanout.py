@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from workbench.cli import main
+from workbench.cli.main import main
 from workbench.scenario.read import load_scenario
 from workbench.scenario.run import run_scenario
 
@@ -121,7 +121,7 @@ def test_without_ray_installed_ray_runs_say_how_to_get_it(tiny_dir, tmp_path, mo
 def test_a_run_without_ray_does_not_import_it(tiny_dir, tmp_path):
     paths = _scenarios(tmp_path, ["look"])
     code = (
-        "import sys; from workbench.cli import main; "
+        "import sys; from workbench.cli.main import main; "
         f"assert main(['run', {paths[0]!r}, '--model', {str(tiny_dir)!r}, '--out', {str(tmp_path / 'o')!r}]) == 0; "
         "assert 'ray' not in sys.modules, 'ray was imported'"
     )

@@ -33,7 +33,7 @@ from bagel.image import open_image
 from workbench import chains
 from workbench.app import actions
 from workbench.app.files import UploadError, pack_folder, read_image, unpack_session
-from workbench.cli import main
+from workbench.cli.main import main
 from workbench.export import export_session
 from workbench.params import GenerationParams
 from workbench.scenario.read import ScenarioError, load_scenario

@@ -24,10 +24,10 @@ from PIL import Image
 
 import bagel.checkpoint
 from bagel.errors import BagelError
-from workbench import cli
+from workbench import models
 from workbench.app import actions
 from workbench.app.files import UploadError, pack_folder, save_session, unpack_session
-from workbench.cli import main
+from workbench.cli.main import main
 from workbench.export import export_session
 from workbench.outputs import MARKER, REPORT, OutputError, check_output_folder
 from workbench.params import GenerationParams
@@ -108,7 +108,7 @@ def saved(template, tmp_path) -> Path:
 @pytest.fixture
 def loads(monkeypatch, pipe, tiny_dir):
     monkeypatch.setattr(bagel.checkpoint, "load", lambda *a, **k: pipe)
-    monkeypatch.setattr(cli, "DEFAULT_TINY", tiny_dir)
+    monkeypatch.setattr(models, "DEFAULT_TINY", tiny_dir)
 
 
 def read_only(monkeypatch, *folders: Path) -> None:

@@ -23,10 +23,11 @@ from bagel.profiles import (
     parse_profile,
     plan_offload,
     profile_dtype,
+    profile_memory,
     stream_layers,
     weight_bytes,
 )
-from workbench.cli import main
+from workbench.cli.main import main
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 PARAMS = SamplerParams(
@@ -240,6 +241,21 @@ def test_device_bytes_split_for_offload():
     assert split == {"cuda": 128 + 128 + 16, "cpu": 128}
     whole = device_bytes(shapes, ae, Profile("fp32"), torch.float32, CPU)
     assert whole == {"cpu": 4 * (64 + 128) + 16}
+
+
+def test_profile_memory_counts_each_device_from_the_shapes_alone():
+    linear = "language_model.model.layers.0.mlp.up_proj.weight"  # quantised by int8
+    shapes, ae = {linear: (8, 4), "vit.norm.weight": (3,)}, {"decoder.conv.weight": (2, 2)}
+    fp32 = profile_memory(shapes, ae, Profile("fp32"), CPU)
+    assert fp32["bytes"] == {"cpu": 4 * (32 + 3) + 4 * 4}
+    int8 = profile_memory(shapes, ae, Profile("int8"), CPU)  # values + a scale per row
+    assert int8 == {
+        "profile": "int8",
+        "bytes": {"cpu": (32 + 4 * 8) + 4 * 3 + 4 * 4},
+        "GiB": {"cpu": 0.0},
+    }
+    offload = profile_memory(shapes, ae, Profile("bf16", offload=True), CUDA, 2 * 3 + 16)
+    assert offload["bytes"] == {"cuda": 2 * 3 + 16, "cpu": 2 * 32}  # the layer did not fit
 
 
 def test_info_prints_the_bytes_per_device(tiny_dir, capsys):

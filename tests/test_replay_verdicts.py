@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.cli import main
+from workbench.cli.main import main
 from workbench.params import GenerationParams
 from workbench.session import Session
 from workbench.store import replay, save

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from workbench import chains, store
-from workbench.cli import main
+from workbench.cli.main import main
 from workbench.client import RemoteError, RemoteSession
 from workbench.params import GenerationParams
 from workbench.server import app as server_app
@@ -579,7 +579,7 @@ def test_serve_without_the_extra_says_how_to_get_it(monkeypatch, capsys):
 def test_serve_loads_the_model_in_the_chosen_profile(monkeypatch, pipe, tmp_path):
     import uvicorn
 
-    from workbench import cli
+    from workbench.cli import serving
 
     loaded = []
 
@@ -587,9 +587,9 @@ def test_serve_loads_the_model_in_the_chosen_profile(monkeypatch, pipe, tmp_path
         loaded.append((model, device, dtype, profile, compile))
         return pipe
 
-    monkeypatch.setattr(cli, "_load", load)
+    monkeypatch.setattr(serving, "load_model", load)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
     argv = ["serve", "--model", "M", "--profile", "int8", "--sessions", str(tmp_path / "s")]
-    assert cli.main(argv) == 0
-    assert cli.main([*argv, "--compile"]) == 0
+    assert main(argv) == 0
+    assert main([*argv, "--compile"]) == 0
     assert loaded == [("M", "cpu", None, "int8", False), ("M", "cpu", None, "int8", True)]

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from bagel.checkpoint import load
-from workbench.cli import main
+from workbench.cli.main import main
 from workbench.world.data import future
 from workbench.world.eval import (
     EVAL_STREAM,

@@ -21,7 +21,7 @@ from bagel.config import BagelConfig
 from bagel.pipeline import BagelPipeline
 from bagel.profiles import PROFILES
 from workbench.app.jobs import Gate
-from workbench.cli import DEFAULT_TINY
+from workbench.models import DEFAULT_TINY
 from workbench.threads import default_threads
 from workbench.world.model import default_world_model, is_world_model
 

@@ -44,7 +44,7 @@ from workbench.session import Session
 from workbench.world.data import TRAIN_LEVELS, Episode, future, navigation, random_actions
 from workbench.world.plot import plot_curves
 
-WORLD_MODEL = Path(__file__).resolve().parent.parent / "models" / "world-64"
+WORLD_MODEL = Path(__file__).resolve().parents[2] / "models" / "world-64"  # the checkout's
 EVAL_STREAM = 7_000_003  # first key of every evaluation generator (training uses the seed)
 UNSEEN_LEVEL = 100
 SCRIPTS = {
