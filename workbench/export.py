@@ -33,7 +33,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bagel.errors import BagelError, InputError
-from bagel.pipeline import BagelPipeline, ProgressFn
+from bagel.inputs import ProgressFn
+from bagel.pipeline import BagelPipeline
 from bagel.tokenizer import GEN_THINK_PROMPT
 from workbench import outputs, store
 from workbench.files import check_regular_file, write_atomic
