@@ -8,7 +8,9 @@ from bagel.config import BagelConfig
 from bagel.errors import BagelError, CheckpointError, ImageError, InputError
 from bagel.flow import SamplerParams
 from bagel.kv import KVContext
-from bagel.pipeline import BagelPipeline, ImageOutput, TextOutput
+from bagel.pipeline import BagelPipeline
+from bagel.sampling import ImageOutput
+from bagel.text_generation import TextOutput
 
 __all__ = [
     "load",

@@ -21,6 +21,10 @@ from bagel.errors import InputError
 
 SCHEDULES = ("autoregressive", "pyramid", "uniform")
 
+# A committed frame takes two positions (its VAE block, then its ViT block), so frame j of
+# a window sits at rope + 2j: the position it would get after the frames before it commit.
+FRAME_ROPE_STRIDE = 2
+
 Plan = list[list[tuple[int, int]]]  # per iteration: (frame, step index), head first
 
 

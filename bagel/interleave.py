@@ -15,8 +15,9 @@ from PIL import Image
 
 from bagel.errors import InputError
 from bagel.flow import SamplerParams
+from bagel.inputs import ProgressFn
 from bagel.kv import KVContext
-from bagel.pipeline import BagelPipeline, ProgressFn
+from bagel.pipeline import BagelPipeline
 from bagel.tokenizer import GEN_THINK_PROMPT, VLM_THINK_PROMPT
 
 

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bagel.embeddings import patchify_latent
+from bagel.forcing import FRAME_ROPE_STRIDE
 from bagel.llm import MoTDecoderLayer, Routing, apply_rope, rope_cos_sin
 from bagel.model import Bagel
-from bagel.pipeline import FRAME_ROPE_STRIDE
 from bagel.tokenizer import BagelTokenizer
 from bagel.vae import AutoEncoder
 

@@ -47,7 +47,8 @@ from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from bagel.interleave import build_contexts  # noqa: E402
-from bagel.pipeline import BagelPipeline, ImageOutput  # noqa: E402
+from bagel.pipeline import BagelPipeline  # noqa: E402
+from bagel.sampling import ImageOutput  # noqa: E402
 from bench.common import describe_machine, temp_folder, tiny_pipeline  # noqa: E402
 from workbench.memory import Memory  # noqa: E402
 from workbench.params import GenerationParams  # noqa: E402

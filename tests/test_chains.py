@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bagel.contexts import prefill
 from bagel.errors import ImageError, InputError
 from bagel.llm import Routing
 from workbench import chains
@@ -49,7 +50,9 @@ def independent_scores(pipe, ctx, options: list[str]) -> list[float]:
         targets = [*pipe.tokenizer.encode(option), pipe.tokenizer.eos_id]
         scratch, token, total = ctx.fork(), pipe.tokenizer.bos_id, 0.0
         for target in targets:
-            hidden = pipe._prefill(
+            hidden = prefill(
+                pipe.net,
+                pipe.backend,
                 scratch,
                 pipe.net.embed_tokens(torch.tensor([token])),
                 torch.tensor([scratch.rope]),

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from test_pipeline import latent_segment, text_embeds, vit_segment
 
+from bagel.contexts import wrap_image
 from bagel.errors import InputError
 from bagel.llm import Routing
 from workbench.memory import memory_report
@@ -138,7 +139,9 @@ def test_a_context_with_dropped_tokens_equals_the_reduced_sequence_from_scratch(
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(3))
     t = torch.tensor(0.6)
     with torch.inference_mode():
-        query = pipe._wrap_image(pipe.net.latent_tokens(x, t.reshape(1), (2, 2)))
+        query = wrap_image(
+            pipe.net, pipe.tokenizer, pipe.net.latent_tokens(x, t.reshape(1), (2, 2))
+        )
     image_query = seq.copy()
     image_query.add_image(query, latent=True)  # at position 7, after the dropped one
     hidden = reference_forward(pipe.net.language_model, *image_query.tensors())

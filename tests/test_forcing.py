@@ -8,11 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+from bagel.contexts import prefill, wrap_image
 from bagel.embeddings import patchify_latent, unpatchify_latent
 from bagel.errors import InputError
 from bagel.flow import SamplerParams, cfg_combine, cfg_scales, euler_step, flow_timesteps
 from bagel.forcing import forcing_plan
 from bagel.llm import Routing
+from bagel.velocity import VelocityModel
 
 from reference_forward import Sequence, reference_forward
 
@@ -193,7 +195,8 @@ def test_window_matches_a_full_recompute_with_the_frames_in_the_sequence(pipe):
     t = torch.tensor([0.2, 0.5, 1.0])
     out = pipe.frames_velocity(x, t, (2, 2), [ctx, ctx], [True, False])
     blocks = [
-        pipe._wrap_image(pipe.net.latent_tokens(x[j], t[j : j + 1], (2, 2))) for j in range(3)
+        wrap_image(pipe.net, pipe.tokenizer, pipe.net.latent_tokens(x[j], t[j : j + 1], (2, 2)))
+        for j in range(3)
     ]
     lm = pipe.net.language_model
     for j in range(3):
@@ -215,18 +218,18 @@ def test_pyramid_runs_each_frame_at_its_own_timestep_and_commits_in_order(pipe, 
     main, text_dropped, texts = session_contexts(pipe)
     before = (main.length, main.rope)
     calls, committed = [], []
-    original = pipe.frames_velocity
+    original = VelocityModel.frames_velocity
 
-    def spy(x, t, grid, branches, see, *rest):
+    def spy(model, x, t, grid, branches, see, *rest):
         calls.append((t.tolist(), len(branches), [c.rope for c in branches]))
-        return original(x, t, grid, branches, see, *rest)
+        return original(model, x, t, grid, branches, see, *rest)
 
     def commit(index, frame):
         committed.append((index, frame))
         pipe.append_image(main, frame.image, generator=torch.Generator().manual_seed(index))
         return main, main.prefix(main.length, main.rope), texts
 
-    monkeypatch.setattr(pipe, "frames_velocity", spy)
+    monkeypatch.setattr(VelocityModel, "frames_velocity", spy)
     frames = pipe.predict_frames(
         main,
         3,
@@ -257,9 +260,18 @@ def test_pyramid_runs_each_frame_at_its_own_timestep_and_commits_in_order(pipe, 
 @torch.inference_mode()
 def prefill_noisy_frame(pipe, ctx, x, t):
     """Cache a noisy frame block at ctx.rope, advancing 2 (its place once committed)."""
-    block = pipe._wrap_image(pipe.net.latent_tokens(x, t.reshape(1), (2, 2)))
+    block = wrap_image(pipe.net, pipe.tokenizer, pipe.net.latent_tokens(x, t.reshape(1), (2, 2)))
     routing = Routing.latent_spans(6, [(1, 5)])
-    pipe._prefill(ctx, block, torch.full((6,), ctx.rope), routing, causal=False, rope_advance=2)
+    prefill(
+        pipe.net,
+        pipe.backend,
+        ctx,
+        block,
+        torch.full((6,), ctx.rope),
+        routing,
+        causal=False,
+        rope_advance=2,
+    )
 
 
 def reference_frames(pipe, schedule, window, noise, images, seed):

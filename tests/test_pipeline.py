@@ -8,11 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+from bagel.contexts import wrap_image
 from bagel.embeddings import patchify_latent, unpatchify_latent
 from bagel.errors import ImageError, InputError
 from bagel.flow import SamplerParams, cfg_combine, cfg_scales, euler_step, flow_timesteps
 from bagel.image import to_tensor
 from bagel.llm import Routing
+from bagel.velocity import VelocityModel
 
 from reference_forward import Sequence, reference_forward
 
@@ -35,7 +37,7 @@ def text_embeds(pipe, text):
 
 
 def image_embeds(pipe, tokens):
-    return pipe._wrap_image(tokens)
+    return wrap_image(pipe.net, pipe.tokenizer, tokens)
 
 
 @torch.inference_mode()
@@ -229,8 +231,10 @@ def test_text_guidance_off_runs_only_the_main_branch(pipe, monkeypatch):
     ctx = pipe.new_context()
     pipe.append_text(ctx, "a tree")
     calls = []
-    original = pipe.velocity
-    monkeypatch.setattr(pipe, "velocity", lambda *a: calls.append(len(a[3])) or original(*a))
+    original = VelocityModel.velocity
+    monkeypatch.setattr(
+        VelocityModel, "velocity", lambda *a: calls.append(len(a[4])) or original(*a)
+    )
     pipe.generate_image(
         ctx, 32, 32, SamplerParams(num_timesteps=3, cfg_text_scale=1.0, cfg_img_scale=3.0)
     )

@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from bagel.contexts import wrap_image
 from bagel.errors import InputError
 from bagel.flow import SamplerParams, cfg_scales, flow_timesteps
 from bagel.llm import Routing
+from bagel.sampling import guide
 from bagel.taylorseer import TaylorCache, is_full_step
 
 SIDE = 32  # 2×2 latent tokens
@@ -163,7 +165,9 @@ def official_sample(pipe, contexts, params, h=2, w=2):
         text_scale, img_scale = cfg_scales(float(t[i]), params)
         active = [0] + ([1] if text_scale > 1 else []) + ([2] if img_scale > 1 else [])
         with torch.inference_mode():
-            query = pipe._wrap_image(pipe.net.latent_tokens(x, t[i].reshape(1), (h, w)))
+            query = wrap_image(
+                pipe.net, pipe.tokenizer, pipe.net.latent_tokens(x, t[i].reshape(1), (h, w))
+            )
             hidden = []
             for b in active:
                 rule, ctx = rules[b], contexts[b]
@@ -183,7 +187,7 @@ def official_sample(pipe, contexts, params, h=2, w=2):
                     feature = rule.taylor()
                 hidden.append(feature)
             v = pipe.net.llm2vae(lm.final_norm(torch.stack(hidden), routing)[:, 1:-1])
-        x = x - pipe._guide(v, float(t[i]), params) * (t[i] - t[i + 1])
+        x = x - guide(v, float(t[i]), params) * (t[i] - t[i + 1])
     return x
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from bagel.errors import BagelError, InputError
 from bagel.forcing import check_forcing
-from bagel.pipeline import ProgressFn
+from bagel.inputs import ProgressFn
 from bagel.tokenizer import check_text
 from workbench.actions import ACTIONS, DEFAULT_TEMPLATES
 from workbench.files import check_regular_file

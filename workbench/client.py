@@ -27,7 +27,7 @@ import httpx
 from PIL import Image
 
 from bagel.errors import BagelError
-from bagel.pipeline import ProgressFn
+from bagel.inputs import ProgressFn
 from workbench.files import write_atomic
 from workbench.params import ContextLimit, GenerationParams
 from workbench.transcript import Forcing, Turn

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bagel.errors import InputError
-from bagel.pipeline import BagelPipeline, ProgressFn
+from bagel.inputs import ProgressFn
+from bagel.pipeline import BagelPipeline
 from bagel.tokenizer import GEN_THINK_PROMPT
 from workbench import outputs, store
 from workbench.files import check_regular_file

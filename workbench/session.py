@@ -32,9 +32,11 @@ from PIL import Image
 
 from bagel.embeddings import unpatchify_latent
 from bagel.errors import InputError
-from bagel.forcing import check_forcing
+from bagel.forcing import FRAME_ROPE_STRIDE, check_forcing
+from bagel.inputs import ProgressFn
 from bagel.kv import KVContext
-from bagel.pipeline import FRAME_ROPE_STRIDE, BagelPipeline, ImageOutput, ProgressFn
+from bagel.pipeline import BagelPipeline
+from bagel.sampling import ImageOutput
 from bagel.tokenizer import GEN_THINK_PROMPT, check_text
 from workbench.files import check_regular_file
 from workbench.memory import Memory, memory_report

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from bagel.pipeline import BagelPipeline, ProgressFn
+from bagel.inputs import ProgressFn
+from bagel.pipeline import BagelPipeline
 from workbench import chains, store
 from workbench.app.branches import Branch, Step, Workspace, steps_from_turns
 from workbench.app.files import pack_folder

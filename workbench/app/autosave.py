@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bagel.errors import BagelError
-from bagel.pipeline import BagelPipeline, ProgressFn
+from bagel.inputs import ProgressFn
+from bagel.pipeline import BagelPipeline
 from workbench import store
 from workbench.app.actions import Outcome, metrics_of
 from workbench.app.branches import PAGES, Branch, steps_from_turns

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bagel.errors import BagelError
-from bagel.pipeline import ProgressFn
+from bagel.inputs import ProgressFn
 
 log = logging.getLogger(__name__)
 

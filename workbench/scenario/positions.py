@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from bagel.pipeline import FRAME_ROPE_STRIDE
+from bagel.forcing import FRAME_ROPE_STRIDE
 from bagel.tokenizer import GEN_THINK_PROMPT
 from workbench import chains
 from workbench.params import GenerationParams

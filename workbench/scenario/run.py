@@ -28,7 +28,8 @@ from workbench.session import Session
 from workbench.store import save
 
 if TYPE_CHECKING:
-    from bagel.pipeline import BagelPipeline, ProgressFn
+    from bagel.inputs import ProgressFn
+    from bagel.pipeline import BagelPipeline
 
 RUN_MANIFEST = "run.json"
 RUN_FORMAT = "bagel-workbench-run"

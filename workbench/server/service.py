@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bagel.errors import BagelError
-from bagel.pipeline import BagelPipeline, ProgressFn
+from bagel.inputs import ProgressFn
+from bagel.pipeline import BagelPipeline
 from workbench.app.jobs import Gate, Job
 from workbench.server.sessions import Entry, NotFound, Registry
 from workbench.session import Session

@@ -40,7 +40,8 @@ from PIL import Image
 
 import workbench
 from bagel.errors import BagelError
-from bagel.pipeline import BagelPipeline, ProgressFn
+from bagel.inputs import ProgressFn
+from bagel.pipeline import BagelPipeline
 from workbench import outputs
 from workbench.files import write_atomic
 from workbench.metrics import frame_metrics, psnr
