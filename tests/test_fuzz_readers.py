@@ -20,7 +20,8 @@ from PIL import Image
 
 from bagel.errors import BagelError
 from workbench.params import GenerationParams
-from workbench.scenario.read import CHAIN_ARGS, TOP_KEYS, ScenarioError, load_scenario
+from workbench.scenario.read import ScenarioError, load_scenario
+from workbench.scenario.schema import CHAIN_ARGS, TOP_KEYS
 from workbench.session import Session
 from workbench.store import load as load_session
 from workbench.store import save

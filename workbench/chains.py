@@ -15,6 +15,7 @@ free text is parsed.
 from __future__ import annotations
 
 import math
+import re
 import string
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ AXES = ("vertical", "horizontal", "depth")  # turntable (yaw), tilt (pitch), in-
 ROTATE_TEMPLATE = "Rotate the object {degrees} degrees about its {axis} axis."
 PREDICT_MODES = ("autoregressive", "forcing")
 SCHEDULES = ("autoregressive", "pyramid", "uniform")
+MAX_TEMPLATE_DIGITS = 3  # a template's width or precision: at most 999 characters
 CAPTION_QUESTION = "Describe the last image in one sentence."
 JUDGE_QUESTION = 'Does the last image carry out the instruction "{instruction}"? Answer yes or no.'
 JUDGE_OPTIONS = ("yes", "no")
@@ -431,22 +433,45 @@ def _templates(templates: dict[str, str] | None) -> dict[str, str]:
 
 def _fill(name: str, template: object, needed: tuple[str, ...], **values: str) -> str:
     """Format a template whose placeholders must be among `values` and include `needed`."""
+    return check_template(name, template, tuple(values), needed).format(**values)
+
+
+def check_template(
+    name: str, template: object, fields: tuple[str, ...], needed: tuple[str, ...] = ()
+) -> str:
+    """Return `template` if it is a text for str.format whose placeholders are plain names
+    from `fields` (no index, attribute or nested field), including every one of `needed`,
+    with a width or precision of at most MAX_TEMPLATE_DIGITS digits, so that filling it
+    with short texts gives a short text; else raise InputError naming `name`.
+
+    The one rule for templates: the chains use it, and so does the scenario file's schema."""
     _check_text(name, template)
-    allowed = ", ".join("{" + key + "}" for key in values)
+    allowed = ", ".join("{" + key + "}" for key in fields)
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        parts = [(f, spec) for _, f, spec, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as err:
         raise InputError(f"{name} {template!r} is not a valid template: {err}") from err
-    unknown = fields - values.keys()
+    unknown = sorted({f for f, _ in parts} - set(fields))
     if unknown:
-        raise InputError(f"{name} uses unknown placeholder(s) {sorted(unknown)}; use {allowed}")
-    missing = [key for key in needed if key not in fields]
+        found = ", ".join("{" + f + "}" for f in unknown)
+        raise InputError(f"{name} may use only {allowed}; found {found!r}")
+    missing = [key for key in needed if key not in {f for f, _ in parts}]
     if missing:
         raise InputError(f"{name} {template!r} must contain {{{missing[0]}}}")
-    try:
-        return template.format(**values)
-    except (ValueError, IndexError) as err:
+    for field_name, spec in parts:
+        shown = "{" + f"{field_name}:{spec}" + "}"
+        if "{" in spec:
+            raise InputError(f"{name} {shown!r} nests a placeholder in a format; not allowed")
+        if re.search(rf"\d{{{MAX_TEMPLATE_DIGITS + 1},}}", spec):
+            raise InputError(
+                f"{name} {shown!r} asks for a width or precision of more than "
+                f"{MAX_TEMPLATE_DIGITS} digits; at most {10**MAX_TEMPLATE_DIGITS - 1} is allowed"
+            )
+    try:  # as the chain fills it: with texts (a spec such as {degrees:d} fails on text)
+        template.format(**dict.fromkeys(fields, "x"))
+    except (ValueError, IndexError, KeyError) as err:
         raise InputError(f"{name} {template!r} is not a valid template: {err}") from err
+    return template
 
 
 def _beat(session: Session, index: int, beat: object) -> Beat:

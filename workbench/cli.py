@@ -479,6 +479,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args, _load)
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """The JSON Schema of a scenario file, for editors (docs/scenarios.md)."""
+    from workbench.scenario.schema import ScenarioFile
+
+    print(json.dumps(ScenarioFile.model_json_schema(), indent=2))
+    return EXIT_OK
+
+
 # -- make-tiny and info -----------------------------------------------------------------
 
 
@@ -753,6 +761,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpu-memory", default=None, help="with an offload profile: the GPU budget, e.g. 20GiB"
     )
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of scenario files (for editors)")
+    p.add_argument("kind", choices=["scenario"])
+    p.set_defaults(func=cmd_schema)
     return parser
 
 

@@ -14,6 +14,9 @@ MAX_SEED = 2**63 - 1  # torch generators take seeds below 2**64; JSON readers st
 MAX_SIDE = 2**16  # pixels; the model's own limit is far lower and checked at generation
 MAX_THINK_TOKENS = 2**20  # far past any context the model holds; the context refuses sooner
 MIN_TEMPERATURE = 1e-3  # far lower, logits / temperature overflow float32 and sampling fails
+# the longest text a scenario file may hold, in characters: more than BAGEL-7B-MoT's 32768
+# positions hold, far less than what makes the tokenizer's time and memory a problem
+MAX_TEXT_CHARS = 100_000
 
 
 def check_seed(seed: object, what: str = "seed") -> int:
