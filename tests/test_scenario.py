@@ -24,8 +24,8 @@ from PIL import Image
 from bagel.errors import InputError
 from workbench.params import GenerationParams
 from workbench.scenario.read import ScenarioError, load_scenario
-from workbench.scenario.schema import CHAIN_ARGS, TOP_KEYS
 from workbench.scenario.run import check_for_model, run_scenario
+from workbench.scenario.schema import CHAIN_ARGS, TOP_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "scenarios").glob("*.yaml"))
