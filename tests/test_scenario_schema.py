@@ -13,6 +13,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from bagel.errors import InputError
@@ -22,6 +23,7 @@ from workbench.params import MAX_TEXT_CHARS, GenerationParams
 from workbench.scenario.read import ScenarioError, load_scenario
 from workbench.scenario.run import run_scenario
 from workbench.scenario.schema import CHAIN_ARGS, Defaults, Params, ScenarioFile
+from workbench.server import create_app
 from workbench.session import Session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,3 +207,22 @@ def test_a_blank_prompt_makes_an_image_from_no_text(tmp_path, pipe):
 def test_blank_texts_that_mean_nothing_are_refused(tmp_path, step):
     err = refused(write(tmp_path, BASE.replace("predict: {frames: 1}", step)))
     assert "must hold a non-space character" in str(err) and err.field.startswith("steps[0]")
+
+
+# -- the server's generation settings are the same model ------------------------------
+
+
+def test_the_server_takes_generation_settings_as_a_scenario_does(pipe, tmp_path):
+    client = TestClient(create_app(pipe, tmp_path / "sessions"))
+    sid = client.post("/sessions").json()["id"]
+    for params, loc, words in (
+        ({"num_timestep": 3}, "num_timestep", "unknown key; did you mean 'num_timesteps'?"),
+        ({"num_timesteps": 1}, "num_timesteps", "must be an integer between 2 and 1000, got 1"),
+        ({"cfg_interval": [0.5, 2]}, "cfg_interval", "must be between 0 and 1, got 2"),
+        ({"do_sample": 1}, "do_sample", "bool"),
+    ):
+        response = client.post(f"/sessions/{sid}/generate", json={"params": params})
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"][:3] == ["body", "params", loc] and words in error["msg"], error
+    assert client.get(f"/sessions/{sid}").json()["turns"] == []

@@ -120,7 +120,8 @@ def field_path(loc: Loc) -> str:
 
 
 def _first_error(err: ValidationError, file: str, parsed: Parsed) -> ScenarioError:
-    """The error nearest the top of the file, at the line of the value it names."""
+    """The error nearest the top of the file (a missing key last: it is often a misspelt
+    one, reported as unknown), at the line of the value it names."""
     found = []
     for order, error in enumerate(err.errors(include_url=False)):
         context = error.get("ctx") or {}
@@ -130,8 +131,9 @@ def _first_error(err: ValidationError, file: str, parsed: Parsed) -> ScenarioErr
         else:
             words = _words(error, parsed.texts.get(loc))
         line = parsed.line(loc)
-        found.append((line, order, ScenarioError(file, line, field_path(loc), words)))
-    return min(found, key=lambda item: item[:2])[2]
+        missing = error["type"] == "missing"  # a misspelt key is the unknown one
+        found.append((missing, line, order, ScenarioError(file, line, field_path(loc), words)))
+    return min(found, key=lambda item: item[:3])[3]
 
 
 def _words(error: dict, written: str | None) -> str:

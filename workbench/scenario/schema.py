@@ -23,10 +23,13 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     create_model,
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails, InitErrorDetails
 
 from bagel.checkpoint import DTYPES
 from bagel.errors import InputError
@@ -91,15 +94,27 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     hints: ClassVar[dict[str, str]] = {}  # key -> why it is refused here, said instead
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in data:
-                if key not in cls.model_fields:
-                    known = tuple(cls.model_fields)
-                    raise problem(cls.hints.get(key) or f"unknown key; {suggest(key, known)}", key)
-        return data
+    def known_keys(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """pydantic's errors, an unknown key's said with the closest known one."""
+        try:
+            return handler(data)
+        except ValidationError as err:
+            raise ValidationError.from_exception_data(
+                err.title, [cls._said(error) for error in err.errors()]
+            ) from None
+
+    @classmethod
+    def _said(cls, error: ErrorDetails) -> InitErrorDetails:
+        kind, loc, ctx = error["type"], error["loc"], error.get("ctx", {})
+        if kind == "extra_forbidden" and len(loc) == 1:  # a key of this mapping
+            known = tuple(cls.model_fields)
+            words = cls.hints.get(str(loc[0])) or f"unknown key; {suggest(loc[0], known)}"
+            kind = problem(words)
+        elif kind == "scenario":  # said already, further in; rebuilt as pydantic needs
+            kind = problem(ctx["message"], *ctx["at"])
+        return {"type": kind, "loc": loc, "input": error["input"], "ctx": ctx}
 
 
 _DEFAULT = GenerationParams()
