@@ -126,12 +126,12 @@ def _first_error(err: ValidationError, file: str, parsed: Parsed) -> ScenarioErr
     for order, error in enumerate(err.errors(include_url=False)):
         context = error.get("ctx") or {}
         loc = tuple(p for p in error["loc"] if p not in TAGS) + tuple(context.get("at", ()))
-        if error["type"] == "missing":
+        missing = error["type"] == "missing"  # a misspelt key is the unknown one
+        if missing:
             loc, words = loc[:-1], f"missing required key {loc[-1]!r}"
         else:
             words = _words(error, parsed.texts.get(loc))
         line = parsed.line(loc)
-        missing = error["type"] == "missing"  # a misspelt key is the unknown one
         found.append((missing, line, order, ScenarioError(file, line, field_path(loc), words)))
     return min(found, key=lambda item: item[:3])[3]
 
@@ -232,13 +232,8 @@ class _Scenario:
     a problem found here is placed at its line like the schema's."""
 
     def __init__(self, file: str, parsed: Parsed, source: Path, allow_outside: bool):
-        self.file, self.parsed, self.source, self.allow_outside = (
-            file,
-            parsed,
-            source,
-            allow_outside,
-        )
-        self.folder = source.parent
+        self.file, self.parsed, self.allow_outside = file, parsed, allow_outside
+        self.source, self.folder = source, source.parent
 
     def fail(self, loc: Loc, problem: str) -> NoReturn:
         raise ScenarioError(self.file, self.parsed.line(loc), field_path(loc), problem)
@@ -253,16 +248,16 @@ class _Scenario:
         elif checked.start is not None:
             start = Start(prompt=checked.start.prompt)
         steps = tuple(self.step(entry, i, defaults) for i, entry in enumerate(checked.steps))
-        export = checked.export
+        export = ExportOptions()
+        if checked.export is not None:
+            export = ExportOptions(tuple(checked.export.formats), checked.export.fps)
         return Scenario(
             name=self.source.stem if checked.name is None else checked.name,
             source=self.source,
             start=start,
             steps=steps,
             defaults=defaults,
-            export=ExportOptions()
-            if export is None
-            else ExportOptions(tuple(export.formats), export.fps),
+            export=export,
             model=None if checked.model is None else self.model(checked.model),
             device=checked.device,
             dtype=checked.dtype,
@@ -308,12 +303,12 @@ class _Scenario:
         except InputError as err:
             given = keys.model_fields_set
             key = next((w for w in re.findall(r"\w+", str(err)) if w in given), None)
-            if key is None:
-                self.fail(loc, str(err))
             words = str(err)
-            self.fail(
-                (*loc, key), words[len(key) + 1 :] if words.startswith(f"{key} must") else words
-            )
+            if key is None:
+                self.fail(loc, words)
+            if words.startswith(f"{key} must"):  # "num_timesteps must be ..."
+                words = words.removeprefix(f"{key} ")
+            self.fail((*loc, key), words)
 
     def image(self, name: str, loc: Loc) -> Path:
         """A path relative to the scenario's folder (or absolute), that opens as an image."""

@@ -159,7 +159,7 @@ class Defaults(Sampling):
 class Params(Sampling):
     """Generation settings for this step only, over the scenario's `defaults`."""
 
-    seed: integer(0, MAX_SEED) = 0
+    seed: integer(0, MAX_SEED) = Field(0, description="default: the top-level `seed`")
 
 
 Templates = create_model(
