@@ -212,7 +212,7 @@ def test_blank_texts_that_mean_nothing_are_refused(tmp_path, step):
 # -- the server's generation settings are the same model ------------------------------
 
 
-def test_the_server_takes_generation_settings_as_a_scenario_does(pipe, tmp_path):
+def test_the_server_takes_settings_and_templates_as_a_scenario_does(pipe, tmp_path):
     client = TestClient(create_app(pipe, tmp_path / "sessions"))
     sid = client.post("/sessions").json()["id"]
     for params, loc, words in (
@@ -225,4 +225,7 @@ def test_the_server_takes_generation_settings_as_a_scenario_does(pipe, tmp_path)
         assert response.status_code == 422, response.text
         (error,) = response.json()["detail"]
         assert error["loc"][:3] == ["body", "params", loc] and words in error["msg"], error
+    huge = {"degrees": 5, "steps": 1, "template": "{degrees:>10000000}"}  # no MemoryError
+    response = client.post(f"/sessions/{sid}/chains/rotate", json=huge)
+    assert response.status_code == 400 and "more than 3 digits" in response.text
     assert client.get(f"/sessions/{sid}").json()["turns"] == []
