@@ -220,11 +220,11 @@ def scenario_cases(folder: Path, outside: Path) -> dict[str, tuple[Path, str]]:
                     "rotate: {degrees: 5, steps: 1, template: '{degrees:>10000000}'}",
                 ),
             ),
-            "a width or precision of more than 3 digits",
+            "asks for a width or precision over 100",
         ),
         "long_text": (
             write("long_text", BASE + f"name: {'a' * (MAX_TEXT_CHARS + 1)}\n"),
-            f"a text of {MAX_TEXT_CHARS + 1} characters; texts are limited to {MAX_TEXT_CHARS}",
+            f"name: the text is {MAX_TEXT_CHARS + 1} characters long; at most {MAX_TEXT_CHARS}",
         ),
     }
     os.mkfifo(folder / "fifo.yaml")

@@ -326,7 +326,7 @@ BAD_VALUES = [
     ),
     (
         '  - rotate: {degrees: 90, steps: 1, template: "by {degrees:d}"}\n',
-        "steps[1].rotate.template: the template 'by {degrees:d}' is not a valid template",
+        "steps[1].rotate.template: not a valid template",
     ),
     ("  - rotate: {degrees: .nan, steps: 1}\n", "steps[1].rotate.degrees: must be a finite"),
     (

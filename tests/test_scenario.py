@@ -392,7 +392,7 @@ def test_base_is_valid(tmp_path):
             "  - rotate: {degrees: 90, steps: 2, template: 'turn it {angle}'}\n",
             "rotate",
             "steps[1].rotate.template",
-            "may use only {degrees}, {axis}; found '{angle}'",
+            "the template uses unknown placeholder(s) ['angle']; use {degrees}, {axis}",
         ),
         (
             "  - edit:\n      instruction: make it red\n",

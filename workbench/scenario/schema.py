@@ -63,10 +63,17 @@ def _degrees(value: float) -> float:
 
 
 def _template(value: str) -> str:
+    """rotate's instruction, checked as the chain checks it, then filled as it fills it
+    (a format such as {degrees:d} fails on the text the chain puts in)."""
     try:
-        return chains.check_template("the template", value, ("degrees", "axis"), ("degrees",))
+        chains.check_template(value, "the template")
     except InputError as err:
         raise problem(str(err)) from None
+    try:
+        value.format(degrees="90", axis="vertical")
+    except (ValueError, IndexError, KeyError) as err:
+        raise problem(f"not a valid template ({err})") from None
+    return value
 
 
 def _device(value: str) -> str:

@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from bagel.errors import InputError
 from bagel.tokenizer import check_text
-from workbench.params import MAX_SEED, MAX_TEXT_CHARS
+from workbench.params import MAX_SEED, MAX_TEXT_CHARS, check_text_length
 
 
 def problem(message: str, *at: str | int) -> PydanticCustomError:
@@ -72,11 +72,8 @@ def _preview(text: str) -> str:
 
 def _text(blank_ok: bool) -> Any:
     def check(value: str) -> str:
-        if len(value) > MAX_TEXT_CHARS:
-            raise problem(
-                f"a text of {len(value)} characters; texts are limited to {MAX_TEXT_CHARS}"
-            )
         try:
+            check_text_length(value, "the text")
             check_text(value, "the text")
         except InputError as err:
             raise problem(str(err)) from None
