@@ -119,6 +119,17 @@ def test_messages_say_what_the_file_holds(tmp_path, added, line, field, words):
     assert words in str(err), str(err)
 
 
+def test_scalars_yaml_cannot_read_are_scenario_errors(tmp_path):
+    """PyYAML's constructors raise ValueError for these (not a YAMLError)."""
+    for added, words in (
+        ("name: 2001-13-45\n", "cannot read '2001-13-45' (month must be in 1..12)"),
+        (f"seed: {'9' * 5000}\n", "seed: a number of 5000 digits, more than can be read"),
+        (f"{'9' * 5000}: 1\n", "a number of 5000 digits"),  # as a key
+    ):
+        err = refused(write(tmp_path, BASE + added))
+        assert err.line == 4 and words in str(err), str(err)
+
+
 def test_a_nul_character_is_a_scenario_error_at_its_line(tmp_path):
     err = refused(write(tmp_path, BASE + "name: a\x00b\n"))
     assert (err.line, err.field) == (4, "yaml")

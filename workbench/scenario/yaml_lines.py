@@ -107,7 +107,7 @@ class _Builder:
             self.fail(line, loc, "an alias refers to itself")
         if isinstance(node, yaml.ScalarNode):
             self.texts[loc] = node.value
-            return self.loader.construct_object(node)
+            return self.scalar(node, loc)
         if node.tag not in (_SEQ_TAG, _MAP_TAG):  # e.g. !!python/object: never constructed
             self.fail(line, loc, f"unsupported tag {node.tag}")
         self.active.add(id(node))
@@ -125,7 +125,7 @@ class _Builder:
             if key_node.tag == _MERGE_TAG:
                 self.fail(key_line, loc, "merge keys (<<) are not supported")
             is_scalar = isinstance(key_node, yaml.ScalarNode)
-            key = self.loader.construct_object(key_node) if is_scalar else None
+            key = self.scalar(key_node, loc) if is_scalar else None
             if not isinstance(key, str):
                 self.fail(key_line, loc, f"keys must be text, got {key!r}")
             if key in items:  # PyYAML would silently keep the last one
@@ -133,6 +133,21 @@ class _Builder:
                 self.fail(key_line, (*loc, key), f"duplicate key (first given on line {first})")
             items[key] = self.build(value_node, (*loc, key), key_line)
         return items
+
+    def scalar(self, node: yaml.ScalarNode, loc: Loc) -> Any:
+        """A scalar as the safe loader reads it; one it cannot read (a date such as
+        2001-13-45, an integer of thousands of digits) is an error at its line."""
+        try:
+            return self.loader.construct_object(node)
+        except ValueError as err:
+            digits = node.value.lstrip("+-").replace("_", "")
+            shown = node.value if len(node.value) <= 40 else f"{node.value[:40]}..."
+            words = (
+                f"a number of {len(digits)} digits, more than can be read"
+                if digits.isdigit()
+                else f"cannot read {shown!r} ({err}); quote it to make it a text"
+            )
+            self.fail(node.start_mark.line + 1, loc, words)
 
     def fail(self, line: int, loc: Loc, problem: str) -> NoReturn:
         raise YamlError(line, loc, problem)
