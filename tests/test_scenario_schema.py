@@ -124,7 +124,7 @@ def test_scalars_yaml_cannot_read_are_scenario_errors(tmp_path):
     for added, words in (
         ("name: 2001-13-45\n", "cannot read '2001-13-45' (month must be in 1..12)"),
         (f"seed: {'9' * 5000}\n", "seed: a number of 5000 digits, more than can be read"),
-        (f"{'9' * 5000}: 1\n", "a number of 5000 digits"),  # as a key
+        (f"? {'9' * 5000}\n: 1\n", "a number of 5000 digits"),  # as a key
     ):
         err = refused(write(tmp_path, BASE + added))
         assert err.line == 4 and words in str(err), str(err)
