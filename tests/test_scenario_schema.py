@@ -122,7 +122,8 @@ def test_messages_say_what_the_file_holds(tmp_path, added, line, field, words):
 def test_scalars_yaml_cannot_read_are_scenario_errors(tmp_path):
     """PyYAML's constructors raise ValueError for these (not a YAMLError)."""
     for added, words in (
-        ("name: 2001-13-45\n", "cannot read '2001-13-45' (month must be in 1..12)"),
+        ("name: 2001-13-45\n", "cannot read '2001-13-45' as a YAML timestamp (month must"),
+        ("seed: !!int ''\n", "cannot read '' as a YAML int; quote it for a text"),
         (f"seed: {'9' * 5000}\n", "seed: a number of 5000 digits, more than can be read"),
         (f"? {'9' * 5000}\n: 1\n", "a number of 5000 digits"),  # as a key
     ):

@@ -136,18 +136,23 @@ class _Builder:
 
     def scalar(self, node: yaml.ScalarNode, loc: Loc) -> Any:
         """A scalar as the safe loader reads it; one it cannot read (a date such as
-        2001-13-45, an integer of thousands of digits) is an error at its line."""
+        2001-13-45, an integer of thousands of digits, an empty `!!int` or `!!timestamp`)
+        is an error at its line (PyYAML's constructors raise plain exceptions for these)."""
+        line = node.start_mark.line + 1
         try:
             return self.loader.construct_object(node)
-        except ValueError as err:
+        except yaml.YAMLError:
+            raise
+        except Exception as err:  # ValueError, IndexError, AttributeError, ... from PyYAML
             digits = node.value.lstrip("+-").replace("_", "")
+            if digits.isdigit():
+                self.fail(line, loc, f"a number of {len(digits)} digits, more than can be read")
             shown = node.value if len(node.value) <= 40 else f"{node.value[:40]}..."
-            words = (
-                f"a number of {len(digits)} digits, more than can be read"
-                if digits.isdigit()
-                else f"cannot read {shown!r} ({err}); quote it to make it a text"
+            why = f" ({err})" if isinstance(err, ValueError) and "()" not in str(err) else ""
+            kind = node.tag.rsplit(":", 1)[-1]
+            self.fail(
+                line, loc, f"cannot read {shown!r} as a YAML {kind}{why}; quote it for a text"
             )
-            self.fail(node.start_mark.line + 1, loc, words)
 
     def fail(self, line: int, loc: Loc, problem: str) -> NoReturn:
         raise YamlError(line, loc, problem)
