@@ -20,7 +20,8 @@ from PIL import Image
 
 from bagel.errors import BagelError
 from workbench.params import GenerationParams
-from workbench.scenario.read import CHAIN_ARGS, TOP_KEYS, ScenarioError, load_scenario
+from workbench.scenario.read import ScenarioError, load_scenario
+from workbench.scenario.schema import CHAIN_ARGS, TOP_KEYS
 from workbench.session import Session
 from workbench.store import load as load_session
 from workbench.store import save
@@ -99,6 +100,42 @@ def test_scenario_reader_raw_text(scenario_folder, text):
             load_scenario(path)
     except ScenarioError:
         pass
+
+
+# pieces of YAML a scenario is made of, odd tags and scalars included
+PIECES = st.sampled_from(
+    [
+        *("steps:", "- ", "story:", "beats:", "navigate:", "actions:", "forward", "params:"),
+        *(
+            "seed:",
+            "defaults:",
+            "start:",
+            "prompt:",
+            "image:",
+            "pic.png",
+            "[a]",
+            "{",
+            "}",
+            "[",
+            "]",
+        ),
+        *("!!int ", "!!float ", "!!timestamp ", "!!binary ", "!!str ", "!!python/none ", "? "),
+        *("2001-13-45", "0x", "0o", "1_0", "9" * 30, ".inf", ":", "\n", "  ", "&a ", "*a "),
+        *("'", '"', "\\e", "\\0", "#", "null", "~", "true", "-", ".", "e+", "x"),
+    ]
+)
+
+
+@settings(FUZZ, max_examples=300)  # fast (no image is opened); 40 missed an empty !!int
+@given(parts=st.lists(PIECES, max_size=40))
+def test_scenario_reader_yaml_pieces(scenario_folder, parts):
+    path = scenario_folder / "pieces.yaml"
+    path.write_text("".join(parts))
+    try:
+        with within(10):
+            load_scenario(path)
+    except ScenarioError as err:
+        assert all(c.isprintable() for c in str(err)), str(err)  # control characters escaped
 
 
 @pytest.fixture(scope="module")

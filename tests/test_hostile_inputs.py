@@ -35,7 +35,7 @@ from workbench.app import actions
 from workbench.app.files import UploadError, pack_folder, read_image, unpack_session
 from workbench.cli.main import main
 from workbench.export import export_session
-from workbench.params import GenerationParams
+from workbench.params import MAX_TEXT_CHARS, GenerationParams
 from workbench.scenario.read import ScenarioError, load_scenario
 from workbench.session import Session
 from workbench.store import load as load_session
@@ -142,8 +142,9 @@ def test_bad_texts_are_refused_by_every_text_entry_point(session, text, words):
         assert state(session) == before
 
 
-@pytest.mark.parametrize(("text", "words"), BAD_TEXTS[:2])
+@pytest.mark.parametrize(("text", "words"), BAD_TEXTS[:3])
 def test_bad_texts_in_scenario_files(tmp_path, text, words):
+    """A blank prompt asks for an image from no text; blank texts elsewhere say nothing."""
     Image.new("RGB", (32, 32)).save(tmp_path / "pic.png")
     for field in ("start: {prompt: %s}", "steps: [{edit: {instruction: %s}}]"):
         body = field % json.dumps(text)  # JSON strings are YAML double-quoted strings
@@ -151,8 +152,10 @@ def test_bad_texts_in_scenario_files(tmp_path, text, words):
         start = "start: {image: pic.png}\n" if "start" not in body else ""
         path = tmp_path / "s.yaml"
         path.write_text(f"{start}{body}\n{steps}")
-        words_here = "expected non-empty text" if not text.strip() else words
-        with pytest.raises(ScenarioError, match=re.escape(words_here)):
+        if not text.strip() and "prompt" in body:
+            assert load_scenario(path).start.prompt == text
+            continue
+        with pytest.raises(ScenarioError, match=re.escape(words)):
             load_scenario(path)
 
 
@@ -200,7 +203,29 @@ def scenario_cases(folder: Path, outside: Path) -> dict[str, tuple[Path, str]]:
             write("surrogate", 'start: {prompt: "a\\ud800"}\nsteps: [{predict: {frames: 1}}]\n'),
             "lone surrogate",
         ),
-        "big": (write("big", BASE + "#" * (1024 * 1024) + "\n"), "more than the 1048576 allowed"),
+        "big": (
+            write("big", BASE + "#" * (1024 * 1024) + "\n"),
+            f"the scenario file is {len(BASE) + 2**20 + 1} bytes; scenario files are limited to 1 MiB",
+        ),
+        "nul": (write("nul", BASE + "name: a\x00b\n"), "the character '\\x00' (U+0000)"),
+        "esc_key": (
+            write("esc_key", BASE + 'defaults: {"\\e[31mred": 1}\n'),
+            "defaults.\\x1b[31mred: unknown key",
+        ),
+        "template": (
+            write(
+                "template",
+                BASE.replace(
+                    "predict: {frames: 1}",
+                    "rotate: {degrees: 5, steps: 1, template: '{degrees:>10000000}'}",
+                ),
+            ),
+            "asks for a width or precision over 100",
+        ),
+        "long_text": (
+            write("long_text", BASE + f"name: {'a' * (MAX_TEXT_CHARS + 1)}\n"),
+            f"name: the text is {MAX_TEXT_CHARS + 1} characters long; at most {MAX_TEXT_CHARS}",
+        ),
     }
     os.mkfifo(folder / "fifo.yaml")
     cases["fifo"] = (folder / "fifo.yaml", "not a regular file (a FIFO)")
@@ -242,6 +267,7 @@ def test_scenario_corpus_through_the_api_and_the_cli(tmp_path, outside, tiny_dir
             assert str(caught.value).startswith(str(path)), name
             code, err = cli(["run", path, "--out", tmp_path / "runs", "--model", tiny_dir], capsys)
         assert code == 2 and "Traceback" not in err and words in err, (name, err)
+        assert all(c.isprintable() for c in err.rstrip("\n")), (name, err)  # no raw ESC
         assert not (tmp_path / "runs").exists(), name
 
 

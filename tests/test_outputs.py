@@ -328,7 +328,7 @@ BAD_VALUES = [
         '  - rotate: {degrees: 90, steps: 1, template: "by {degrees:d}"}\n',
         "steps[1].rotate.template: not a valid template",
     ),
-    ("  - rotate: {degrees: .nan, steps: 1}\n", "steps[1].rotate.degrees: expected a finite"),
+    ("  - rotate: {degrees: .nan, steps: 1}\n", "steps[1].rotate.degrees: must be a finite"),
     (
         "  - predict: {frames: 3, mode: forcing, window: 3, schedule: autoregressive}\n",
         "steps[1].predict.schedule: the autoregressive schedule",
@@ -392,7 +392,7 @@ def test_numbers_must_be_finite_everywhere_in_a_scenario(tmp_path):
             tmp_path, WALK.replace("  height: 32\n", f"  cfg_text_scale: {value}\n  height: 32\n")
         )
         with pytest.raises(
-            ScenarioError, match=r"walk.yaml:4: defaults.cfg_text_scale: expected a finite"
+            ScenarioError, match=r"walk.yaml:4: defaults.cfg_text_scale: must be a finite"
         ):
             load_scenario(path)
 

@@ -23,8 +23,9 @@ from PIL import Image
 
 from bagel.errors import InputError
 from workbench.params import GenerationParams
-from workbench.scenario.read import CHAIN_ARGS, TOP_KEYS, ScenarioError, load_scenario
+from workbench.scenario.read import ScenarioError, load_scenario
 from workbench.scenario.run import check_for_model, run_scenario
+from workbench.scenario.schema import CHAIN_ARGS, TOP_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "scenarios").glob("*.yaml"))
@@ -277,7 +278,7 @@ def test_base_is_valid(tmp_path):
             "instruction: [a, b]",
             "instruction",
             "steps[1].edit.instruction",
-            "expected non-empty text",
+            "expected text, got a list",
         ),
         ("formats: [png]", "formats: png", "formats", "export.formats", "expected a list"),
         # out of range, also as GenerationParams itself judges it
@@ -300,9 +301,15 @@ def test_base_is_valid(tmp_path):
             "cfg_renorm_min: 3",
             "cfg_renorm_min",
             "defaults.cfg_renorm_min",
-            "must be in [0, 1]",
+            "must be between 0 and 1, got 3",
         ),
-        ("seed: 3", "seed: -1", "seed", "seed", "must be between 0 and 2**63-1, got -1"),
+        (
+            "seed: 3",
+            "seed: -1",
+            "seed",
+            "seed",
+            "must be an integer between 0 and 2**63-1, got -1",
+        ),
         (
             "formats: [png]",
             "formats: [png, avi]",
@@ -385,7 +392,7 @@ def test_base_is_valid(tmp_path):
             "  - rotate: {degrees: 90, steps: 2, template: 'turn it {angle}'}\n",
             "rotate",
             "steps[1].rotate.template",
-            "must contain {degrees}",
+            "the template uses unknown placeholder(s) ['angle']; use {degrees}, {axis}",
         ),
         (
             "  - edit:\n      instruction: make it red\n",
@@ -421,7 +428,7 @@ def test_base_is_valid(tmp_path):
             "  - edit: {instruction: x, max_rounds: 0}\n",
             "max_rounds",
             "steps[1].edit.max_rounds",
-            "must be between 1 and 256, got 0",
+            "must be an integer between 1 and 256, got 0",
         ),
         (
             "  - edit:\n      instruction: make it red\n",

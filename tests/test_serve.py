@@ -375,7 +375,7 @@ def _bad_requests(sid: str) -> list[tuple[str, str, dict, int, str]]:
             f"{base}/generate",
             {"json": {"params": {"num_timesteps": 1}}},
             422,
-            "num_timesteps must be",
+            "must be an integer between 2 and 1000, got 1",
         ),
         ("POST", f"{base}/generate", {"json": {"params": {"height": 64}}}, 422, "height and width"),
         ("POST", f"{base}/text", {"json": {"text": 5}}, 422, "text"),

@@ -15,6 +15,7 @@ free text is parsed.
 from __future__ import annotations
 
 import math
+import re
 import string
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,9 +28,10 @@ from bagel.inputs import ProgressFn
 from bagel.tokenizer import check_text
 from workbench.actions import ACTIONS, DEFAULT_TEMPLATES
 from workbench.files import check_regular_file
-from workbench.params import GenerationParams
+from workbench.params import GenerationParams, check_text_length
 from workbench.session import Session
 
+MAX_TEMPLATE_WIDTH = 100  # the widest field (or precision) a template's format spec may ask
 AXES = ("vertical", "horizontal", "depth")  # turntable (yaw), tilt (pitch), in-plane (roll)
 ROTATE_TEMPLATE = "Rotate the object {degrees} degrees about its {axis} axis."
 PREDICT_MODES = ("autoregressive", "forcing")
@@ -429,24 +431,58 @@ def _templates(templates: dict[str, str] | None) -> dict[str, str]:
     return {**DEFAULT_TEMPLATES, **templates}
 
 
-def _fill(name: str, template: object, needed: tuple[str, ...], **values: str) -> str:
-    """Format a template whose placeholders must be among `values` and include `needed`."""
-    _check_text(name, template)
-    allowed = ", ".join("{" + key + "}" for key in values)
+def _fill(what: str, template: object, needed: tuple[str, ...], **values: str) -> str:
+    """`check_template`, then the template filled with `values` (bounded like any text)."""
+    template = check_template(template, what, tuple(values), needed)
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as err:
-        raise InputError(f"{name} {template!r} is not a valid template: {err}") from err
-    unknown = fields - values.keys()
-    if unknown:
-        raise InputError(f"{name} uses unknown placeholder(s) {sorted(unknown)}; use {allowed}")
-    missing = [key for key in needed if key not in fields]
-    if missing:
-        raise InputError(f"{name} {template!r} must contain {{{missing[0]}}}")
-    try:
-        return template.format(**values)
+        filled = template.format(**values)
     except (ValueError, IndexError) as err:
-        raise InputError(f"{name} {template!r} is not a valid template: {err}") from err
+        raise InputError(f"{what} is not a valid template: {err}") from err
+    return check_text_length(filled, f"{what}, filled in,")
+
+
+_NUMBER = re.compile(r"\d+")
+
+
+def _over(digits: str) -> bool:
+    """Whether a number in a format spec is over MAX_TEMPLATE_WIDTH (read without int()
+    on thousands of digits, which Python refuses)."""
+    digits = digits.lstrip("0")
+    return len(digits) > len(str(MAX_TEMPLATE_WIDTH)) or int(digits or "0") > MAX_TEMPLATE_WIDTH
+
+
+def check_template(
+    template: object,
+    what: str = "template",
+    allowed: tuple[str, ...] = ("degrees", "axis"),
+    needed: tuple[str, ...] = ("degrees",),
+) -> str:
+    """A format template (rotate's by default): a text whose placeholders are among
+    `allowed` and include `needed`, with no format spec wider or more precise than
+    MAX_TEMPLATE_WIDTH and no nested placeholder. Returns it; raises InputError.
+
+    The one rule for templates: the chains and the scenario file's schema use it."""
+    check_text_length(check_text(template, what, blank_ok=False), what)
+    names = ", ".join("{" + key + "}" for key in allowed)
+    try:
+        parts = [(f, spec) for _, f, spec, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as err:
+        raise InputError(f"{what} is not a valid template: {err}") from err
+    unknown = {f for f, _ in parts} - set(allowed)
+    if unknown:
+        raise InputError(f"{what} uses unknown placeholder(s) {sorted(unknown)}; use {names}")
+    missing = [key for key in needed if key not in {f for f, _ in parts}]
+    if missing:
+        raise InputError(f"{what} must contain {{{missing[0]}}}")
+    for field, spec in parts:
+        if "{" in spec:
+            raise InputError(f"{what}: the format of {{{field}}} may not hold a placeholder")
+        if any(_over(n) for n in _NUMBER.findall(spec)):
+            raise InputError(
+                f"{what}: the format of {{{field}}} asks for a width or precision over "
+                f"{MAX_TEMPLATE_WIDTH}"
+            )
+    return template
 
 
 def _beat(session: Session, index: int, beat: object) -> Beat:

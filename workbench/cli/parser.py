@@ -23,6 +23,7 @@ examples:
   workbench export runs/street_navigation/session --gif  # its frames as a GIF
   workbench app                            # the browser app, on http://127.0.0.1:8501
   workbench info /path/to/BAGEL-7B-MoT     # a checkpoint, without loading its weights
+  workbench schema scenario > scenario.schema.json  # for editors (docs/scenarios.md)
 
 `workbench VERB --help` lists a verb's options.
 """
@@ -95,7 +96,7 @@ def ray_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_scenario_verbs(add_verb: AddVerb) -> None:
-    """run, demo (workbench/cli/scenarios.py)."""
+    """run, demo, schema (workbench/cli/scenarios.py)."""
     p = add_verb("run", help="run scenario files, one after another, on one model")
     p.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO")
     p.add_argument("--out", default="runs", help="each scenario writes to OUT/<file name>/")
@@ -111,6 +112,10 @@ def add_scenario_verbs(add_verb: AddVerb) -> None:
     p.add_argument("--out", default="demo-output", help="each scenario writes to OUT/<file name>/")
     model_options(p, f"checkpoint folder or hub id (default: a tiny random one in {DEFAULT_TINY})")
     p.set_defaults(func=scenarios.cmd_demo)
+
+    p = add_verb("schema", help="print the JSON Schema of scenario files (for editors)")
+    p.add_argument("kind", choices=["scenario"])
+    p.set_defaults(func=scenarios.cmd_schema)
 
 
 def add_session_verbs(add_verb: AddVerb) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -264,3 +265,11 @@ def _print_table(rows: list[_Row]) -> None:
     for row in rows:
         frames, failed = ("-", "  (failed)") if row.frames is None else (str(row.frames), "")
         print(f"{row.name:<{width}}  {frames:>6}  {row.seconds:>7.1f}  {row.folder}{failed}")
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """The JSON Schema of a scenario file, for editors (docs/scenarios.md)."""
+    from workbench.scenario.schema import ScenarioFile
+
+    print(json.dumps(ScenarioFile.model_json_schema(), indent=2))
+    return EXIT_OK

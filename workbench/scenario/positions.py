@@ -50,8 +50,9 @@ def scenario_positions(scenario: Scenario, pipe: BagelPipeline) -> list[tuple[st
     if scenario.start.image is not None:
         total = IMAGE
         out.append(("start.image", total))
-    elif scenario.start.prompt is not None:
-        total = count.text(scenario.start.prompt) + IMAGE
+    elif scenario.start.prompt is not None:  # a blank prompt adds no text turn
+        prompt = scenario.start.prompt
+        total = (count.text(prompt) if prompt.strip() else 0) + IMAGE
         out.append(("start.prompt", total))
     for i, step in enumerate(scenario.steps):
         total += getattr(count, step.chain)(_Args(step))

@@ -145,7 +145,8 @@ def _begin(session: Session, scenario: Scenario, progress: ProgressFn | None) ->
     if scenario.start.image is not None:
         session.add_image(scenario.start.image, seed=scenario.seed)
     else:
-        session.add_text(scenario.start.prompt)
+        if scenario.start.prompt.strip():  # blank: an image from no text at all
+            session.add_text(scenario.start.prompt)
         session.generate_image(scenario.defaults, progress)
 
 

@@ -2,19 +2,20 @@
 
 Every request model forbids unknown fields and takes JSON types strictly (no "5" for 5),
 so a typo or a wrong type is a 422 naming the field instead of a silent default. The
-value checks themselves (ranges, choices) stay where they live for every caller:
-`GenerationParams`, `ContextLimit` and the chain functions.
+generation settings are the scenario file's model (ranges declared there); the other
+value checks stay where they live for every caller: `GenerationParams`, `ContextLimit`
+and the chain functions.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from bagel.errors import InputError
 from workbench.params import ContextLimit, GenerationParams
+from workbench.scenario import schema as scenario_schema
 
 
 class Body(BaseModel):
@@ -24,29 +25,14 @@ class Body(BaseModel):
 # -- requests -----------------------------------------------------------------------------
 
 
-class Params(Body):
-    """Generation settings; a field left out keeps its default (GenerationParams)."""
-
-    num_timesteps: int | None = None
-    timestep_shift: float | None = None
-    cfg_text_scale: float | None = None
-    cfg_img_scale: float | None = None
-    cfg_interval: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
-    cfg_renorm_type: str | None = None
-    cfg_renorm_min: float | None = None
-    feature_cache: str | None = None
-    feature_cache_interval: int | None = None
-    height: int | None = None
-    width: int | None = None
-    seed: int | None = None
-    max_think_tokens: int | None = None
-    do_sample: bool | None = None
-    temperature: float | None = None
+class Params(scenario_schema.Params):
+    """Generation settings; a field left out keeps its default (GenerationParams). The
+    model of a scenario step's `params:` (workbench/scenario/schema.py): the same types,
+    ranges and messages."""
 
     def build(self, base: GenerationParams | None = None) -> GenerationParams:
         """The GenerationParams these settings make over `base`; InputError if invalid."""
-        given = self.model_dump(exclude_none=True)
-        return replace(base or GenerationParams(), **given)
+        return self.apply(base or GenerationParams())
 
 
 class Limit(Body):
