@@ -23,7 +23,7 @@ examples:
   workbench export runs/street_navigation/session --gif  # its frames as a GIF
   workbench app                            # the browser app, on http://127.0.0.1:8501
   workbench info /path/to/BAGEL-7B-MoT     # a checkpoint, without loading its weights
-  workbench schema scenario > scenario.schema.json  # for editors (docs/scenarios.md)
+  workbench schema scenario                # scenario files' JSON Schema, for editors
 
 `workbench VERB --help` lists a verb's options.
 """
