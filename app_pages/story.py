@@ -8,7 +8,7 @@ import math
 import streamlit as st
 from PIL import Image
 
-from app_pages import common
+from app_pages import common, tab
 from bagel.errors import BagelError
 from workbench import chains
 from workbench.app import actions
@@ -22,10 +22,12 @@ COLUMNS = 4
 
 
 def page(model: LoadedModel, params: GenerationParams | None) -> None:
+    """The Story page; the job's panel is the app's (at the top, by the beats' form)."""
     st.header("Story")
-    ws = common.workspace(model)
-    branch = common.branch_picker(ws, "story")
-    common.new_branch_button(ws, branch, "story")
+    ws = tab.workspace()
+    branch = tab.branch_picker(ws, "story", model)
+    tab.new_branch_button(ws, branch, "story", model)
+    model = tab.model_of(branch, model)  # a branch runs on its own model
     _new_beats(model, ws, branch, params)
     _strip(branch)
     if branch.shots:
@@ -45,7 +47,7 @@ def page(model: LoadedModel, params: GenerationParams | None) -> None:
 
 def _run(model: LoadedModel, ws: Workspace, title: str, work) -> None:
     done = title[0].upper() + title[1:]
-    common.start_job(model, title, work, lambda outcome: common.apply_outcome(ws, outcome, done))
+    common.start_job(model, title, work, lambda outcome: tab.apply_outcome(ws, outcome, done))
 
 
 def _new_beats(model: LoadedModel, ws: Workspace, branch: Branch, params) -> None:
@@ -55,8 +57,9 @@ def _new_beats(model: LoadedModel, ws: Workspace, branch: Branch, params) -> Non
         st.markdown("**Add a beat**")
         st.text_area("Beat text", key="beat_text", placeholder="A fox finds a lantern…")
         st.file_uploader(
-            f"Reference image (optional: {', '.join(IMAGE_TYPES)}; up to {MAX_IMAGE_MB} MB)",
+            f"Reference image (optional: {', '.join(IMAGE_TYPES)})",
             key=f"beat_image_{resets}",
+            max_upload_size=MAX_IMAGE_MB,
         )
         error = st.session_state.pop("beat_error", None)
         if error:
@@ -168,13 +171,13 @@ def _history(ws: Workspace, branch: Branch) -> None:
         "Undo last beat", key="story_undo", icon=":material/undo:", disabled=common.busy()
     ):
         branch.undo()
-        common.save_branch(branch)
+        tab.save_branch(branch)
         st.rerun()
     if st.button(
         "Fork this story", key="story_fork", icon=":material/call_split:", disabled=common.busy()
     ):
         fork = ws.fork(branch)
-        common.save_branch(fork)
+        tab.save_branch(fork)
         common.notify("success", f"Forked {branch.name} as **{fork.name}**, now shown.")
         st.rerun()
 

@@ -10,7 +10,7 @@ import math
 
 import streamlit as st
 
-from app_pages import common
+from app_pages import common, tab
 from bagel.errors import BagelError, InputError
 from workbench import chains
 from workbench.actions import parse_path
@@ -36,8 +36,14 @@ assert tuple(MOVES) == chains.ACTIONS
 COLUMNS = 4
 
 
-def page(model: LoadedModel, params: GenerationParams | None) -> None:
+def page(model: LoadedModel, params: GenerationParams | None):
+    """The World page; returns the job's line, drawn right under the buttons that start
+    jobs (so it is in view where the user clicked)."""
     st.header("World")
+    ws = tab.workspace()
+    branch = tab.branch_picker(ws, "world", model)
+    tab.new_branch_button(ws, branch, "world", model)
+    model = tab.model_of(branch, model)  # a branch runs on its own model
     if model.world and params is not None:
         # sampled as it was trained (and as eval-world samples): the knobs' seed only
         params = world_params(seed=params.seed)
@@ -45,22 +51,21 @@ def page(model: LoadedModel, params: GenerationParams | None) -> None:
             "The world model samples with its own settings: 64 × 64, "
             f"{params.num_timesteps} steps, no guidance; the sidebar's seed applies."
         )
-    ws = common.workspace(model)
-    branch = common.branch_picker(ws, "world")
-    common.new_branch_button(ws, branch, "world")
     if not branch.shots:
         _start(model, branch, params)
-        return
+        return common.job_panel()
     _controls(model, branch, params)
+    line = common.job_panel()
     _timeline(branch, _truth_seed(model, branch))
     st.subheader("Downloads")
     common.downloads_row(model, branch, "world")
+    return line
 
 
 def _run(model: LoadedModel, title: str, work) -> None:
-    ws = common.workspace(model)
+    ws = tab.workspace()
     done = title[0].upper() + title[1:]
-    common.start_job(model, title, work, lambda outcome: common.apply_outcome(ws, outcome, done))
+    common.start_job(model, title, work, lambda outcome: tab.apply_outcome(ws, outcome, done))
 
 
 def _truth_seed(model: LoadedModel, branch: Branch) -> int | None:
@@ -93,7 +98,9 @@ def _start(model: LoadedModel, branch: Branch, params: GenerationParams | None) 
     with from_image:
         # any file: a rejected one gets its reason here, not a silent drop by the browser
         upload = st.file_uploader(
-            f"Start image ({', '.join(IMAGE_TYPES)}; up to {MAX_IMAGE_MB} MB)", key="world_upload"
+            f"Start image ({', '.join(IMAGE_TYPES)})",
+            key="world_upload",
+            max_upload_size=MAX_IMAGE_MB,
         )
         if st.button("Start from image", key="world_start_image", disabled=common.busy()):
             if upload is None:
@@ -154,7 +161,7 @@ def _controls(model: LoadedModel, branch: Branch, params: GenerationParams | Non
             "Undo last frame", key="world_undo", icon=":material/undo:", disabled=common.busy()
         ):
             step = branch.undo()
-            common.save_branch(branch)
+            tab.save_branch(branch)
             common.notify("info", f"Undid {step.shots[0].label if step.shots else 'a step'}.")
             st.rerun()
         if st.button(
@@ -163,8 +170,8 @@ def _controls(model: LoadedModel, branch: Branch, params: GenerationParams | Non
             icon=":material/call_split:",
             disabled=common.busy(),
         ):
-            fork = common.workspace(model).fork(branch)
-            common.save_branch(fork)
+            fork = tab.workspace().fork(branch)
+            tab.save_branch(fork)
             common.notify("success", f"Forked {branch.name} as **{fork.name}**, now shown.")
             st.rerun()
         memory = branch.session.memory()
