@@ -132,10 +132,18 @@ def busy() -> bool:
     return st.session_state.get("job") is not None
 
 
-def start_job(model: LoadedModel, title: str, work, on_done: Callable[[object], None]) -> None:
+def start_job(
+    model: LoadedModel,
+    title: str,
+    work,
+    on_done: Callable[[object], None],
+    stay: bool = False,
+) -> None:
     """Run `work` in the background (after other users' jobs on this model); `on_done`
     gets its result in this run when the job ends within QUICK_SECONDS, else in the run
-    after `follow_job` sees it end."""
+    after `follow_job` sees it end. Then the page reruns to show it, unless `stay`: a
+    quick job that succeeded is drawn by the rest of this run (the caller draws its
+    result below the button), one script run per click instead of two."""
     if busy():  # a click that raced the page's redraw: one job per browser session
         notify("info", f"Not started: {title} waits until {st.session_state['job'].title} ends.")
         st.rerun()
@@ -147,7 +155,10 @@ def start_job(model: LoadedModel, title: str, work, on_done: Callable[[object], 
     with st.spinner(f"{title[0].upper()}{title[1:]}…"):
         quick = job.wait(QUICK_SECONDS)
     if quick:
+        done = job.state == "done"
         finish_job()
+        if stay and done:
+            return
     st.rerun()
 
 

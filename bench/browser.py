@@ -259,39 +259,50 @@ class Page:
     def act(self, xpath: str, where: str, text: str) -> float:
         """Click `xpath`; the seconds from the browser's click event to `text` in an
         element matching the CSS selector `where` (both stamped in the page, so the
-        driver's own latency and polling are not counted)."""
+        driver's own latency and polling are not counted). `self.settled`: the seconds
+        from the click to the end of the script run that showed it (the page complete,
+        every button usable again)."""
         self.driver.execute_script(_STAMPS, where, text)
         self.click(xpath)
         self.wait.until(
-            lambda d: d.execute_script("return window.__bench.seen !== null"),
+            lambda d: d.execute_script("return window.__bench.settled !== null"),
             f"no {text!r} in {where}",
         )
-        clicked, seen = self.driver.execute_script(
-            "return [window.__bench.click, window.__bench.seen]"
+        clicked, seen, settled = self.driver.execute_script(
+            "const b = window.__bench; return [b.click, b.seen, b.settled]"
         )
+        self.settled = (settled - clicked) / 1000
         return (seen - clicked) / 1000
 
 
-# The page's own clock: the first click from now, and the first time an element matching
-# the selector holds the text (exactly, after collapsing white space, or "…:" / "… as"
-# texts as a prefix).
+# The page's own clock: the first click from now, the first time an element matching the
+# selector holds the text (exactly, after collapsing white space, or "…:" / "… as" texts
+# as a prefix), and the first time after that the app's script is no longer running.
 _STAMPS = """
 const [where, text] = arguments;
-const stamps = window.__bench = {click: null, seen: null};
+const stamps = window.__bench = {click: null, seen: null, settled: null};
 document.addEventListener("click", () => { stamps.click ??= performance.now(); },
                           {capture: true, once: true});
 const holds = (el) => {
   const t = el.textContent.replace(/\\s+/g, " ").trim();
   return t === text || t.startsWith(text);
 };
+const idle = () => {
+  const app = document.querySelector("[data-test-script-state]");
+  return app !== null && app.getAttribute("data-test-script-state") === "notRunning";
+};
 const look = () => {
   if (stamps.seen === null && [...document.querySelectorAll(where)].some(holds)) {
     stamps.seen = performance.now();
+  }
+  if (stamps.seen !== null && stamps.settled === null && idle()) {
+    stamps.settled = performance.now();
     observer.disconnect();
   }
 };
 const observer = new MutationObserver(look);
-observer.observe(document.body, {childList: true, subtree: true, characterData: true});
+observer.observe(document.body, {childList: true, subtree: true, characterData: true,
+                                 attributes: true, attributeFilter: ["data-test-script-state"]});
 """
 
 
