@@ -10,10 +10,14 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from test_app import _ok, app_test, current, settle  # the AppTest helpers
 
+from bagel.checkpoint import checkpoint_identity, load
 from bagel.tiny import make_tiny
+from workbench import store
+from workbench.app import models
 from workbench.app.model import model_for_page
 from workbench.app.world_truth import start_view, start_world, true_frames
 from workbench.metrics import psnr, ssim
+from workbench.session import Session
 from workbench.world import model as world_model
 from workbench.world.eval import PSNR_CAP
 
@@ -212,3 +216,34 @@ def test_a_tab_that_used_both_pages_restores_both_from_the_story_page(
 
 def _branches(at: AppTest):
     return at.session_state["workspace"].branches.items()
+
+
+def test_a_saved_world_opens_on_its_own_model_asking_first_for_a_large_load(
+    tiny_dir, tmp_path, monkeypatch
+):
+    """The Sessions page opens a world saved on the world model on that model (found by
+    its checkpoint identity), not on the page's; a large load is asked for first."""
+    own = make_tiny(tmp_path / "world", seed=0)
+    config = own / "llm_config.json"
+    config.write_text(config.read_text() + "\n")  # another identity than the tiny one's
+    world_model.write_marker(own)
+    session = Session(load(own, device="cpu", dtype="float32"))
+    session.add_image(start_view(0))
+    store.save(session, tmp_path / "sessions" / "my-world")
+    monkeypatch.setattr(world_model, "WORLD_MODEL", own)
+    monkeypatch.setattr(models, "LARGE_LOAD_BYTES", 0)  # every model counts as large
+    at = _run_app(tiny_dir, tmp_path, monkeypatch)
+    at.sidebar.radio(key="page").set_value("Sessions").run()
+    at.radio(key="open_source").set_value("the saved sessions").run()
+    at.button(key="open").click().run()
+    _ok(at)
+    assert any("my-world was made with the world model" in w.value for w in at.warning)
+    at.button(key="open_load").click()
+    settle(at.run())
+    assert any("Opened my-world as **world-1** on the World page" in s.value for s in at.success)
+    branch = at.session_state["workspace"].branches["world-1"]
+    assert branch.model == str(own) and branch.session.pipe.identity == checkpoint_identity(own)
+    at.sidebar.radio(key="page").set_value("World").run()
+    at.button(key="move_forward").click()
+    settle(at.run())
+    assert len(current(at, "world").shots) == 2
