@@ -138,12 +138,14 @@ def start_job(
     work,
     on_done: Callable[[object], None],
     stay: bool = False,
+    at: str = "",
 ) -> None:
     """Run `work` in the background (after other users' jobs on this model); `on_done`
     gets its result in this run when the job ends within QUICK_SECONDS, else in the run
     after `follow_job` sees it end. Then the page reruns to show it, unless `stay`: a
     quick job that succeeded is drawn by the rest of this run (the caller draws its
-    result below the button), one script run per click instead of two."""
+    result below the button), one script run per click instead of two. `at`: where the
+    page shows the job's panel (`job_panel(at=...)`), by the button clicked."""
     if busy():  # a click that raced the page's redraw: one job per browser session
         notify("info", f"Not started: {title} waits until {st.session_state['job'].title} ends.")
         st.rerun()
@@ -152,6 +154,7 @@ def start_job(
     if "workspace_id" in st.session_state:
         _JOBS_BY_ADDRESS[st.session_state["workspace_id"]] = job
     st.session_state["job_done"] = on_done
+    st.session_state["job_at"] = at
     with st.spinner(f"{title[0].upper()}{title[1:]}…"):
         quick = job.wait(QUICK_SECONDS)
     if quick:
@@ -181,12 +184,12 @@ def finish_job() -> None:
         notify("error", message.text, message.details)
 
 
-def job_panel(where: st.delta_generator.DeltaGenerator | None = None):
+def job_panel(where: st.delta_generator.DeltaGenerator | None = None, at: str | None = None):
     """The running job's panel (in `where`, else here): its line (queue position or
     progress bar) and Cancel. Returns the line's placeholder, which `follow_job` keeps
-    current; None when no job runs."""
+    current; None when no job runs, or (with `at`) when it was started elsewhere."""
     job: Job | None = st.session_state.get("job")
-    if job is None:
+    if job is None or (at is not None and st.session_state.get("job_at") != at):
         return None
     with where if where is not None else st.container():
         line = st.empty()
@@ -255,7 +258,8 @@ def downloads_row(model: LoadedModel, branch: Branch, key: str) -> None:
             def on_done(data: dict[str, bytes], name=branch.name, revision=branch.revision):
                 st.session_state["downloads"][name] = (revision, data)
 
-            start_job(model, f"exporting {branch.name}", actions.downloads(branch), on_done)
+            work = actions.downloads(branch)
+            start_job(model, f"exporting {branch.name}", work, on_done, at="downloads")
         return
     columns = st.columns(len(DOWNLOADS))
     for column, (what, (file_name, mime)) in zip(columns, DOWNLOADS.items(), strict=True):
