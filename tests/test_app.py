@@ -113,7 +113,8 @@ def _start_world(at: AppTest) -> None:
 
 
 def test_random_weights_banner_and_defaults(app):
-    assert any("random weights" in w.value for w in app.warning)
+    (banner,) = [w.value for w in app.warning if "random weights" in w.value]
+    assert "`workbench app --model /path/to/BAGEL-7B-MoT`" in banner  # the command to type
     knobs = {k: app.sidebar.number_input(key=k).value for k in ("knob_cfg_text", "knob_cfg_img")}
     assert knobs == {"knob_cfg_text": 4.0, "knob_cfg_img": 1.5}  # the documented defaults
     assert app.sidebar.slider(key="knob_interval").value == (0.4, 1.0)
