@@ -1,6 +1,5 @@
-"""Widgets every page shares: the workspace and its autosave, the job panel, notices,
-branch pickers and the downloads row (the sidebar: sidebar.py). Logic lives in
-workbench.app."""
+"""Widgets every page shares: the models, notices, the job panel and the downloads row
+(the tab's workspace: tab.py; the sidebar: sidebar.py). Logic lives in workbench.app."""
 
 from __future__ import annotations
 
@@ -12,19 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
-from streamlit.runtime import Runtime
-from streamlit.runtime.scriptrunner import get_script_run_ctx
+import torch
 
-from bagel.errors import BagelError
-from workbench.app import actions, autosave
-from workbench.app.branches import Branch, Workspace
+from workbench.app import actions
+from workbench.app.branches import Branch
 from workbench.app.files import DOWNLOADS
 from workbench.app.jobs import Job
-from workbench.app.model import (
-    AppOptions,
-    LoadedModel,
-    app_options,
-)
+from workbench.app.model import AppOptions, LoadedModel, app_options, load_model
+from workbench.app.words import for_people
 
 # While a job runs, the run that drew the page stays alive and redraws the job's line
 # every TICK_SECONDS (no rerun per tick: a rerun redraws the whole page, and on a small
@@ -51,134 +45,123 @@ def options() -> AppOptions:
     return app_options(sys.argv[1:] if ours else [], os.environ)
 
 
-# -- workspace, notices, jobs ---------------------------------------------------------
+# -- models ---------------------------------------------------------------------------
+
+_LOADED: dict[tuple[str, str, str], str | None] = {}  # (spec, device, profile) -> identity
 
 
-def workspace(model: LoadedModel) -> Workspace:
-    """This browser session's branches on the model. The last other model's set is kept
-    aside, so going between a page on the world model and one on the default keeps both."""
-    ws = st.session_state.get("workspace")
-    if ws is None or ws.pipe is not model.pipe:
-        other = st.session_state.get("workspace_other")
-        st.session_state["workspace_other"] = ws
-        ws = other if other is not None and other.pipe is model.pipe else Workspace(model.pipe)
-        st.session_state["workspace"] = ws
-    return ws
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def cached_model(model: str, device: str, profile: str = "default") -> LoadedModel:
+    """One pipeline (and one generation gate) per model, shared by every browser session."""
+    torch.set_num_threads(options().threads)  # every thread started later takes this count
+    loaded = load_model(model, device, None if profile == "default" else profile)
+    _LOADED[(model, device, profile)] = loaded.pipe.identity
+    return loaded
 
 
-def workspace_id() -> str:
-    """The id this tab's branches are autosaved under; kept in the address (?ws=...), so
-    that a reload finds them."""
-    wid = st.session_state.get("workspace_id")
-    if wid is None:
-        asked = st.query_params.get("ws", "")
-        wid = asked if autosave.is_workspace_id(asked) else autosave.new_workspace_id()
-        if not autosave.CLAIMS.claim(wid, _session_id(), _connected):
-            wid = autosave.new_workspace_id()
-            autosave.CLAIMS.claim(wid, _session_id(), _connected)
-            notify(
-                "info",
-                "This address is open in another tab, which keeps saving there; this tab "
-                "saves its work under a new address.",
-            )
-        st.session_state["workspace_id"] = wid
-        # branches saved under this address: until they are restored, this tab saves
-        # under a new id (so that new work never overwrites them)
-        st.session_state["unclaimed"] = bool(autosave.saved_branches(options().sessions, wid))
-    if st.query_params.get("ws") != wid:
-        st.query_params["ws"] = wid
-    return wid
+def _device_profile() -> tuple[str, str]:
+    return st.session_state.get("device", options().device), st.session_state.get(
+        "profile", "default"
+    )
 
 
-def _session_id() -> str:
-    ctx = get_script_run_ctx()
-    return ctx.session_id if ctx is not None else ""
+def model_named(spec: str) -> LoadedModel:
+    """The model `spec` on the sidebar's device and profile (loaded if it is not yet)."""
+    return cached_model(spec, *_device_profile())
 
 
-def _connected(session: str) -> bool:
-    """Whether a browser session is still connected (a closed or reloaded tab is not)."""
-    return Runtime.exists() and Runtime.instance().is_active_session(session)
+def loaded_models() -> dict[str, str | None]:
+    """{spec: checkpoint identity} of the models loaded on the sidebar's device and profile."""
+    device, profile = _device_profile()
+    return {s: i for (s, d, p), i in _LOADED.items() if (d, p) == (device, profile)}
 
 
-def save_branch(branch: Branch) -> None:
-    """Autosave the branch (after every finished turn, undo and fork)."""
-    if st.session_state.pop("unclaimed", False):
-        st.session_state["workspace_id"] = autosave.new_workspace_id()
-    try:
-        autosave.save_branch(options().sessions, workspace_id(), branch)
-    except (BagelError, OSError) as err:
-        st.session_state["notice"] = ("warning", f"Could not autosave {branch.name}: {err}")
+# -- notices and jobs -----------------------------------------------------------------
+
+# The job each address started last (a reload finds what became of it), process-wide.
+_JOBS_BY_ADDRESS: dict[str, Job] = {}
 
 
-def restore_offer(model: LoadedModel) -> None:
-    """On a tab without branches: offer the branches saved under this address (a
-    reload), or those of the recent workspaces (a new tab, a restarted server)."""
-    ws = workspace(model)
-    if busy() or any(b.session.turns for b in ws.branches.values()):
-        return
-    if st.session_state.get("restore_dismissed"):
-        return
-    root, wid = options().sessions, workspace_id()
-    own = autosave.saved_branches(root, wid)
-    offers = [(wid, own)] if own else autosave.recent_workspaces(root, exclude=wid, limit=3)
-    if not offers:
-        return
-    with st.container(border=True):
-        st.markdown("**Restore your work**")
-        for k, (other, branches) in enumerate(offers):
-            names = ", ".join(f"{b.name} ({count(b.frames, 'frame')})" for b in branches)
-            when = "this address" if other == wid else "a recent visit"
-            left, right = st.columns([5, 1])
-            left.markdown(f"Autosaved from {when}: {names}")
-            if right.button("Restore", key=f"restore_{k}", type="primary"):
-
-                def on_done(outcomes, branches=branches) -> None:
-                    st.session_state["unclaimed"] = False  # restored: saving here is ours
-                    seeds = {b.name: b.truth_seed for b in branches}
-                    for outcome in outcomes:
-                        restored = actions.apply(ws, outcome)
-                        restored.truth_seed = seeds.get(outcome.branch)
-                        save_branch(restored)
-                    notify("success", f"Restored {count(len(outcomes), 'branch')}.")
-
-                title = f"restoring {count(len(branches), 'branch')}"
-                start_job(model, title, autosave.restore(branches, model.pipe), on_done)
-        if st.button("Start fresh", key="restore_dismiss", help="The autosaves stay on disk."):
-            st.session_state["restore_dismissed"] = True
-            if st.session_state.pop("unclaimed", False):  # keep those; save under a new id
-                st.session_state["workspace_id"] = autosave.new_workspace_id()
-            st.rerun()
-
-
-def notify(kind: str, text: str) -> None:
-    """A message shown once, at the top of the next run."""
-    st.session_state["notice"] = (kind, text)
+def notify(kind: str, text: str, details: str | None = None) -> None:
+    """A message shown once, at the top of the next run; `details` (the precise error
+    text) folded under it."""
+    st.session_state["notice"] = (kind, text, details)
 
 
 def show_notice() -> None:
-    kind, text = st.session_state.pop("notice", (None, None))
+    kind, text, details = st.session_state.pop("notice", (None, None, None))
     if kind is not None:
         getattr(st, kind)(text)
+        if details:
+            with st.expander("Details"):
+                st.code(details, language=None, wrap_lines=True)
+
+
+def error(what: str, err: BaseException) -> None:
+    """Say on the page, in words, that `what` failed (the precise text in a folded box)."""
+    message = for_people(what, err)
+    st.error(message.text)
+    if message.details:
+        with st.expander("Details"):
+            st.code(message.details, language=None, wrap_lines=True)
+
+
+def after_reload(address: str) -> None:
+    """On a tab's first run at an address: say what became of the job the page at this
+    address was running when it was reloaded (a reload ends the page's jobs)."""
+    job = _JOBS_BY_ADDRESS.pop(address, None)
+    if job is None:
+        return
+    if not job.finished:
+        job.cancel()
+        notify(
+            "warning",
+            f"The page was reloaded while **{job.title}** was running, so it was stopped: "
+            "the work is as it was before it. Restore your work below and run it again.",
+        )
+    elif job.state == "done":
+        notify(
+            "warning",
+            f"**{job.title}** finished just as the page was reloaded, before its result "
+            "was kept: the work is as it was before it. Restore your work below and run "
+            "it again.",
+        )
 
 
 def busy() -> bool:
     return st.session_state.get("job") is not None
 
 
-def start_job(model: LoadedModel, title: str, work, on_done: Callable[[object], None]) -> None:
+def start_job(
+    model: LoadedModel,
+    title: str,
+    work,
+    on_done: Callable[[object], None],
+    stay: bool = False,
+    at: str = "",
+) -> None:
     """Run `work` in the background (after other users' jobs on this model); `on_done`
     gets its result in this run when the job ends within QUICK_SECONDS, else in the run
-    after `follow_job` sees it end."""
+    after `follow_job` sees it end. Then the page reruns to show it, unless `stay`: a
+    quick job that succeeded is drawn by the rest of this run (the caller draws its
+    result below the button), one script run per click instead of two. `at`: where the
+    page shows the job's panel (`job_panel(at=...)`), by the button clicked."""
     if busy():  # a click that raced the page's redraw: one job per browser session
         notify("info", f"Not started: {title} waits until {st.session_state['job'].title} ends.")
         st.rerun()
     job = Job(title, work, model.gate).start()
     st.session_state["job"] = job
+    if "workspace_id" in st.session_state:
+        _JOBS_BY_ADDRESS[st.session_state["workspace_id"]] = job
     st.session_state["job_done"] = on_done
+    st.session_state["job_at"] = at
     with st.spinner(f"{title[0].upper()}{title[1:]}…"):
         quick = job.wait(QUICK_SECONDS)
     if quick:
+        done = job.state == "done"
         finish_job()
+        if stay and done:
+            return
     st.rerun()
 
 
@@ -189,29 +172,36 @@ def finish_job() -> None:
         return
     on_done = st.session_state.pop("job_done")
     del st.session_state["job"]
+    if _JOBS_BY_ADDRESS.get(st.session_state.get("workspace_id", "")) is job:
+        del _JOBS_BY_ADDRESS[st.session_state["workspace_id"]]
     if job.state == "done":
         on_done(job.result)
     elif job.state == "cancelled":
         notify("info", f"Cancelled {job.title}: the session is as it was before.")
     else:
-        notify("error", f"{job.title} failed: {job.error}")
+        what = job.title[0].upper() + job.title[1:]
+        message = for_people(what, job.exception or job.error or "")
+        notify("error", message.text, message.details)
 
 
-def job_panel() -> st.delta_generator.DeltaGenerator | None:
-    """The running job's panel: its line (queue position or progress bar) and Cancel.
-    Returns the line's placeholder, which `follow_job` keeps current."""
+def job_panel(where: st.delta_generator.DeltaGenerator | None = None, at: str | None = None):
+    """The running job's panel (in `where`, else here): its line (queue position or
+    progress bar) and Cancel. Returns the line's placeholder, which `follow_job` keeps
+    current; None when no job runs, or (with `at`) when it was started elsewhere."""
     job: Job | None = st.session_state.get("job")
-    if job is None:
+    if job is None or (at is not None and st.session_state.get("job_at") != at):
         return None
-    line = st.empty()
-    _draw_line(line, job)
-    st.button(
-        "Cancel",
-        key="cancel_job",
-        on_click=job.cancel,
-        disabled=job.cancel_requested,
-        help="Stops after the current denoising step, token or turn; everything stays as it was.",
-    )
+    with where if where is not None else st.container():
+        line = st.empty()
+        _draw_line(line, job)
+        st.button(
+            "Cancel",
+            key="cancel_job",
+            on_click=job.cancel,
+            disabled=job.cancel_requested,
+            help="Stops after the current denoising step, token or turn; everything stays "
+            "as it was.",
+        )
     return line
 
 
@@ -255,46 +245,6 @@ def _progress_line(job: Job) -> tuple[float, str]:
 # -- shared pieces of pages -----------------------------------------------------------
 
 
-def branch_picker(ws: Workspace, page: str) -> Branch:
-    """Choose the page's current branch. The picker always shows the workspace's
-    current branch, so a branch an action just made is the one in view."""
-    current = ws.branch(page)
-    names = [b.name for b in ws.of_page(page)]
-    key = f"{page}_branch"
-    if len(names) > 1:
-        if st.session_state.get(key) != current.name:
-            st.session_state[key] = current.name
-        st.selectbox("Branch", names, key=key, on_change=_picked, args=(ws, page, key))
-    return ws.branches[ws.current[page]]
-
-
-def new_branch_button(ws: Workspace, branch: Branch, page: str) -> None:
-    """ "New story" / "New world": an empty branch; the others stay (and autosaved)."""
-    if branch.session.turns and st.button(
-        f"New {page}",
-        key=f"{page}_new",
-        icon=":material/add:",
-        disabled=busy(),
-        help=f"Start an empty {page}; the other branches stay in the Branch picker.",
-    ):
-        fresh = ws.new(page)
-        notify("info", f"New {page}: **{fresh.name}**. The earlier branches are in the picker.")
-        st.rerun()
-
-
-def _picked(ws: Workspace, page: str, key: str) -> None:
-    ws.current[page] = st.session_state[key]
-
-
-def apply_outcome(ws: Workspace, outcome: actions.Outcome, done: str) -> None:
-    """Adopt a finished job's outcome; say what happened, naming a new branch."""
-    new = outcome.branch is None
-    branch = actions.apply(ws, outcome)
-    if new:
-        notify("success", f"{done}: made the branch **{branch.name}**, now shown.")
-    save_branch(branch)
-
-
 def downloads_row(model: LoadedModel, branch: Branch, key: str) -> None:
     """Prepare every download of the branch in one job, then offer them."""
     ready = st.session_state.setdefault("downloads", {}).get(branch.name)
@@ -308,7 +258,8 @@ def downloads_row(model: LoadedModel, branch: Branch, key: str) -> None:
             def on_done(data: dict[str, bytes], name=branch.name, revision=branch.revision):
                 st.session_state["downloads"][name] = (revision, data)
 
-            start_job(model, f"exporting {branch.name}", actions.downloads(branch), on_done)
+            work = actions.downloads(branch)
+            start_job(model, f"exporting {branch.name}", work, on_done, at="downloads")
         return
     columns = st.columns(len(DOWNLOADS))
     for column, (what, (file_name, mime)) in zip(columns, DOWNLOADS.items(), strict=True):

@@ -4,14 +4,15 @@ diff report, download a branch's frames, GIF, MP4, contact sheet and archive."""
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 
 import streamlit as st
 
-from app_pages import common
+from app_pages import common, tab
 from bagel.errors import BagelError
-from workbench.app import actions, autosave
+from workbench.app import actions, autosave, models
 from workbench.app.files import (
     MAX_ARCHIVE_MB,
     delete_session,
@@ -24,10 +25,13 @@ from workbench.app.files import (
 from workbench.app.model import AppOptions, LoadedModel
 from workbench.store.replay_report import ReplayReport
 
+OTHER = "Rebuild on the model in use"
+
 
 def page(model: LoadedModel, opts: AppOptions) -> None:
+    """The Sessions page (the job's panel is the app's, at the top)."""
     st.header("Sessions")
-    ws = common.workspace(model)
+    ws = tab.workspace()
     branches = [b for b in ws.branches.values() if b.session.turns]
     save, open_ = st.columns(2)
     with save.container(border=True):
@@ -44,7 +48,7 @@ def page(model: LoadedModel, opts: AppOptions) -> None:
                     folder = save_session(branch.session, opts.sessions, name, overwrite)
                     st.success(f"Saved {branch.name} in {folder}")
                 except (BagelError, OSError) as err:
-                    st.error(str(err))
+                    common.error(f"Saving {branch.name}", err)
     with open_.container(border=True):
         st.subheader("Open")
         _open(model, opts)
@@ -62,16 +66,15 @@ def page(model: LoadedModel, opts: AppOptions) -> None:
         with st.container(border=True):
             st.subheader("Downloads")
             branch = _pick_branch(branches, "download_branch")
-            common.downloads_row(model, branch, "sessions")
+            common.downloads_row(tab.model_of(branch, model), branch, "sessions")
 
 
 def _pick_branch(branches, key: str):
     names = [b.name for b in branches]
+    frames = {b.name: common.count(len(b.shots), "frame") for b in branches}
+    kinds = {b.name: b.page for b in branches}
     name = st.selectbox(
-        "Branch",
-        names,
-        key=key,
-        format_func=lambda n: f"{n} ({len(next(b for b in branches if b.name == n).shots)} frames)",
+        "Branch", names, key=key, format_func=lambda n: f"{n} ({kinds[n]}, {frames[n]})"
     )
     return next(b for b in branches if b.name == name)
 
@@ -94,7 +97,9 @@ def _open(model: LoadedModel, opts: AppOptions) -> None:
     if source == "an archive (.zip)":
         # any file: a rejected one gets its reason on Open, not a silent drop by the browser
         upload = st.file_uploader(
-            f"Session archive (.zip, up to {MAX_ARCHIVE_MB} MB)", key="open_upload"
+            "Session archive (.zip, e.g. a page's Session archive download)",
+            key="open_upload",
+            max_upload_size=MAX_ARCHIVE_MB,
         )
     else:
         folder = _saved_folder(opts, "open_folder")
@@ -106,10 +111,15 @@ def _open(model: LoadedModel, opts: AppOptions) -> None:
         format_func=str.title,
     )
     other = st.checkbox(
-        "Allow another checkpoint",
+        OTHER,
         key="open_other",
-        help="Rebuild a session saved with another model on this one.",
+        help="A session is opened on the model it was made with when the app has that "
+        "model; tick this to rebuild one of a model the app cannot find on the model in use.",
     )
+    pending = st.session_state.get("open_pending")
+    if pending is not None:  # an Open that waits for a large model's load
+        _confirm_open(model, *pending)
+        return
     if not st.button("Open", key="open", disabled=common.busy()):
         return
     if source == "an archive (.zip)":
@@ -121,26 +131,82 @@ def _open(model: LoadedModel, opts: AppOptions) -> None:
                 upload.name, upload.getvalue(), unique_folder(opts.sessions, Path(upload.name).stem)
             )
         except (BagelError, OSError) as err:
-            st.error(str(err))
+            common.error(f"Opening {upload.name}", err)
             return
         unpacked = True
     else:
         unpacked = False
     if folder is None:
         return
-    ws = common.workspace(model)
+    spec = _model_for(folder, model, other, "Opening")
+    if spec is None:
+        if unpacked:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    if spec not in common.loaded_models() and models.is_large(spec):
+        st.session_state["open_pending"] = (folder, page, spec, other, unpacked)
+        st.rerun()
+    _start_open(model, folder, page, spec, other, unpacked)
+
+
+def _confirm_open(model, folder: Path, page: str, spec: str, other: bool, unpacked: bool) -> None:
+    """Ask before a large load: opening `folder` needs the model `spec`."""
+    st.warning(
+        f"{folder.name} was made with {models.describe(spec)}, which is not loaded yet: "
+        "loading it takes a while and as much memory as its weights."
+    )
+    left, right = st.columns(2)
+    if left.button("Load it and open", key="open_load", type="primary"):
+        del st.session_state["open_pending"]
+        _start_open(model, folder, page, spec, other, unpacked)
+    if right.button("Not now", key="open_not_now"):
+        del st.session_state["open_pending"]
+        if unpacked:
+            shutil.rmtree(folder, ignore_errors=True)
+        st.rerun()
+
+
+def _model_for(folder: Path, model: LoadedModel, other: bool, what: str) -> str | None:
+    """The model to open or replay `folder` on: its own when the app has it, else (with
+    OTHER ticked) the page's; None (and a message) when neither."""
+    try:
+        identity = models.saved_identity(folder)
+    except BagelError as err:
+        common.error(f"{what} {folder.name}", err)
+        return None
+    spec = tab.resolve(folder, None, identity)
+    if spec is not None:
+        return spec
+    if other:
+        return model.spec
+    st.error(
+        f"{folder.name} was made with a model this app cannot find (not the one it was "
+        f"started with, nor the tiny default or the world model). Start the app with that "
+        f"model (`workbench app --model …`), or tick **{OTHER}** to rebuild it on "
+        f"{models.describe(model.spec)} (its frames will differ)."
+    )
+    return None
+
+
+def _start_open(
+    model: LoadedModel, folder: Path, page: str, spec: str, other: bool, unpacked: bool
+) -> None:
+    own = common.model_named(spec)  # loaded here when it is not yet (a spinner says so)
+    ws = tab.workspace()
 
     def on_done(outcome) -> None:
         branch = actions.apply(ws, outcome)
-        common.save_branch(branch)
+        tab.save_branch(branch)
         common.notify(
-            "success", f"Opened {folder.name} as **{branch.name}** on the {page.title()} page."
+            "success",
+            f"Opened {folder.name} as **{branch.name}** on the {page.title()} page "
+            f"({models.describe(spec)}): carry on there.",
         )
 
     common.start_job(
-        model,
+        own,
         f"opening {folder.name}",
-        actions.open_saved(folder, page, model.pipe, other, discard=unpacked),
+        actions.open_saved(folder, page, own.pipe, other, discard=unpacked, model=spec),
         on_done,
     )
 
@@ -148,8 +214,12 @@ def _open(model: LoadedModel, opts: AppOptions) -> None:
 def _replay(model: LoadedModel, opts: AppOptions) -> None:
     st.caption("Regenerates every model turn of a saved session with its seeds and compares.")
     folder = _saved_folder(opts, "replay_folder")
-    other = st.checkbox("Allow another checkpoint", key="replay_other")
+    other = st.checkbox(OTHER, key="replay_other")
     if folder is not None and st.button("Replay", key="replay", disabled=common.busy()):
+        spec = _model_for(folder, model, other, "Replaying")
+        if spec is None:
+            return
+        own = common.model_named(spec)
 
         def on_done(report: ReplayReport) -> None:
             st.session_state["replay_report"] = (folder.name, report)
@@ -157,9 +227,9 @@ def _replay(model: LoadedModel, opts: AppOptions) -> None:
         st.session_state.pop("replay_report", None)  # the last one is not this one's
 
         common.start_job(
-            model,
+            own,
             f"replaying {folder.name}",
-            actions.replay_saved(folder, model.pipe, other),
+            actions.replay_saved(folder, own.pipe, other),
             on_done,
         )
     shown = st.session_state.get("replay_report")
@@ -198,7 +268,7 @@ def _manage(opts: AppOptions) -> None:
             common.notify("success", f"Renamed {folder.name} to {target.name}.")
             st.rerun()
         except (BagelError, OSError) as err:
-            st.error(str(err))
+            common.error(f"Renaming {folder.name}", err)
     sure = right.checkbox("Yes, delete it", key=f"delete_sure_{folder.name}")
     if right.button("Delete", key="delete", disabled=common.busy() or not sure):
         try:
@@ -206,12 +276,12 @@ def _manage(opts: AppOptions) -> None:
             common.notify("success", f"Deleted the saved session {folder.name}.")
             st.rerun()
         except (BagelError, OSError) as err:
-            st.error(str(err))
+            common.error(f"Deleting {folder.name}", err)
 
 
 def _autosaved(opts: AppOptions) -> None:
     """The workspaces autosaved by this app (restore them from a tab without branches)."""
-    mine = common.workspace_id()
+    mine = tab.address()
     others = autosave.recent_workspaces(opts.sessions, exclude=mine, limit=20)
     own = autosave.saved_branches(opts.sessions, mine)
     st.caption(
@@ -219,11 +289,11 @@ def _autosaved(opts: AppOptions) -> None:
         "this tab's branches; a new tab offers the most recent ones."
     )
     if own:
-        st.markdown(f"This tab: {', '.join(b.name for b in own)}")
+        st.markdown(f"This tab: {tab.by_kind(own)}")
     for wid, branches in others:
         left, right = st.columns([4, 1])
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(max(b.mtime for b in branches)))
-        left.markdown(f"{when}: {', '.join(f'{b.name} ({b.frames})' for b in branches)}")
+        left.markdown(f"{when}: {tab.by_kind(branches)}")
         if right.button("Delete", key=f"autosave_delete_{wid}", disabled=common.busy()):
             autosave.remove_workspace(opts.sessions, wid)
             common.notify("success", "Deleted those autosaved branches.")

@@ -4,9 +4,8 @@ generation knobs."""
 from __future__ import annotations
 
 import streamlit as st
-import torch
 
-from app_pages.common import options
+from app_pages.common import cached_model
 from bagel.errors import BagelError
 from bagel.taylorseer import FEATURE_CACHES
 from workbench.app.model import (
@@ -15,17 +14,9 @@ from workbench.app.model import (
     RANDOM_WEIGHTS_BANNER,
     AppOptions,
     LoadedModel,
-    load_model,
     model_for_page,
 )
 from workbench.params import GenerationParams
-
-
-@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
-def cached_model(model: str, device: str, profile: str = "default") -> LoadedModel:
-    """One pipeline (and one generation gate) per model, shared by every browser session."""
-    torch.set_num_threads(options().threads)  # every thread started later takes this count
-    return load_model(model, device, None if profile == "default" else profile)
 
 
 def sidebar_model(opts: AppOptions, page: str = "") -> LoadedModel | None:
@@ -49,7 +40,10 @@ def sidebar_model(opts: AppOptions, page: str = "") -> LoadedModel | None:
     try:
         model = cached_model(chosen, device, profile)
     except (BagelError, OSError) as err:
-        st.error(f"Cannot load the model {chosen or '(tiny default)'}: {err}")
+        st.error(
+            f"Cannot load the model {chosen or '(tiny default)'}: {err}. Choose another "
+            "folder or hub id in the sidebar's Model box."
+        )
         return None
     st.sidebar.caption(f"Model: `{model.name}` on {model.pipe.device.type}")
     st.sidebar.caption(model.summary)

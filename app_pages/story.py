@@ -8,7 +8,7 @@ import math
 import streamlit as st
 from PIL import Image
 
-from app_pages import common
+from app_pages import common, tab
 from bagel.errors import BagelError
 from workbench import chains
 from workbench.app import actions
@@ -21,12 +21,16 @@ from workbench.params import GenerationParams
 COLUMNS = 4
 
 
-def page(model: LoadedModel, params: GenerationParams | None) -> None:
+def page(model: LoadedModel, params: GenerationParams | None):
+    """The Story page; returns the job's line, drawn by the button that started the job
+    (under Generate, under the Regenerate / Edit row, or under the downloads)."""
     st.header("Story")
-    ws = common.workspace(model)
-    branch = common.branch_picker(ws, "story")
-    common.new_branch_button(ws, branch, "story")
+    ws = tab.workspace()
+    branch = tab.branch_picker(ws, "story", model)
+    tab.new_branch_button(ws, branch, "story", model)
+    model = tab.model_of(branch, model)  # a branch runs on its own model
     _new_beats(model, ws, branch, params)
+    line = common.job_panel(at="beats")
     _strip(branch)
     if branch.shots:
         regenerate, edit, history = st.columns(3)
@@ -36,16 +40,22 @@ def page(model: LoadedModel, params: GenerationParams | None) -> None:
             _edit(model, ws, branch, params)
         with history.container(border=True):
             _history(ws, branch)
+        line = line or common.job_panel(at="actions")
     if len(ws.of_page("story")) > 1:
         _compare(ws)
     if branch.shots:
         st.subheader("Downloads")
         common.downloads_row(model, branch, "story")
+        line = line or common.job_panel(at="downloads")
+    return line
 
 
-def _run(model: LoadedModel, ws: Workspace, title: str, work) -> None:
+def _run(model: LoadedModel, ws: Workspace, title: str, work, at: str) -> None:
+    """Start `work`; its panel shows `at` the beats' form or the actions' row."""
     done = title[0].upper() + title[1:]
-    common.start_job(model, title, work, lambda outcome: common.apply_outcome(ws, outcome, done))
+    common.start_job(
+        model, title, work, lambda outcome: tab.apply_outcome(ws, outcome, done), at=at
+    )
 
 
 def _new_beats(model: LoadedModel, ws: Workspace, branch: Branch, params) -> None:
@@ -55,8 +65,9 @@ def _new_beats(model: LoadedModel, ws: Workspace, branch: Branch, params) -> Non
         st.markdown("**Add a beat**")
         st.text_area("Beat text", key="beat_text", placeholder="A fox finds a lantern…")
         st.file_uploader(
-            f"Reference image (optional: {', '.join(IMAGE_TYPES)}; up to {MAX_IMAGE_MB} MB)",
+            f"Reference image (optional: {', '.join(IMAGE_TYPES)})",
             key=f"beat_image_{resets}",
+            max_upload_size=MAX_IMAGE_MB,
         )
         error = st.session_state.pop("beat_error", None)
         if error:
@@ -81,7 +92,7 @@ def _new_beats(model: LoadedModel, ws: Workspace, branch: Branch, params) -> Non
     ):
         beats = list(pending)
         pending.clear()
-        _run(model, ws, label.lower(), actions.story(branch, beats, params, caption))
+        _run(model, ws, label.lower(), actions.story(branch, beats, params, caption), "beats")
 
 
 def _add_beat(model: LoadedModel, pending: list, resets: int) -> None:
@@ -148,7 +159,7 @@ def _regenerate(model, ws: Workspace, branch: Branch, params) -> None:
         new = GenerationParams(**{**vars(params), "seed": int(seed)})
         caption = any(s.caption for s in branch.shots)
         work = actions.regenerate(branch, int(beat) - 1, new, caption)
-        _run(model, ws, f"regenerating beat {beat}", work)
+        _run(model, ws, f"regenerating beat {beat}", work, "actions")
 
 
 def _edit(model, ws: Workspace, branch: Branch, params) -> None:
@@ -159,7 +170,8 @@ def _edit(model, ws: Workspace, branch: Branch, params) -> None:
         if not instruction.strip():
             st.error("Write an instruction first.")
             return
-        _run(model, ws, "editing", actions.edit(branch, instruction.strip(), params, think))
+        work = actions.edit(branch, instruction.strip(), params, think)
+        _run(model, ws, "editing", work, "actions")
 
 
 def _history(ws: Workspace, branch: Branch) -> None:
@@ -168,13 +180,13 @@ def _history(ws: Workspace, branch: Branch) -> None:
         "Undo last beat", key="story_undo", icon=":material/undo:", disabled=common.busy()
     ):
         branch.undo()
-        common.save_branch(branch)
+        tab.save_branch(branch)
         st.rerun()
     if st.button(
         "Fork this story", key="story_fork", icon=":material/call_split:", disabled=common.busy()
     ):
         fork = ws.fork(branch)
-        common.save_branch(fork)
+        tab.save_branch(fork)
         common.notify("success", f"Forked {branch.name} as **{fork.name}**, now shown.")
         st.rerun()
 

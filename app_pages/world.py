@@ -10,7 +10,7 @@ import math
 
 import streamlit as st
 
-from app_pages import common
+from app_pages import common, tab
 from bagel.errors import BagelError, InputError
 from workbench import chains
 from workbench.actions import parse_path
@@ -36,8 +36,14 @@ assert tuple(MOVES) == chains.ACTIONS
 COLUMNS = 4
 
 
-def page(model: LoadedModel, params: GenerationParams | None) -> None:
+def page(model: LoadedModel, params: GenerationParams | None):
+    """The World page; returns the job's line, drawn right under the buttons that start
+    jobs (so it is in view where the user clicked)."""
     st.header("World")
+    ws = tab.workspace()
+    branch = tab.branch_picker(ws, "world", model)
+    tab.new_branch_button(ws, branch, "world", model)
+    model = tab.model_of(branch, model)  # a branch runs on its own model
     if model.world and params is not None:
         # sampled as it was trained (and as eval-world samples): the knobs' seed only
         params = world_params(seed=params.seed)
@@ -45,22 +51,36 @@ def page(model: LoadedModel, params: GenerationParams | None) -> None:
             "The world model samples with its own settings: 64 × 64, "
             f"{params.num_timesteps} steps, no guidance; the sidebar's seed applies."
         )
-    ws = common.workspace(model)
-    branch = common.branch_picker(ws, "world")
-    common.new_branch_button(ws, branch, "world")
     if not branch.shots:
         _start(model, branch, params)
-        return
+        return common.job_panel()
+    # While a job runs, the page's run follows it, and only a whole-page click (Cancel)
+    # interrupts that run: a click in a fragment would wait for the job's end.
+    return (_world if common.busy() else _world_fragment)(model, branch, params)
+
+
+def _world(model: LoadedModel, branch: Branch, params: GenerationParams | None):
+    """The controls, the job's line (right under them), the timeline and the downloads."""
     _controls(model, branch, params)
+    line = common.job_panel()
     _timeline(branch, _truth_seed(model, branch))
     st.subheader("Downloads")
     common.downloads_row(model, branch, "world")
+    return line
 
 
-def _run(model: LoadedModel, title: str, work) -> None:
-    ws = common.workspace(model)
+# No job running: a click here reruns this part of the page only (not the sidebar and
+# the header), and a quick move is drawn by the click's own run (docs/benchmarks.md).
+_world_fragment = st.fragment(_world)
+
+
+def _run(model: LoadedModel, title: str, work, stay: bool = True) -> None:
+    """Start `work` on the branch; a quick one is drawn by this run (below the button)."""
+    ws = tab.workspace()
     done = title[0].upper() + title[1:]
-    common.start_job(model, title, work, lambda outcome: common.apply_outcome(ws, outcome, done))
+    common.start_job(
+        model, title, work, lambda outcome: tab.apply_outcome(ws, outcome, done), stay=stay
+    )
 
 
 def _truth_seed(model: LoadedModel, branch: Branch) -> int | None:
@@ -77,7 +97,8 @@ def _start(model: LoadedModel, branch: Branch, params: GenerationParams | None) 
             st.image(start_view(seed), caption=f"the rendered view of seed {seed}", width=256)
             if st.button("Start from this view", key="world_start_view", disabled=common.busy()):
                 branch.truth_seed = seed
-                _run(model, "start view", actions.start_from_image(branch, start_view(seed), seed))
+                work = actions.start_from_image(branch, start_view(seed), seed)
+                _run(model, "start view", work, stay=False)
         from_prompt, from_image = tabs[1:]
     else:
         st.write("Start a world from a prompt or from an image of your own.")
@@ -89,11 +110,14 @@ def _start(model: LoadedModel, branch: Branch, params: GenerationParams | None) 
                 st.error("Write a prompt first.")
             elif params is not None:
                 branch.truth_seed = None
-                _run(model, "first frame", actions.start_from_prompt(branch, prompt, params))
+                work = actions.start_from_prompt(branch, prompt, params)
+                _run(model, "first frame", work, stay=False)
     with from_image:
         # any file: a rejected one gets its reason here, not a silent drop by the browser
         upload = st.file_uploader(
-            f"Start image ({', '.join(IMAGE_TYPES)}; up to {MAX_IMAGE_MB} MB)", key="world_upload"
+            f"Start image ({', '.join(IMAGE_TYPES)})",
+            key="world_upload",
+            max_upload_size=MAX_IMAGE_MB,
         )
         if st.button("Start from image", key="world_start_image", disabled=common.busy()):
             if upload is None:
@@ -106,7 +130,7 @@ def _start(model: LoadedModel, branch: Branch, params: GenerationParams | None) 
                 return
             seed = params.seed if params is not None else 0
             branch.truth_seed = None
-            _run(model, "start image", actions.start_from_image(branch, image, seed))
+            _run(model, "start image", actions.start_from_image(branch, image, seed), stay=False)
 
 
 def _controls(model: LoadedModel, branch: Branch, params: GenerationParams | None) -> None:
@@ -154,7 +178,7 @@ def _controls(model: LoadedModel, branch: Branch, params: GenerationParams | Non
             "Undo last frame", key="world_undo", icon=":material/undo:", disabled=common.busy()
         ):
             step = branch.undo()
-            common.save_branch(branch)
+            tab.save_branch(branch)
             common.notify("info", f"Undid {step.shots[0].label if step.shots else 'a step'}.")
             st.rerun()
         if st.button(
@@ -163,8 +187,8 @@ def _controls(model: LoadedModel, branch: Branch, params: GenerationParams | Non
             icon=":material/call_split:",
             disabled=common.busy(),
         ):
-            fork = common.workspace(model).fork(branch)
-            common.save_branch(fork)
+            fork = tab.workspace().fork(branch)
+            tab.save_branch(fork)
             common.notify("success", f"Forked {branch.name} as **{fork.name}**, now shown.")
             st.rerun()
         memory = branch.session.memory()
@@ -199,8 +223,7 @@ def _timeline(branch: Branch, truth_seed: int | None = None) -> None:
     st.caption(common.count(len(shots), "frame"))
     truth, scores = [None] * len(shots), []
     if truth_seed is not None:
-        labels, images = [s.label for s in shots], [s.image for s in shots]
-        truth, scores = truth_scores(truth_seed, labels, images)
+        truth, scores = _truth(branch, truth_seed)
         st.caption(f"Each frame above the renderer's true frame (world seed {truth_seed}).")
     for row in range(0, len(shots), COLUMNS):
         columns = st.columns(COLUMNS)
@@ -241,6 +264,17 @@ def _timeline(branch: Branch, truth_seed: int | None = None) -> None:
                 for m, shot in zip(branch.metrics, shots, strict=False)
             ]
         )
+
+
+def _truth(branch: Branch, seed: int):
+    """The branch's true frames and scores, computed once per change of the branch (the
+    renderer replays every move from the start: 0.24 s for 25 frames)."""
+    cache = st.session_state.setdefault("world_truth", {})
+    key = (id(branch), branch.revision, seed, len(branch.shots))
+    if cache.get(branch.name, (None,))[0] != key:
+        labels, images = [s.label for s in branch.shots], [s.image for s in branch.shots]
+        cache[branch.name] = (key, truth_scores(seed, labels, images))
+    return cache[branch.name][1]
 
 
 def _number(value: float | None) -> str:

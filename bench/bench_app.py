@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_app.py [--steps 8] [--size 128] [--moves 5] [--idle 20] \
         [--cli-threads N]
+    .venv/bin/python bench/bench_app.py --world-model [--moves 5] [--reps 3]
 
 What is measured, on a tiny random checkpoint (float32, CPU):
 
@@ -28,26 +29,28 @@ What is measured, on a tiny random checkpoint (float32, CPU):
   `workbench replay` against the app's Replay). Opening has no command of its own.
 - idle: the app server's CPU time (user + system, from /proc) over `--idle` seconds
   with the tab open and nothing running, as a share of one core.
+- `--world-model` (alone): the World page on the shipped world model (models/world-64,
+  as a user gets it), a start from the rendered view then `--moves` Forward clicks per
+  rep, each click's time to its frame against the same move's frame time in this
+  process: the difference is the page's overhead per move.
 
 The app runs its model on all cores but one (its default: the browser needs one; or
 $WORKBENCH_THREADS), the CLI code on all cores unless `--cli-threads` says otherwise. The reps interleave the
 two (the order alternating) and the medians are compared; the app's idle CPU is sampled
 last. Compare the ratios, not the seconds, across machines. Needs Debian's
-chromium and chromium-driver (scripts/browser-deps.sh).
+chromium and chromium-driver (scripts/browser-deps.sh); the browser is driven by
+bench/browser.py, as in tests/test_browser.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +61,17 @@ import torch  # noqa: E402
 
 from bagel.checkpoint import load  # noqa: E402
 from bagel.tiny import make_tiny  # noqa: E402
+from bench.browser import (  # noqa: E402
+    CAPTION,
+    NOTICE,
+    AppServer,
+    Page,
+    app_env,
+    chromium,
+    exact_button,
+    label,
+    sidebar,
+)
 from workbench import chains, store  # noqa: E402
 from workbench.app.model import app_options  # noqa: E402
 from workbench.metrics import frame_metrics  # noqa: E402
@@ -81,9 +95,24 @@ def main() -> None:
     parser.add_argument(
         "--cli-threads", type=int, default=0, help="torch threads of the CLI code (0: all cores)"
     )
+    parser.add_argument(
+        "--world-model",
+        action="store_true",
+        help="only the World page on the shipped world model: each move's click to its "
+        "frame, against the same move's frame time in this process",
+    )
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="with --world-model: keep this many cores busy (a spinning process each)",
+    )
     args = parser.parse_args()
     if args.cli_threads:
         torch.set_num_threads(args.cli_threads)
+    if args.world_model:
+        world_model_moves(args.moves, args.reps, args.busy)
+        return
     params = GenerationParams(
         num_timesteps=args.steps, height=args.size, width=args.size, max_think_tokens=8
     )
@@ -168,6 +197,63 @@ def main() -> None:
     print(f"idle server, one tab open: {100 * idle:.1f}% of one core over {args.idle:g} s")
 
 
+def world_model_moves(moves: int, reps: int, busy: int = 0) -> None:
+    """Per Forward move on the shipped world model: the frame's time in this process
+    (`chains.navigate`, as the app's job runs it) and the app's click to the frame shown
+    and to the page complete; the difference is what the page adds to each move. Also
+    the CPU seconds per move of the app's server and of the browser (every Chromium
+    process), which is where that time goes; `busy` cores are kept busy meanwhile."""
+    from workbench.app.world_truth import start_view
+    from workbench.world.eval import world_params
+    from workbench.world.model import default_world_model
+
+    folder = default_world_model()
+    if folder is None:
+        raise SystemExit("the shipped world model (models/world-64) is not here")
+    pipe = load(folder, dtype="float32")
+    params = world_params(seed=0)
+    frame_s: list[float] = []
+    app_s: list[tuple[float, float]] = []
+    spin = "while True: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(busy)]
+    server_cpu = browser_cpu = 0.0
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp:
+            tmp = Path(tmp)
+            with _App(None, tmp / "sessions", tmp) as app:
+                for _ in range(reps):
+                    session = Session(pipe)
+                    session.add_image(start_view(0), seed=0)
+                    for _ in range(moves):
+                        frame_s.append(
+                            _seconds(lambda s=session: chains.navigate(s, ["forward"], params))
+                        )
+                    before = _tree_cpu(app.server.pid), _tree_cpu(app.browser_pid)
+                    app_s += app.world_model_moves(moves)
+                    server_cpu += _tree_cpu(app.server.pid) - before[0]
+                    browser_cpu += _tree_cpu(app.browser_pid) - before[1]
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    seen_s, done_s = [t[0] for t in app_s], [t[1] for t in app_s]
+    frame, click, done = (statistics.median(v) for v in (frame_s, seen_s, done_s))
+    print(
+        f"world model {folder.name}, {params.num_timesteps} steps, 64x64; torch threads: "
+        f"this process {torch.get_num_threads()}, app {app_options([], os.environ).threads}"
+    )
+    print(f"{reps} reps of {moves} Forward moves; medians per move (min-max in brackets)")
+    print(f"frame in this process      {frame:.3f} s [{min(frame_s):.3f}-{max(frame_s):.3f}]")
+    print(f"app: click to frame shown  {click:.3f} s [{min(seen_s):.3f}-{max(seen_s):.3f}]")
+    print(f"app: click to page done    {done:.3f} s [{min(done_s):.3f}-{max(done_s):.3f}]")
+    print(f"the page's overhead        {done - frame:.3f} s per move")
+    n = reps * moves  # the CPU of the starts is counted too: an upper bound per move
+    print(
+        f"CPU per move: app server {server_cpu / n:.3f} s (the job's frame included), "
+        f"browser {browser_cpu / n:.3f} s; {busy} core(s) kept busy"
+    )
+
+
 def _copy(rep: int) -> str:
     return f"story-{rep + 1}"
 
@@ -220,83 +306,46 @@ def _world_in_process(pipe, params: GenerationParams, moves: int) -> None:
 
 
 class _App:
-    """`streamlit run` on a free loopback port with a headless Chromium tab."""
+    """The app (bench/browser.py's AppServer) with a headless Chromium tab on it;
+    `model` None: the defaults a user gets (the World page on the shipped world model)."""
 
-    def __init__(self, model: Path, sessions: Path, tmp: Path):
+    def __init__(self, model: Path | None, sessions: Path, tmp: Path):
         self.model, self.sessions, self.tmp = model, sessions, tmp
         self.worlds = 0
 
     def __enter__(self) -> _App:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {
-            **os.environ,
-            "WORKBENCH_MODEL": str(self.model),
-            "WORKBENCH_SESSIONS": str(self.sessions),
-        }
-        command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py"]
-        command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
-        self.log = open(self.tmp / "streamlit.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=self.log, stderr=self.log
-        )
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError((self.tmp / "streamlit.log").read_text()) from None
-                time.sleep(0.5)
-        options = webdriver.ChromeOptions()
-        options.binary_location = shutil.which("chromium")
-        for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-            options.add_argument(flag)
-        options.add_argument("--window-size=1400,1200")
-        self.driver = webdriver.Chrome(
-            service=Service(shutil.which("chromedriver")), options=options
-        )
-        self.wait = WebDriverWait(self.driver, WAIT_SECONDS, poll_frequency=0.1)
+        model = str(self.model) if self.model is not None else None
+        self.server = AppServer(app_env(self.sessions, model), self.tmp / "streamlit.log")
+        self.url = self.server.__enter__()
+        self.driver = chromium()
+        self.browser_pid = self.driver.service.process.pid  # chromedriver: Chromium's parent
+        self.page = Page(self.driver, WAIT_SECONDS)
         self.driver.get(self.url)
         # the first run loads the model: wait for it, so that no rep overlaps the load
-        self.wait.until(
-            lambda d: d.find_elements(By.XPATH, "//input[@aria-label='Denoising steps']"),
+        self.page.wait.until(
+            lambda d: self.page.find("//input[@aria-label='Denoising steps']"),
             "the app's first page",
         )
         return self
 
     def __exit__(self, *exc) -> None:
         self.driver.quit()
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
+        self.server.__exit__()
 
     def replay(self, name: str) -> float:
-        self._click(_sidebar("Sessions"))
+        self.page.click(sidebar("Sessions"))
         self._choose_saved("Replay", name)
-        return self._act(_button("Replay"), NOTICE, f"Replay of {name}:")
+        return self.page.act(exact_button("Replay"), NOTICE, f"Replay of {name}:")
 
     def open(self, name: str) -> float:
-        self._click(_sidebar("Sessions"))
-        self._click(_label("the saved sessions"))
-        self._click(
+        self.page.click(sidebar("Sessions"))
+        self.page.click(label("the saved sessions"))
+        self.page.click(
             "//*[@data-testid='stRadio'][.//*[contains(text(), 'Open on the page')]]"
             "//label[normalize-space(.)='Story']"
         )
         self._choose_saved("Open", name)
-        return self._act(_button("Open"), NOTICE, f"Opened {name} as")
+        return self.page.act(exact_button("Open"), NOTICE, f"Opened {name} as")
 
     def _choose_saved(self, section: str, name: str) -> None:
         """Pick `name` in the saved-session picker of the Sessions page's `section`."""
@@ -304,127 +353,79 @@ class _App:
             "(//*[@data-testid='stVerticalBlock']"
             f"[.//h3[normalize-space(.)='{section}']])[last()]//*[@data-testid='stSelectbox']"
         )
-        self._click(f"{picker}//input")
-        self._click(f"//*[@role='option'][normalize-space(.)='{name}']")
+        self.page.click(f"{picker}//input")
+        self.page.click(f"//*[@role='option'][normalize-space(.)='{name}']")
         time.sleep(1)  # the rerun the choice triggers (a wrong pick: no result names it)
 
-    def world(self, steps: int, size: int, moves: int, path: bool = False) -> float:
-        self._click(_sidebar("World"))
+    def _new_world(self) -> None:
+        self.page.click(sidebar("World"))
         time.sleep(1)
-        from selenium.webdriver.common.by import By
-
-        if self.driver.find_elements(By.XPATH, _button("New world")):
-            self._click(_button("New world"))
+        if self.page.find(exact_button("New world")):
+            self.page.click(exact_button("New world"))
             time.sleep(1)
+
+    def world(self, steps: int, size: int, moves: int, path: bool = False) -> float:
+        self._new_world()
         if self.worlds == 0:
-            self._type("Denoising steps", str(steps))
-            self._click(_label("Automatic size"))
-            self._type("Height", str(size))
-            self._type("Width", str(size))
+            self.page.type_into("Denoising steps", str(steps))
+            self.page.click(label("Automatic size"))
+            self.page.type_into("Height", str(size))
+            self.page.type_into("Width", str(size))
         self.worlds += 1
-        self._type("Prompt", "a quiet street at dawn")
-        seconds = self._act(_button("Start from prompt"), CAPTION, "1 frame")
+        self.page.type_into("Prompt", "a quiet street at dawn")
+        seconds = self.page.act(exact_button("Start from prompt"), CAPTION, "1 frame")
         if path:
-            self._type(
+            self.page.type_into(
                 "Path (moves in order, separated by commas)", f"forward x{moves}", enter=False
             )
-            return seconds + self._act(_button("Walk the path"), CAPTION, f"{moves + 1} frames")
+            return seconds + self.page.act(
+                exact_button("Walk the path"), CAPTION, f"{moves + 1} frames"
+            )
         for n in range(2, moves + 2):
-            seconds += self._act(_button("Forward"), CAPTION, f"{n} frames")
+            seconds += self.page.act(exact_button("Forward"), CAPTION, f"{n} frames")
         return seconds
+
+    def world_model_moves(self, moves: int) -> list[tuple[float, float]]:
+        """The World page on the world model: a start from the rendered view, then each
+        Forward click's seconds to its frame shown, and to the page complete again."""
+        self._new_world()
+        self.page.act(exact_button("Start from this view"), CAPTION, "1 frame")
+        times = []
+        for n in range(2, moves + 2):
+            seen = self.page.act(exact_button("Forward"), CAPTION, f"{n} frames")
+            times.append((seen, self.page.settled))
+        return times
 
     def idle_cpu(self, seconds: float) -> float:
         time.sleep(3)  # the last rerun settles
-        before, started = _cpu_seconds(self.process.pid), time.perf_counter()
+        before, started = _cpu_seconds(self.server.pid), time.perf_counter()
         time.sleep(seconds)
-        return (_cpu_seconds(self.process.pid) - before) / (time.perf_counter() - started)
-
-    def _click(self, xpath: str) -> None:
-        from selenium.common.exceptions import WebDriverException
-        from selenium.webdriver.common.by import By
-
-        def clicked(driver) -> bool:
-            for element in driver.find_elements(By.XPATH, xpath):
-                try:
-                    if element.is_displayed() and element.is_enabled():
-                        element.click()
-                        return True
-                except WebDriverException:
-                    return False
-            return False
-
-        self.wait.until(clicked, f"no enabled element {xpath}")
-
-    def _type(self, label: str, text: str, enter: bool = True) -> None:
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.common.keys import Keys
-
-        xpath = f"//input[@aria-label='{label}']"
-        self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no input {label!r}")
-        field = self.driver.find_element(By.XPATH, xpath)
-        field.send_keys(Keys.CONTROL, "a")
-        if not enter:  # a form's field: its button sends it
-            field.send_keys(text)
-            return
-        field.send_keys(text, Keys.ENTER)
-        time.sleep(1)  # the rerun the value triggers
-
-    def _act(self, button: str, where: str, text: str) -> float:
-        """Click `button`; the seconds from the browser's click event to `text` in an
-        element matching the CSS selector `where` (both stamped in the page, so the
-        driver's own latency and polling are not counted)."""
-        self.driver.execute_script(_STAMPS, where, text)
-        self._click(button)
-        self.wait.until(
-            lambda d: d.execute_script("return window.__bench.seen !== null"),
-            f"no {text!r} in {where}",
-        )
-        clicked, seen = self.driver.execute_script(
-            "return [window.__bench.click, window.__bench.seen]"
-        )
-        return (seen - clicked) / 1000
+        return (_cpu_seconds(self.server.pid) - before) / (time.perf_counter() - started)
 
 
-# The page's own clock: the first click from now, and the first time an element matching
-# the selector holds the text (exactly, after collapsing white space, or "…:" / "… as"
-# texts as a prefix).
-_STAMPS = """
-const [where, text] = arguments;
-const stamps = window.__bench = {click: null, seen: null};
-document.addEventListener("click", () => { stamps.click ??= performance.now(); },
-                          {capture: true, once: true});
-const holds = (el) => {
-  const t = el.textContent.replace(/\\s+/g, " ").trim();
-  return t === text || t.startsWith(text);
-};
-const look = () => {
-  if (stamps.seen === null && [...document.querySelectorAll(where)].some(holds)) {
-    stamps.seen = performance.now();
-    observer.disconnect();
-  }
-};
-const observer = new MutationObserver(look);
-observer.observe(document.body, {childList: true, subtree: true, characterData: true});
-"""
-NOTICE = "[data-testid='stAlert']"
-CAPTION = "[data-testid='stCaptionContainer']"
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += _cpu_seconds(current)
+        except (OSError, IndexError):
+            continue
+        todo += children.get(current, [])
+    return total
 
 
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _button(text: str) -> str:
-    return f"//button[normalize-space(.)='{text}' or .//p[normalize-space(.)='{text}']]"
-
-
-def _sidebar(text: str) -> str:
-    return f"//*[@data-testid='stSidebar']//label[normalize-space(.)='{text}']"
-
-
-def _label(text: str) -> str:
-    return f"//label[normalize-space(.)='{text}']"
 
 
 if __name__ == "__main__":

@@ -95,8 +95,14 @@ def _page(at: AppTest, name: str) -> None:
     _ok(at)
 
 
+def current(at: AppTest, page: str):
+    """The page's current branch in the app's workspace."""
+    ws = at.session_state["workspace"]
+    return ws.branches[ws.current[page]]
+
+
 def _world(at: AppTest):
-    return at.session_state["workspace"].branch("world")
+    return current(at, "world")
 
 
 def _start_world(at: AppTest) -> None:
@@ -107,7 +113,8 @@ def _start_world(at: AppTest) -> None:
 
 
 def test_random_weights_banner_and_defaults(app):
-    assert any("random weights" in w.value for w in app.warning)
+    (banner,) = [w.value for w in app.warning if "random weights" in w.value]
+    assert "`workbench app --model /path/to/BAGEL-7B-MoT`" in banner  # the command to type
     knobs = {k: app.sidebar.number_input(key=k).value for k in ("knob_cfg_text", "knob_cfg_img")}
     assert knobs == {"knob_cfg_text": 4.0, "knob_cfg_img": 1.5}  # the documented defaults
     assert app.sidebar.slider(key="knob_interval").value == (0.4, 1.0)
@@ -194,7 +201,7 @@ def test_story_beats_regenerate_compare_and_edit_with_thinking(app):
     app.button(key="story_generate").click()
     settle(app.run())
     ws = app.session_state["workspace"]
-    story = ws.branch("story")
+    story = current(app, "story")
     assert [s.text for s in story.steps] == ["a fox finds a lantern", "the fox sleeps"]
     assert story.steps[0].reference is not None and "2 frames" in _texts(app.caption)
     assert app.session_state["story_pending"] == []
@@ -348,10 +355,10 @@ def test_cancel_during_denoising_leaves_the_world_as_it_was(app, monkeypatch):
 
 def _gate(at: AppTest):
     """The generation gate of the app's model (st.cache_resource: one per process)."""
-    from app_pages.sidebar import cached_model
+    from app_pages.common import cached_model
 
     model = cached_model(os.environ["WORKBENCH_MODEL"], "auto", "default")
-    assert model.pipe is at.session_state["workspace"].pipe
+    assert model.pipe is current(at, "story").session.pipe
     return model.gate
 
 
@@ -374,4 +381,4 @@ def test_the_model_box_offers_the_profiles(app):
     assert any("Cannot load the model" in e.value and "onto a GPU" in e.value for e in app.error)
     app.sidebar.selectbox(key="profile").set_value("nf4").run()
     assert [h.value for h in app.header] == ["Story"]
-    assert app.session_state["workspace"].pipe.profile == "nf4"
+    assert current(app, "story").session.pipe.profile == "nf4"

@@ -131,8 +131,8 @@ def test_cancel_mid_denoising_leaves_the_branch_as_it_was(pipe):
     """Cancelled raised by the progress callback stops the sampler; the chain rewinds the
     turn it added, so the contexts hold exactly the blocks and rows they held before, and
     the branch's steps never changed."""
-    ws = Workspace(pipe)
-    branch = ws.branch("world")
+    ws = Workspace()
+    branch = ws.branch("world", pipe)
     branch.session = _start(pipe)
     before = _state(branch.session)
     box = []
@@ -156,8 +156,8 @@ def test_cancel_while_the_metrics_are_computed_leaves_the_branch_as_it_was(pipe)
                 self.cancel()  # the user presses Cancel once the frame is there
             super().progress(done, total)
 
-    ws = Workspace(pipe)
-    branch = ws.branch("world")
+    ws = Workspace()
+    branch = ws.branch("world", pipe)
     branch.session = _start(pipe)
     before = _state(branch.session)
     job = CancelAtMetrics("forward", actions.navigate(branch, ["forward"], FAST), Gate())
@@ -167,8 +167,8 @@ def test_cancel_while_the_metrics_are_computed_leaves_the_branch_as_it_was(pipe)
 
 
 def test_a_failing_start_rewinds_its_turns(pipe):
-    ws = Workspace(pipe)
-    branch = ws.branch("world")
+    ws = Workspace()
+    branch = ws.branch("world", pipe)
     too_big = GenerationParams(num_timesteps=2, height=4096, width=4096)
     job = _wait(
         Job("start", actions.start_from_prompt(branch, "a street", too_big), Gate()).start()
@@ -193,8 +193,8 @@ def test_cancelled_raised_by_progress_reaches_the_caller(pipe):
 
 
 def test_world_work_runs_on_a_fork_and_applies_steps_with_metrics(pipe):
-    ws = Workspace(pipe)
-    branch = ws.branch("world")
+    ws = Workspace()
+    branch = ws.branch("world", pipe)
     image = read_image("start.png", _png((64, 64)), pipe)
     actions.apply(
         ws, _wait(Job("start", actions.start_from_image(branch, image), Gate()).start()).result
@@ -217,8 +217,8 @@ def test_world_work_runs_on_a_fork_and_applies_steps_with_metrics(pipe):
 
 
 def test_story_steps_group_reference_beat_and_caption(pipe):
-    ws = Workspace(pipe)
-    branch = ws.branch("story")
+    ws = Workspace()
+    branch = ws.branch("story", pipe)
     reference = read_image("ref.png", _png((64, 64)), pipe)
     beats = [chains.Beat("a fox", reference), chains.Beat("the fox sleeps")]
     work = actions.story(branch, beats, FAST, caption=True)
@@ -242,8 +242,8 @@ def test_story_steps_group_reference_beat_and_caption(pipe):
 
 
 def test_edit_with_thinking_keeps_the_thought(pipe):
-    ws = Workspace(pipe)
-    branch = ws.branch("story")
+    ws = Workspace()
+    branch = ws.branch("story", pipe)
     actions.apply(
         ws, _wait(Job("s", actions.story(branch, ["a cat"], FAST, False), Gate()).start()).result
     )
@@ -377,16 +377,3 @@ def test_app_options(monkeypatch):
     assert app_options(["--threads", "2"], {"WORKBENCH_THREADS": "3"}).threads == 2
     with pytest.raises(SystemExit):
         app_options(["--threads", "0"], {})
-
-
-def test_a_workspace_is_saved_by_one_connected_tab_at_a_time():
-    from workbench.app.autosave import Claims
-
-    claims, connected = Claims(), {"tab-1"}
-    alive = connected.__contains__
-    assert claims.claim("ws", "tab-1", alive)
-    assert claims.claim("ws", "tab-1", alive)  # its own later runs
-    assert not claims.claim("ws", "tab-2", alive)  # a duplicated tab, the first still open
-    assert claims.claim("other", "tab-2", alive)
-    connected.discard("tab-1")  # the first tab reloaded or closed
-    assert claims.claim("ws", "tab-3", alive)

@@ -21,6 +21,7 @@ from test_app import (  # the AppTest fixture and helpers
     settle,
 )
 
+from bagel.checkpoint import checkpoint_identity
 from workbench import chains, store
 from workbench.app import actions, autosave
 from workbench.app.branches import Workspace
@@ -94,7 +95,8 @@ def test_a_new_tab_offers_the_recent_work_and_can_start_fresh(app, tiny_dir, tmp
     other = _fresh_app(tiny_dir, tmp_path / "sessions", monkeypatch)
     assert other.session_state["workspace_id"] != app.session_state["workspace_id"]
     assert any(
-        "Autosaved from a recent visit: world-1 (1 frame)" in m.value for m in other.markdown
+        "Autosaved from a recent visit: 1 world (world-1: 1 frame)" in m.value
+        for m in other.markdown
     )
     other.button(key="restore_dismiss").click().run()
     assert not any("Autosaved" in m.value for m in other.markdown)
@@ -209,7 +211,7 @@ def test_cancel_stops_opening_and_a_cancelled_upload_leaves_nothing(pipe, saved_
 
 def test_cancel_stops_downloads_and_the_story_page_embeds_its_images(pipe, saved_story):
     _, session = saved_story
-    ws = Workspace(pipe)
+    ws = Workspace()
     branch = ws.add("story", session.fork())
     box, wrap = _cancel_at(2)
     box.append(Job("downloads", wrap(actions.downloads(branch)), Gate()))
@@ -221,8 +223,8 @@ def test_cancel_stops_downloads_and_the_story_page_embeds_its_images(pipe, saved
 
 
 def test_cancel_stops_thinking_within_one_token(pipe):
-    ws = Workspace(pipe)
-    branch = ws.branch("story")
+    ws = Workspace()
+    branch = ws.branch("story", pipe)
     branch.session.add_text("a fox")
     branch.session.generate_image(FAST)
     before = (len(branch.session.turns), branch.session.main.length)
@@ -246,11 +248,17 @@ def test_cancel_stops_thinking_within_one_token(pipe):
     assert (len(branch.session.turns), branch.session.main.length) == before
 
 
-def test_autosaved_json_is_readable_by_any_parser(app, tmp_path):
+def test_autosaved_json_is_readable_by_any_parser(app, tiny_dir, tmp_path):
     _start_world(app)
     wid = app.session_state["workspace_id"]
     meta = tmp_path / "sessions" / "autosave" / wid / "world-1" / "branch.json"
-    assert json.loads(meta.read_text()) == {"page": "world", "frames": 1, "labels": {"1": "start"}}
+    assert json.loads(meta.read_text()) == {  # the branch's model recorded with it
+        "page": "world",
+        "model": str(tiny_dir),
+        "identity": checkpoint_identity(tiny_dir),
+        "frames": 1,
+        "labels": {"1": "start"},
+    }
     assert "1 frame" in _texts(app.caption)
 
 

@@ -8,12 +8,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from test_app import _ok, app_test, settle  # the AppTest helpers
+from test_app import _ok, app_test, current, settle  # the AppTest helpers
 
+from bagel.checkpoint import checkpoint_identity, load
 from bagel.tiny import make_tiny
+from workbench import store
+from workbench.app import models
 from workbench.app.model import model_for_page
 from workbench.app.world_truth import start_view, start_world, true_frames
 from workbench.metrics import psnr, ssim
+from workbench.session import Session
 from workbench.world import model as world_model
 from workbench.world.eval import PSNR_CAP
 
@@ -68,7 +72,7 @@ def test_world_model_starts_from_the_rendered_world_and_scores_against_truth(
     settle(at.run())
     at.button(key="move_forward").click()
     settle(at.run())
-    branch = at.session_state["workspace"].branch("world")
+    branch = current(at, "world")
     assert [s.label for s in branch.shots] == ["start", "turn left", "forward"]
     # the truth, rendered here independently of the page
     world = start_world(5)
@@ -121,12 +125,12 @@ def test_a_typed_path_walks_as_one_job_with_its_truth(world_dir, tmp_path, monke
     settle(at.run())
     assert any("'fly' is not a move" in e.value for e in at.error)
     assert at.text_input(key="world_path_text").value == "turn left, fly"
-    branch = at.session_state["workspace"].branch("world")
+    branch = current(at, "world")
     assert len(branch.shots) == 1
     at.text_input(key="world_path_text").set_value("turn left, forward x2")
     at.button(key="world_path_go").click()
     settle(at.run())
-    branch = at.session_state["workspace"].branch("world")
+    branch = current(at, "world")
     assert [s.label for s in branch.shots] == ["start", "turn left", "forward", "forward"]
     expected = [s.label for s in branch.shots]
     world, truth = start_world(2), []
@@ -137,7 +141,7 @@ def test_a_typed_path_walks_as_one_job_with_its_truth(world_dir, tmp_path, monke
     assert list(_truth_table(at)["frame"]) == [1, 2, 3, 4]
     # each move is a frame of its own: undo drops one
     at.button(key="world_undo").click().run()
-    assert [s.label for s in at.session_state["workspace"].branch("world").shots] == expected[:3]
+    assert [s.label for s in current(at, "world").shots] == expected[:3]
 
 
 def test_truth_replays_moves_and_ticks_and_stops_at_a_rotation():
@@ -162,3 +166,84 @@ def test_the_world_page_defaults_to_the_world_model_when_present(tmp_path, monke
     assert model_for_page("", "World") == str(tmp_path / "world-64")
     assert model_for_page("", "Story") == ""
     assert model_for_page(" /my/ckpt ", "World") == "/my/ckpt"  # asked for: always that
+
+
+def test_a_tab_that_used_both_pages_restores_both_from_the_story_page(
+    world_dir, tmp_path, monkeypatch
+):
+    """Story on the tiny default, World on the world model: a reload lands on the Story
+    page, whose Restore brings back both branches, each on its own model."""
+    monkeypatch.setattr(world_model, "WORLD_MODEL", world_dir)
+    monkeypatch.delenv("WORKBENCH_MODEL", raising=False)
+    monkeypatch.setenv("WORKBENCH_SESSIONS", str(tmp_path / "sessions"))
+    at = app_test(monkeypatch)
+    at.run()
+    at.sidebar.number_input(key="knob_steps").set_value(2)
+    at.sidebar.checkbox(key="knob_auto_size").uncheck()
+    at.run()
+    at.sidebar.number_input(key="knob_height").set_value(64)
+    at.sidebar.number_input(key="knob_width").set_value(64)
+    at.text_area(key="beat_text").set_value("a fox finds a lantern")
+    at.button(key="FormSubmitter:beat_form-Add beat").click().run()
+    at.button(key="story_generate").click()
+    settle(at.run())
+    at.sidebar.radio(key="page").set_value("World").run()
+    at.button(key="world_start_view").click()
+    settle(at.run())
+    at.button(key="move_forward").click()
+    settle(at.run())
+    assert at.query_params["page"] == "world"  # a reload returns to it
+    before = {n: (b.model, [s.image.tobytes() for s in b.shots]) for n, b in _branches(at)}
+    assert before["world-1"][0] == str(world_dir) and before["story-1"][0] == ""
+
+    reloaded = app_test(monkeypatch)
+    reloaded.query_params["ws"] = at.session_state["workspace_id"]
+    reloaded.run()  # no page in the address: the Story page
+    _ok(reloaded)
+    offer = " ".join(m.value for m in reloaded.markdown)
+    assert "1 story (story-1: 1 frame) and 1 world (world-1: 2 frames)" in offer
+    reloaded.button(key="restore_0").click()
+    settle(reloaded.run())
+    assert not reloaded.error
+    after = {n: (b.model, [s.image.tobytes() for s in b.shots]) for n, b in _branches(reloaded)}
+    assert after == before
+    pipes = {n: b.session.pipe for n, b in _branches(at)}  # the process's loaded models
+    assert pipes["world-1"] is not pipes["story-1"]
+    assert all(b.session.pipe is pipes[n] for n, b in _branches(reloaded))
+    reloaded.sidebar.radio(key="page").set_value("World").run()
+    assert "2 frames" in _captions(reloaded.caption)
+
+
+def _branches(at: AppTest):
+    return at.session_state["workspace"].branches.items()
+
+
+def test_a_saved_world_opens_on_its_own_model_asking_first_for_a_large_load(
+    tiny_dir, tmp_path, monkeypatch
+):
+    """The Sessions page opens a world saved on the world model on that model (found by
+    its checkpoint identity), not on the page's; a large load is asked for first."""
+    own = make_tiny(tmp_path / "world", seed=0)
+    config = own / "llm_config.json"
+    config.write_text(config.read_text() + "\n")  # another identity than the tiny one's
+    world_model.write_marker(own)
+    session = Session(load(own, device="cpu", dtype="float32"))
+    session.add_image(start_view(0))
+    store.save(session, tmp_path / "sessions" / "my-world")
+    monkeypatch.setattr(world_model, "WORLD_MODEL", own)
+    monkeypatch.setattr(models, "LARGE_LOAD_BYTES", 0)  # every model counts as large
+    at = _run_app(tiny_dir, tmp_path, monkeypatch)
+    at.sidebar.radio(key="page").set_value("Sessions").run()
+    at.radio(key="open_source").set_value("the saved sessions").run()
+    at.button(key="open").click().run()
+    _ok(at)
+    assert any("my-world was made with the world model" in w.value for w in at.warning)
+    at.button(key="open_load").click()
+    settle(at.run())
+    assert any("Opened my-world as **world-1** on the World page" in s.value for s in at.success)
+    branch = at.session_state["workspace"].branches["world-1"]
+    assert branch.model == str(own) and branch.session.pipe.identity == checkpoint_identity(own)
+    at.sidebar.radio(key="page").set_value("World").run()
+    at.button(key="move_forward").click()
+    settle(at.run())
+    assert len(current(at, "world").shots) == 2

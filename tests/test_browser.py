@@ -2,7 +2,12 @@
 
 A world walk with an MP4 download; a story's branches (Regenerate and Fork twice, each
 shown), a rejected upload explained, the story page opened on its own, a reload
-restoring every branch; Cancel stopping a replay.
+restoring every branch; Cancel stopping a replay. One workspace across the pages: a tab
+that used Story and World restores both after a reload; a World archive saved and
+opened from the Sessions page; two browsers at one address after Start fresh never
+write the same autosave folder; a reload during a job says what became of it; the
+World page's progress and Cancel sit by its buttons. The browser driving is
+bench/browser.py's (the app benchmark drives the app with it too).
 
 Needs Debian's chromium and chromium-driver (scripts/browser-deps.sh installs them;
 scripts/test.sh runs it). Without them this test fails, it does not skip. The screenshot
@@ -11,104 +16,64 @@ of the last state goes to tests/artifacts/ (or $TEST_ARTIFACTS); its path is pri
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import imageio.v3 as iio
 import pytest
 
+from bench.browser import (
+    STARTUP_SECONDS,
+    STEP_SECONDS,
+    AppServer,
+    BrowserMissing,
+    Page,
+    app_env,
+    button,
+    chromium,
+    exact_button,
+    sidebar,
+)
 from workbench import chains, store
 from workbench.params import GenerationParams
 from workbench.session import Session
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
-STARTUP_SECONDS = 120
-STEP_SECONDS = 300  # one generation on a loaded CI machine, the first one loading the model
 # the suite's per-test limit (pyproject.toml), raised above this module's own waits: the
 # server's start and a few slow steps, each of which fails the test with its own message
 pytestmark = pytest.mark.timeout(STARTUP_SECONDS + 2 * STEP_SECONDS + 180)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                if reply.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"streamlit did not answer on {url} within {STARTUP_SECONDS} s:\n{log.read_text()}")
-
-
 @pytest.fixture
 def app_url(tmp_path):
-    """`streamlit run streamlit_app.py` on a free 127.0.0.1 port, on the tiny default."""
-    port = _free_port()
-    env = {**os.environ, "WORKBENCH_SESSIONS": str(tmp_path / "sessions")}
-    env.pop("WORKBENCH_MODEL", None)  # the tiny default, as a user gets it
+    """`streamlit run streamlit_app.py` on a free 127.0.0.1 port, on the defaults a user
+    gets (the tiny default; the shipped world model on the World page)."""
     log = tmp_path / "streamlit.log"
-    command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py"]
-    command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, process, log)
-        yield url
+        with AppServer(app_env(tmp_path / "sessions"), log) as url:
+            yield url
+    except RuntimeError as err:
+        pytest.fail(str(err))
     finally:
-        print(f"streamlit's log:\n{log.read_text(errors='replace')[-6000:]}")  # on failure
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if log.exists():
+            print(f"streamlit's log:\n{log.read_text(errors='replace')[-6000:]}")  # on failure
+
+
+def _chromium(downloads: Path | None = None):
+    try:
+        return chromium(downloads)
+    except BrowserMissing as err:
+        pytest.fail(str(err))  # the browser test fails without a browser, it never skips
 
 
 @pytest.fixture
 def browser(tmp_path):
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.fail(
-            "the browser test needs Debian's chromium and chromium-driver: "
-            "run `bash scripts/browser-deps.sh` (as root) or scripts/test.sh, which does"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(flag)
-    options.add_argument("--window-size=1400,1200")
-    options.add_experimental_option(
-        "prefs",
-        {"download.default_directory": str(downloads), "download.prompt_for_download": False},
-    )
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.execute_cdp_cmd(
-        "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
-    )
-    driver.downloads = downloads
+    driver = _chromium(downloads)
     try:
         yield driver
     finally:
@@ -116,27 +81,25 @@ def browser(tmp_path):
 
 
 def test_world_forward_twice_undo_export_mp4(app_url, browser):
-    from selenium.webdriver.common.by import By
-
-    page = _AppPage(browser)
+    page = Page(browser)
     browser.get(app_url)
     try:
-        page.click("//*[@data-testid='stSidebar']//label[normalize-space(.)='World']")
+        page.click(sidebar("World"))
         # with no model chosen the World page runs the shipped world model, and says so
         page.wait_for_text("trained on the rendered world")
-        page.click(_button("Start from this view"))  # the rendered world's view of seed 0
+        page.click(button("Start from this view"))  # the rendered world's view of seed 0
         page.wait_for_caption("1 frame")
         for frames in ("2 frames", "3 frames"):
-            page.click(_button("Forward"))
+            page.click(button("Forward"))
             page.wait_for_caption(frames)
-        page.click(_button("Undo last frame"))
+        page.click(button("Undo last frame"))
         page.wait_for_caption("2 frames")
-        page.click(_button("Prepare downloads"))
+        page.click(button("Prepare downloads"))
         page.click("//*[@data-testid='stDownloadButton']//button[normalize-space(.)='MP4']")
         video = page.wait_for_download("world-1-frames.mp4")
         assert video.read_bytes()[4:8] == b"ftyp"
         assert len(iio.imread(video, plugin="FFMPEG")) == 2  # start + one forward
-        assert not browser.find_elements(By.XPATH, "//*[@data-testid='stException']")
+        assert not page.has_exception()
     finally:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shot = ARTIFACTS / "browser_world.png"
@@ -145,98 +108,34 @@ def test_world_forward_twice_undo_export_mp4(app_url, browser):
         print(f"screenshot: {shot}")
 
 
-def _button(text: str) -> str:
-    return f"//button[contains(normalize-space(.), '{text}')]"
-
-
-class _Page:
-    """Waits for Streamlit's reruns: every action waits until its target is ready."""
-
-    def __init__(self, driver):
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        self.driver = driver
-        self.wait = WebDriverWait(driver, STEP_SECONDS, poll_frequency=0.25)
-
-    def click(self, xpath: str) -> None:
-        from selenium.common.exceptions import (
-            ElementClickInterceptedException,
-            StaleElementReferenceException,
-        )
-        from selenium.webdriver.common.by import By
-
-        def clicked(driver) -> bool:
-            for element in driver.find_elements(By.XPATH, xpath):
-                try:
-                    if element.is_displayed() and element.is_enabled():
-                        element.click()
-                        return True
-                except (StaleElementReferenceException, ElementClickInterceptedException):
-                    return False
-            return False
-
-        self.wait.until(clicked, f"no enabled element {xpath}")
-
-    def type_into(self, label: str, text: str) -> None:
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.common.keys import Keys
-
-        xpath = f"//input[@aria-label='{label}']"
-        self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no input {label!r}")
-        field = self.driver.find_element(By.XPATH, xpath)
-        field.send_keys(Keys.CONTROL, "a")
-        field.send_keys(text, Keys.ENTER)
-        self.wait.until(
-            lambda d: d.find_element(By.XPATH, xpath).get_attribute("value") == text,
-            f"{label!r} did not take {text!r}",
-        )
-        time.sleep(1)  # the rerun the value triggers
-
-    def wait_for_caption(self, text: str) -> None:
-        from selenium.webdriver.common.by import By
-
-        xpath = f"//*[@data-testid='stCaptionContainer'][normalize-space(.)='{text}']"
-        self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no caption {text!r}")
-
-    def wait_for_download(self, name: str) -> Path:
-        path = self.driver.downloads / name
-        self.wait.until(lambda d: path.is_file() and path.stat().st_size > 0, f"no {name}")
-        return path
-
-
 # -- the work-keeping flows: branches in view, reload restores, downloads, cancel --
 
 BRANCH_PICKER = "//*[@data-testid='stSelectbox'][.//label[normalize-space(.)='Branch']]"
 
 
-def _strip_sources(page: _AppPage) -> list[str]:
+def _strip_sources(page: Page) -> list[str]:
     """The strip's image addresses (Streamlit names media by content: equal images,
     equal addresses)."""
-    from selenium.webdriver.common.by import By
-
     xpath = (  # the strip only, not the Compare section below it
         "//*[@data-testid='stImage'][not(preceding::*[normalize-space(text())="
         "'Compare branches'])]//img"
     )
-    return [
-        img.get_attribute("src").split("/")[-1]
-        for img in page.driver.find_elements(By.XPATH, xpath)
-    ]
+    return [img.get_attribute("src").split("/")[-1] for img in page.find(xpath)]
 
 
-def _choose(page: _AppPage, picker: str, option: str) -> None:
+def _choose(page: Page, picker: str, option: str) -> None:
     page.click(f"{picker}//input")
     page.click(f"//*[@role='option'][normalize-space(.)='{option}']")
     page.wait_for_text(f"Strip of {option}")
 
 
-def _add_beat(page: _AppPage, text: str) -> None:
+def _add_beat(page: Page, text: str) -> None:
     page.type_area("Beat text", text)
-    page.click(_button("Add beat"))
+    page.click(button("Add beat"))
 
 
 def test_story_branches_reload_restore_and_the_story_page(app_url, browser, tmp_path):
-    page = _AppPage(browser)
+    page = Page(browser)
     browser.get(app_url)
     page.type_into("Denoising steps", "2")
     # a rejected reference: its reason in the form, the beat not added, the text kept
@@ -250,17 +149,17 @@ def test_story_branches_reload_restore_and_the_story_page(app_url, browser, tmp_
     assert page.value_of("//textarea[@aria-label='Beat text']") == "the fox sleeps"
     assert not page.has_markdown("the fox sleeps")
     page.click("//*[@data-testid='stFileChipDeleteBtn']/descendant-or-self::button")
-    page.click(_button("Add beat"))
+    page.click(button("Add beat"))
     page.wait_for_markdown("the fox sleeps")
-    page.click(_button("Generate 2 beats"))
+    page.click(button("Generate 2 beats"))
     page.wait_for_caption("2 frames")
     # Regenerate twice and Fork twice: every new branch is the one shown, with a notice
     for new in ("story-2", "story-3"):
-        page.click(_button("Regenerate"))
+        page.click(button("Regenerate"))
         page.wait_for_text(f"made the branch {new}, now shown")
         page.wait_for_text(f"Strip of {new}")
     for new in ("story-4", "story-5"):
-        page.click(_button("Fork this story"))
+        page.click(button("Fork this story"))
         page.wait_for_text(f"as {new}, now shown")
         page.wait_for_text(f"Strip of {new}")
     frames = {}
@@ -270,7 +169,7 @@ def test_story_branches_reload_restore_and_the_story_page(app_url, browser, tmp_
         assert len(frames[name]) == 2
     assert frames["story-1"][1] != frames["story-2"][1] != frames["story-3"][1]
     # the story page download opens on its own with every image
-    page.click(_button("Prepare downloads"))
+    page.click(button("Prepare downloads"))
     page.click("//*[@data-testid='stDownloadButton']//button[normalize-space(.)='Story page']")
     story = page.wait_for_download("story-5-story.html")
     address = browser.current_url  # with this tab's ?ws=
@@ -285,7 +184,7 @@ def test_story_branches_reload_restore_and_the_story_page(app_url, browser, tmp_
     page.wait_for_text("Autosaved from a recent visit")
     browser.get(address)  # a reload of the first tab
     page.wait_for_text("Autosaved from this address")
-    page.click(_button("Restore"))
+    page.click(button("Restore"))
     page.wait_for_text("Restored 5 branches")
     for name, sources in frames.items():
         _choose(page, BRANCH_PICKER, name)
@@ -318,72 +217,148 @@ def slow_story(tmp_path):
 
 
 def test_cancel_stops_a_replay(slow_story, app_url, browser):
-    page = _AppPage(browser)
+    page = Page(browser)
     browser.get(app_url)
-    page.click("//*[@data-testid='stSidebar']//label[normalize-space(.)='Sessions']")
-    page.click(_button("Replay"))
+    page.click(sidebar("Sessions"))
+    page.click(button("Replay"))
     page.wait_for_text("replaying slow: regenerating and comparing: turn")
-    page.click(_button("Cancel"))
+    page.click(button("Cancel"))
     page.wait_for_text("Cancelled replaying slow")
     assert not (slow_story / "replay_report.json").exists()
     assert not page.has_exception()
 
 
-class _AppPage(_Page):
-    """_Page with the text, upload and text-area helpers the app flows need."""
-
-    def wait_for_text(self, text: str) -> None:
-        from selenium.webdriver.common.by import By
-
-        xpath = f"//*[contains(normalize-space(.), {_literal(text)})]"
-        self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no text {text!r}")
-
-    def has_markdown(self, text: str) -> bool:
-        from selenium.webdriver.common.by import By
-
-        xpath = (
-            "//*[@data-testid='stMarkdownContainer']"
-            f"[contains(normalize-space(.), {_literal(text)})]"
-        )
-        return bool(self.driver.find_elements(By.XPATH, xpath))
-
-    def wait_for_markdown(self, text: str) -> None:
-        self.wait.until(lambda d: self.has_markdown(text), f"no markdown {text!r}")
-
-    def type_area(self, label: str, text: str) -> None:
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.common.keys import Keys
-
-        xpath = f"//textarea[@aria-label='{label}']"
-        self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no text area {label!r}")
-        field = self.driver.find_element(By.XPATH, xpath)
-        field.send_keys(Keys.CONTROL, "a")
-        field.send_keys(text)
-
-    def value_of(self, xpath: str) -> str:
-        from selenium.webdriver.common.by import By
-
-        return self.driver.find_element(By.XPATH, xpath).get_attribute("value")
-
-    def upload(self, label: str, path: Path) -> None:
-        from selenium.webdriver.common.by import By
-
-        xpath = (
-            f"//*[@data-testid='stFileUploader'][.//label[contains(., '{label}')]]"
-            "//input[@type='file']"
-        )
-        self.wait.until(lambda d: d.find_elements(By.XPATH, xpath), f"no uploader {label!r}")
-        self.driver.find_element(By.XPATH, xpath).send_keys(str(path))
-        self.wait.until(
-            lambda d: d.find_elements(By.XPATH, f"//*[contains(text(), '{path.name}')]"),
-            f"{path.name} not uploaded",
-        )
-
-    def has_exception(self) -> bool:
-        from selenium.webdriver.common.by import By
-
-        return bool(self.driver.find_elements(By.XPATH, "//*[@data-testid='stException']"))
+# -- one workspace across Story and World; one tab per address; jobs and reloads --
 
 
-def _literal(text: str) -> str:
-    return f"'{text}'" if "'" not in text else f'"{text}"'
+def test_story_and_world_restore_after_a_reload(app_url, browser):
+    """Story on the tiny default, World on the world model: a reload returns to the
+    World page and its Restore brings back both, each on its own model."""
+    page = Page(browser)
+    browser.get(app_url)
+    page.type_into("Denoising steps", "2")
+    # the reference uploader states its own limit, the one its label's check applies
+    assert page.has_text("20MB per file") and not page.has_text("200MB")
+    _add_beat(page, "a fox finds a lantern")
+    page.click(button("Generate 1 beat"))
+    page.wait_for_caption("1 frame")
+    page.click(sidebar("World"))
+    page.click(button("Start from this view"))
+    page.wait_for_caption("1 frame")
+    page.click(button("Forward"))
+    page.wait_for_caption("2 frames")
+    browser.get(browser.current_url)  # a reload
+    page.wait_for_text("Autosaved from this address: 1 story (story-1: 1 frame) and 1 world")
+    assert page.has_text("The world model samples with its own settings")  # still World
+    page.click(button("Restore"))
+    page.wait_for_text("Restored 2 branches, on the Story page and the World page")
+    page.wait_for_caption("2 frames")
+    page.click(sidebar("Story"))
+    page.wait_for_text("Strip of story-1")
+    page.wait_for_caption("1 frame")
+    assert not page.has_exception() and not page.has_text("saved with checkpoint")
+
+
+def test_a_world_saved_and_opened_from_the_sessions_page(app_url, browser):
+    page = Page(browser)
+    browser.get(app_url)
+    page.click(sidebar("World"))
+    page.click(button("Start from this view"))
+    page.wait_for_caption("1 frame")
+    page.click(button("Forward"))
+    page.wait_for_caption("2 frames")
+    page.click(button("Prepare downloads"))
+    page.click("//*[@data-testid='stDownloadButton']//button[normalize-space(.)='Session archive']")
+    archive = page.wait_for_download("world-1-session.zip")
+    page.click(sidebar("Sessions"))
+    page.click(exact_button("Save"))
+    page.wait_for_text("Saved world-1 in")
+    page.upload("Session archive", archive)
+    page.click(exact_button("Open"))
+    page.wait_for_text("Opened world-1-session as world-2 on the World page")
+    page.click(sidebar("World"))
+    page.wait_for_text("Timeline of world-2")
+    page.click(button("Forward"))  # it carries on, on the world model
+    page.wait_for_caption("3 frames")
+    assert not page.has_exception() and not page.has_text("saved with checkpoint")
+
+
+def test_two_tabs_after_start_fresh_never_write_the_same_autosave(app_url, browser, tmp_path):
+    sessions = tmp_path / "sessions" / "autosave"
+    page = Page(browser)
+    browser.get(app_url)
+    page.type_into("Denoising steps", "2")
+    _add_beat(page, "one")
+    page.click(button("Generate 1 beat"))
+    page.wait_for_caption("1 frame")
+    first = _ws(browser.current_url)
+    browser.get(browser.current_url)  # a reload, then Start fresh: a new address
+    page.click(button("Start fresh"))
+    page.wait.until(lambda d: _ws(d.current_url) not in ("", first), "no new address")
+    fresh = browser.current_url
+    page.type_into("Denoising steps", "2")
+    for text in ("two", "three"):
+        _add_beat(page, text)
+        page.wait_for_markdown(text)
+    page.click(button("Generate 2 beats"))
+    page.wait_for_caption("2 frames")
+    second = _chromium()  # another browser, at the first tab's new address
+    try:
+        other = Page(second)
+        second.get(fresh)
+        other.wait_for_text("This address is open in another tab")
+        mine = _ws(second.current_url)
+        assert mine not in ("", _ws(fresh))
+        other.type_into("Denoising steps", "2")
+        _add_beat(other, "four")
+        other.click(button("Generate 1 beat"))
+        other.wait_for_caption("1 frame")
+        page.click(button("Undo last beat"))  # the first tab's change after the second's
+        page.wait_for_caption("1 frame")
+        other.wait_for_caption("1 frame")
+    finally:
+        second.quit()
+    a, b = (sessions / _ws(fresh) / "story-1", sessions / mine / "story-1")
+    a_text, b_text = (f.joinpath("session.json").read_text() for f in (a, b))
+    assert '"two"' in a_text and '"three"' not in a_text and '"four"' not in a_text
+    assert '"four"' in b_text and '"two"' not in b_text
+    claims = [json.loads((f.parent / "claim.json").read_text())["tab"] for f in (a, b)]
+    assert claims[0] != claims[1]
+
+
+def test_a_reload_during_a_job_says_what_became_of_it(slow_story, app_url, browser):
+    page = Page(browser)
+    browser.get(app_url)
+    page.click(sidebar("Sessions"))
+    page.click(button("Replay"))
+    page.wait_for_text("replaying slow: regenerating and comparing: turn")
+    browser.get(browser.current_url)  # a reload
+    page.wait_for_text("The page was reloaded while replaying slow was running, so it was stopped")
+    assert page.has_text("Regenerates every model turn")  # back on the Sessions page
+    assert not page.has_exception()
+
+
+def test_the_world_pages_progress_and_cancel_are_by_its_buttons(app_url, browser):
+    """On the tiny default at 50 steps (the world model's frames are too quick to catch),
+    Predict's progress bar and Cancel show right under the Predict button."""
+    page = Page(browser)
+    browser.get(app_url)
+    page.click("//*[@data-testid='stSidebar']//summary[contains(normalize-space(.), 'Model')]")
+    page.type_into("Checkpoint folder or hub id", str(REPO / ".cache" / "tiny-bagel"))
+    page.click(sidebar("World"))
+    page.type_into("Prompt", "a quiet street")
+    page.click(button("Start from prompt"))
+    page.wait_for_caption("1 frame")
+    page.type_into("Frames", "8")
+    page.click(exact_button("Predict"))
+    page.wait.until(lambda d: page.find(PROGRESS), "no progress bar")
+    bar = page.find(PROGRESS)[0].location["y"]
+    predict = page.find(exact_button("Predict"))[0].location["y"]
+    cancel = page.find(exact_button("Cancel"))[0].location["y"]
+    assert 0 < bar - predict < 300 and 0 < cancel - bar < 150  # right under Predict
+    page.click(exact_button("Cancel"))
+    page.wait_for_text("Cancelled predict 8 frames")
+    page.wait_for_caption("1 frame")
+
+
+PROGRESS = "//*[@data-testid='stProgress']"

@@ -46,6 +46,7 @@ class Outcome:
     session: Session
     steps: list[Step]
     metrics: list[FrameMetrics] | None = None
+    model: str = ""  # the model the session runs on (Branch.model)
 
 
 def apply(workspace: Workspace, outcome: Outcome) -> Branch:
@@ -56,7 +57,12 @@ def apply(workspace: Workspace, outcome: Outcome) -> Branch:
         workspace.current[branch.page] = branch.name
         return branch
     return workspace.add(
-        outcome.page, outcome.session, outcome.steps, outcome.metrics, name=outcome.branch
+        outcome.page,
+        outcome.session,
+        outcome.steps,
+        outcome.metrics,
+        name=outcome.branch,
+        model=outcome.model,
     )
 
 
@@ -109,7 +115,7 @@ def _on_branch(
             session.rewind(len(session.turns) - start)
             raise
         target = None if new_branch_from is not None else branch.name
-        return Outcome(branch.page, target, session, steps, metrics)
+        return Outcome(branch.page, target, session, steps, metrics, branch.model)
 
     return work
 
@@ -208,11 +214,16 @@ def edit(branch: Branch, instruction: str, params: GenerationParams, think: bool
 
 
 def open_saved(
-    folder: Path, page: str, pipe: BagelPipeline, allow_other: bool, discard: bool = False
+    folder: Path,
+    page: str,
+    pipe: BagelPipeline,
+    allow_other: bool,
+    discard: bool = False,
+    model: str = "",
 ) -> Work:
-    """Rebuild a saved session (its turns' appends run on the model) as a new branch.
-    discard: remove `folder` if the session cannot be opened (or the user cancels), for
-    a just-unpacked upload that should leave nothing behind."""
+    """Rebuild a saved session (its turns' appends run on the model `pipe`, loaded from
+    `model`) as a new branch. discard: remove `folder` if the session cannot be opened
+    (or the user cancels), for a just-unpacked upload that should leave nothing behind."""
 
     def work(progress: ProgressFn) -> Outcome:
         set_phase(progress, "re-encoding the turns", "turn")
@@ -229,7 +240,7 @@ def open_saved(
         if page == "world":
             set_phase(progress, "consistency metrics")
             metrics = metrics_of(pipe, steps)
-        return Outcome(page, None, session, steps, metrics)
+        return Outcome(page, None, session, steps, metrics, model)
 
     return work
 

@@ -114,6 +114,7 @@ class Branch:
     metrics: list[FrameMetrics] = field(default_factory=list)  # per shot, when computed
     revision: int = 0  # bumped on every change (downloads are keyed by it)
     truth_seed: int | None = None  # world models: the rendered view its first frame is
+    model: str = ""  # the model it runs on, as loaded ("": the tiny default)
 
     @property
     def shots(self) -> list[Shot]:
@@ -139,18 +140,20 @@ class Branch:
 
 @dataclass
 class Workspace:
-    """One browser session's branches, on one model."""
+    """One browser session's branches, of any page and any model: each branch's session
+    runs on its own model (`Branch.model` names it, `session.pipe` is it)."""
 
-    pipe: BagelPipeline
     branches: dict[str, Branch] = field(default_factory=dict)
     current: dict[str, str] = field(default_factory=dict)  # page -> branch name
 
-    def branch(self, page: str) -> Branch:
-        """The page's current branch (an empty one is made on first use)."""
+    def branch(self, page: str, pipe: BagelPipeline, model: str = "") -> Branch:
+        """The page's current branch; an empty one on `pipe` when there is none (or the
+        current one is empty and on another model)."""
         name = self.current.get(page)
-        if name not in self.branches:
-            return self.add(page, Session(self.pipe))
-        return self.branches[name]
+        found = self.branches.get(name) if name is not None else None
+        if found is None or (not found.session.turns and found.session.pipe is not pipe):
+            return self.new(page, pipe, model)
+        return found
 
     def of_page(self, page: str) -> list[Branch]:
         return [b for b in self.branches.values() if b.page == page]
@@ -162,9 +165,10 @@ class Workspace:
         steps: list[Step] | None = None,
         metrics: list[FrameMetrics] | None = None,
         name: str | None = None,
+        model: str = "",
     ) -> Branch:
-        """A new branch, named `name` if given and free, else `{page}-{n}`, which becomes
-        current; it takes the place of the page's empty branches."""
+        """A new branch on `model`, named `name` if given and free, else `{page}-{n}`,
+        which becomes current; it takes the place of the page's empty branches."""
         if page not in PAGES:
             raise ValueError(f"page must be one of {PAGES}, got {page!r}")
         for empty in [b.name for b in self.of_page(page) if not b.session.turns]:
@@ -175,16 +179,19 @@ class Workspace:
                 n += 1
             name = f"{page}-{n}"
         branch = Branch(name, page, session, list(steps or []), list(metrics or []))
+        branch.model = model
         self.branches[branch.name] = branch
         self.current[page] = branch.name
         return branch
 
-    def new(self, page: str) -> Branch:
-        """An empty branch on the page (a new story or world), made current."""
-        return self.add(page, Session(self.pipe))
+    def new(self, page: str, pipe: BagelPipeline, model: str = "") -> Branch:
+        """An empty branch on the page (a new story or world) on `pipe`, made current."""
+        return self.add(page, Session(pipe), model=model)
 
     def fork(self, branch: Branch) -> Branch:
-        """A new branch sharing `branch`'s past (no KV copied)."""
-        fork = self.add(branch.page, branch.session.fork(), branch.steps, branch.metrics)
+        """A new branch sharing `branch`'s past (no KV copied), on its model."""
+        fork = self.add(
+            branch.page, branch.session.fork(), branch.steps, branch.metrics, model=branch.model
+        )
         fork.truth_seed = branch.truth_seed
         return fork

@@ -92,6 +92,7 @@ class Job:
         self.phase, self.unit = "", "step"  # what the work is doing now, what it counts
         self.result: Any = None
         self.error: str | None = None
+        self.exception: BaseException | None = None  # what failed (words.for_people reads it)
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"job: {title}", daemon=True)
 
@@ -141,15 +142,15 @@ class Job:
         except Cancelled:
             self.state = "cancelled"
         except BagelError as err:  # bad input: the message says what to fix
-            self._fail(str(err))
+            self._fail(str(err), err)
         except Exception as err:  # a bug: a short message here, the traceback in the log
             log.exception("job %r failed", self.title)
-            self._fail(f"{type(err).__name__}: {err}")
+            self._fail(f"{type(err).__name__}: {err}", err)
         finally:
             self.gate.leave(self)
 
-    def _fail(self, message: str) -> None:
-        self.error = message
+    def _fail(self, message: str, exception: BaseException) -> None:
+        self.error, self.exception = message, exception
         self.state = "failed"
 
 

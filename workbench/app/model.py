@@ -31,7 +31,8 @@ DEFAULT_SESSIONS = Path("out/sessions")
 RANDOM_WEIGHTS_BANNER = (
     "This is a tiny checkpoint with **random weights**: its images are noise and its "
     "answers gibberish, but every computation is the real one. Start the app with "
-    "`-- --model /path/to/BAGEL-7B-MoT` (or enter a folder in the sidebar) for real output."
+    "`workbench app --model /path/to/BAGEL-7B-MoT` (or enter a folder in the sidebar) "
+    "for real output."
 )
 
 
@@ -82,6 +83,7 @@ class LoadedModel:
     name: str  # what the sidebar shows
     random_weights: bool
     world: bool = False  # a world model of the rendered world (workbench/world/model.py)
+    spec: str = ""  # what it was loaded from ("" the tiny default): a branch's record
 
     @property
     def summary(self) -> str:
@@ -108,6 +110,7 @@ def model_for_page(spec: str, page: str) -> str:
 def load_model(model: str, device: str = "auto", profile: str | None = None) -> LoadedModel:
     """Load a checkpoint folder or hub id; "" makes (if needed) and loads the tiny default.
     `profile`: a memory profile (bagel/profiles.py); None: the device's default."""
+    spec = model
     if not model:
         if not (DEFAULT_TINY / "ae.safetensors").exists():  # written last
             from bagel.tiny import make_tiny
@@ -116,4 +119,4 @@ def load_model(model: str, device: str = "auto", profile: str | None = None) -> 
         model = str(DEFAULT_TINY)
     pipe = load(model, device=device, profile=profile)
     random_weights = pipe.config == BagelConfig.tiny()
-    return LoadedModel(pipe, Gate(), model, random_weights, is_world_model(model))
+    return LoadedModel(pipe, Gate(), model, random_weights, is_world_model(model), spec)
