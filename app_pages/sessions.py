@@ -12,7 +12,7 @@ import streamlit as st
 
 from app_pages import common, tab
 from bagel.errors import BagelError
-from workbench.app import actions, autosave, models
+from workbench.app import actions, autosave, session_models
 from workbench.app.files import (
     MAX_ARCHIVE_MB,
     delete_session,
@@ -143,7 +143,7 @@ def _open(model: LoadedModel, opts: AppOptions) -> None:
         if unpacked:
             shutil.rmtree(folder, ignore_errors=True)
         return
-    if spec not in common.loaded_models() and models.is_large(spec):
+    if spec not in common.loaded_models() and session_models.is_large(spec):
         st.session_state["open_pending"] = (folder, page, spec, other, unpacked)
         st.rerun()
     _start_open(model, folder, page, spec, other, unpacked)
@@ -152,7 +152,7 @@ def _open(model: LoadedModel, opts: AppOptions) -> None:
 def _confirm_open(model, folder: Path, page: str, spec: str, other: bool, unpacked: bool) -> None:
     """Ask before a large load: opening `folder` needs the model `spec`."""
     st.warning(
-        f"{folder.name} was made with {models.describe(spec)}, which is not loaded yet: "
+        f"{folder.name} was made with {session_models.describe(spec)}, which is not loaded yet: "
         "loading it takes a while and as much memory as its weights."
     )
     left, right = st.columns(2)
@@ -170,7 +170,7 @@ def _model_for(folder: Path, model: LoadedModel, other: bool, what: str) -> str 
     """The model to open or replay `folder` on: its own when the app has it, else (with
     OTHER ticked) the page's; None (and a message) when neither."""
     try:
-        identity = models.saved_identity(folder)
+        identity = session_models.saved_identity(folder)
     except BagelError as err:
         common.error(f"{what} {folder.name}", err)
         return None
@@ -183,7 +183,7 @@ def _model_for(folder: Path, model: LoadedModel, other: bool, what: str) -> str 
         f"{folder.name} was made with a model this app cannot find (not the one it was "
         f"started with, nor the tiny default or the world model). Start the app with that "
         f"model (`workbench app --model …`), or tick **{OTHER}** to rebuild it on "
-        f"{models.describe(model.spec)} (its frames will differ)."
+        f"{session_models.describe(model.spec)} (its frames will differ)."
     )
     return None
 
@@ -200,7 +200,7 @@ def _start_open(
         common.notify(
             "success",
             f"Opened {folder.name} as **{branch.name}** on the {page.title()} page "
-            f"({models.describe(spec)}): carry on there.",
+            f"({session_models.describe(spec)}): carry on there.",
         )
 
     common.start_job(

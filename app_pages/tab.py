@@ -10,7 +10,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from app_pages import common
 from bagel.errors import BagelError
-from workbench.app import actions, autosave, models
+from workbench.app import actions, autosave, session_models
 from workbench.app.branches import Branch, Workspace
 from workbench.app.model import LoadedModel
 from workbench.app.words import for_people
@@ -171,14 +171,14 @@ def _large_loads(branches: list[autosave.SavedBranch]) -> list[str]:
     specs = {b.model for b in branches if b.model is not None}
     loaded = common.loaded_models()
     return [
-        f"{models.describe(s)} ({_size(s)})"
+        f"{session_models.describe(s)} ({_size(s)})"
         for s in sorted(specs)
-        if s not in loaded and models.is_large(s)
+        if s not in loaded and session_models.is_large(s)
     ]
 
 
 def _size(spec: str) -> str:
-    size = models.load_bytes(spec)
+    size = session_models.load_bytes(spec)
     return "size unknown: it may be downloaded" if size is None else f"{size / 2**30:.1f} GB"
 
 
@@ -226,11 +226,13 @@ def resolve(folder, recorded: str | None, identity: str | None = None) -> str | 
     this app has no model of its identity."""
     if identity is None:
         try:
-            identity = models.saved_identity(folder)
+            identity = session_models.saved_identity(folder)
         except BagelError:
             identity = None
     loaded = common.loaded_models()
-    return models.model_for(identity, recorded, models.known_models(common.options().model), loaded)
+    return session_models.model_for(
+        identity, recorded, session_models.known_models(common.options().model), loaded
+    )
 
 
 # -- pickers --------------------------------------------------------------------------

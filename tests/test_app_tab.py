@@ -15,7 +15,7 @@ from PIL import Image
 from bagel.checkpoint import checkpoint_identity, load
 from bagel.tiny import make_tiny
 from workbench import store
-from workbench.app import actions, autosave, models
+from workbench.app import actions, autosave, session_models
 from workbench.app.autosave import Claims
 from workbench.app.branches import Workspace
 from workbench.app.words import for_people, technical
@@ -111,18 +111,18 @@ def test_the_model_of_a_saved_session_is_found_by_its_identity(pipe, tiny_dir, o
     session = Session(load(other_dir, device="cpu", dtype="float32"))
     session.add_text("a street")
     folder = store.save(session, tmp_path / "saved")
-    identity = models.saved_identity(folder)
+    identity = session_models.saved_identity(folder)
     assert identity == checkpoint_identity(other_dir)
     candidates = [str(tiny_dir), str(other_dir)]
-    assert models.model_for(identity, None, candidates) == str(other_dir)
-    assert models.model_for(identity, None, [str(tiny_dir)]) is None  # not one it has
-    assert models.model_for(identity, None, [], {"loaded": identity}) == "loaded"
+    assert session_models.model_for(identity, None, candidates) == str(other_dir)
+    assert session_models.model_for(identity, None, [str(tiny_dir)]) is None  # not one it has
+    assert session_models.model_for(identity, None, [], {"loaded": identity}) == "loaded"
     # a recorded model is taken when it is that model, else looked up
-    assert models.model_for(identity, str(other_dir), []) == str(other_dir)
-    assert models.model_for(identity, str(tiny_dir), candidates) == str(other_dir)
-    assert models.model_for(identity, "some/hub-id", []) == "some/hub-id"  # unchecked here
-    assert not models.is_large(str(tiny_dir)) and models.is_large("some/hub-id")
-    assert "" in models.known_models("x") and models.known_models("x")[0] == "x"
+    assert session_models.model_for(identity, str(other_dir), []) == str(other_dir)
+    assert session_models.model_for(identity, str(tiny_dir), candidates) == str(other_dir)
+    assert session_models.model_for(identity, "some/hub-id", []) == "some/hub-id"  # unchecked here
+    assert not session_models.is_large(str(tiny_dir)) and session_models.is_large("some/hub-id")
+    assert "" in session_models.known_models("x") and session_models.known_models("x")[0] == "x"
 
 
 def test_messages_for_people_keep_the_precise_text_as_details(tmp_path):

@@ -13,7 +13,7 @@ from test_app import _ok, app_test, current, settle  # the AppTest helpers
 from bagel.checkpoint import checkpoint_identity, load
 from bagel.tiny import make_tiny
 from workbench import store
-from workbench.app import models
+from workbench.app import session_models
 from workbench.app.model import model_for_page
 from workbench.app.world_truth import start_view, start_world, true_frames
 from workbench.metrics import psnr, ssim
@@ -231,7 +231,7 @@ def test_a_saved_world_opens_on_its_own_model_asking_first_for_a_large_load(
     session.add_image(start_view(0))
     store.save(session, tmp_path / "sessions" / "my-world")
     monkeypatch.setattr(world_model, "WORLD_MODEL", own)
-    monkeypatch.setattr(models, "LARGE_LOAD_BYTES", 0)  # every model counts as large
+    monkeypatch.setattr(session_models, "LARGE_LOAD_BYTES", 0)  # every model counts as large
     at = _run_app(tiny_dir, tmp_path, monkeypatch)
     at.sidebar.radio(key="page").set_value("Sessions").run()
     at.radio(key="open_source").set_value("the saved sessions").run()
