@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from workbench import store
 from workbench.client import RemoteError, RemoteSession
 from workbench.params import GenerationParams
 from workbench.session import Session
@@ -134,6 +135,34 @@ def test_a_remote_session_survives_kill_9_with_every_finished_turn(server, pipe)
     again.add_text("turn left")
     assert _same(again.generate_image(nxt), local.generate_image(nxt))
     second.kill()
+
+
+def test_sigterm_with_a_job_running_cancels_it_and_stops_the_server(server, pipe, tmp_path):
+    first = server()
+    remote = RemoteSession(first.url, token=TOKEN)
+    remote.add_image(Image.new("RGB", (40, 32), (30, 120, 200)), seed=1)
+    remote.add_text("walk forward")
+    answered = []
+    running = threading.Thread(
+        target=lambda: answered.append(_outcome(remote.generate_image, SLOW))
+    )
+    running.start()
+    _wait_running(first.url)
+    first.process.send_signal(signal.SIGTERM)
+    first.process.wait(10)  # the promise of docs/serve.md; raises TimeoutExpired past it
+    running.join(30)
+    assert answered and "409" in answered[0]  # the request was answered: cancelled
+    # the session is as it was before the job, and loads
+    saved = store.load(tmp_path / "sessions" / remote.id, pipe)
+    assert [(t.role, t.kind) for t in saved.turns] == [("user", "image"), ("user", "text")]
+
+
+def _outcome(call, *args) -> str:
+    try:
+        call(*args)
+    except (httpx.HTTPError, RemoteError) as err:
+        return str(err)
+    return "done"
 
 
 def _swallow(call, *args) -> None:

@@ -14,6 +14,19 @@ MAX_SEED = 2**63 - 1  # torch generators take seeds below 2**64; JSON readers st
 MAX_SIDE = 2**16  # pixels; the model's own limit is far lower and checked at generation
 MAX_THINK_TOKENS = 2**20  # far past any context the model holds; the context refuses sooner
 MIN_TEMPERATURE = 1e-3  # far lower, logits / temperature overflow float32 and sampling fails
+# the longest user text (prompt, question, option, instruction, beat, template) a session
+# takes: far past what the model's positions hold (32768 for the release), checked before
+# the tokenizer sees it (the tokenizer's native code can abort on texts of megabytes)
+MAX_TEXT_CHARS = 100_000
+
+
+def check_text_length(text: str, what: str = "text") -> str:
+    """Return `text` if it has at most MAX_TEXT_CHARS characters, else raise InputError."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise InputError(
+            f"{what} is {len(text)} characters long; at most {MAX_TEXT_CHARS} are allowed"
+        )
+    return text
 
 
 def check_seed(seed: object, what: str = "seed") -> int:

@@ -37,7 +37,7 @@ from bagel.kv import KVContext, allocated_bytes
 from bagel.pipeline import FRAME_ROPE_STRIDE, BagelPipeline, ImageOutput, ProgressFn
 from bagel.tokenizer import GEN_THINK_PROMPT, check_text
 from workbench.files import check_regular_file
-from workbench.params import ContextLimit, GenerationParams, check_seed
+from workbench.params import ContextLimit, GenerationParams, check_seed, check_text_length
 
 ImagePart = tuple[int, str]  # (turn index of an image, "vae" or "vit")
 
@@ -251,7 +251,7 @@ class Session:
         Scores are total log-probabilities (`BagelPipeline.score_continuations`); no text
         is sampled, so the answer is always one of the options and replays exactly.
         """
-        option_ids = self.pipe.check_options(options)
+        option_ids = self._option_ids(options)
         n = self._text_tokens(question) + max(len(ids) + 1 for ids in option_ids)
         with self._transaction(n, n):
             self._user_text(question)
@@ -321,7 +321,7 @@ class Session:
     def answer(self, options: list[str]) -> tuple[str, list[float]]:
         """The model's pick among `options` as its reply to the question already in the
         context (`choose` asks it first); recorded as a "choice" turn."""
-        option_ids = self.pipe.check_options(options)
+        option_ids = self._option_ids(options)
         n = max(len(ids) + 1 for ids in option_ids)
         with self._transaction(n, n):
             return self._answer(list(options))
@@ -555,8 +555,18 @@ class Session:
 
     def _text_tokens(self, text: str) -> int:
         """Tokens of a user text, which must hold a non-space character (bagel.tokenizer
-        check_text: the one rule for prompts, questions, instructions and scenario texts)."""
-        return len(self.pipe.tokenizer.frame(check_text(text, blank_ok=False)))
+        check_text: the one rule for prompts, questions, instructions and scenario texts)
+        and at most MAX_TEXT_CHARS long, checked before the tokenizer sees it."""
+        check_text_length(check_text(text, blank_ok=False))
+        return len(self.pipe.tokenizer.frame(text))
+
+    def _option_ids(self, options: list[str]) -> list[list[int]]:
+        """The options' token ids (`pipe.check_options`), each bounded in length first."""
+        if isinstance(options, list | tuple):
+            for i, option in enumerate(options):
+                if isinstance(option, str):
+                    check_text_length(option, f"option {i + 1}")
+        return self.pipe.check_options(options)
 
     @staticmethod
     def _reply_bound(params: GenerationParams) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 import workbench
@@ -70,6 +71,12 @@ def create_app(pipe: BagelPipeline, sessions_dir: str | Path, token: str | None 
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_request: Request, err: RequestValidationError) -> JSONResponse:
+        """Each problem's location, message and type; never the input itself (a 10 MB
+        text, or a number JSON cannot write, such as an infinity)."""
+        return JSONResponse({"detail": [_problem(e) for e in err.errors()]}, 422)
+
     @app.exception_handler(NotFound)
     async def unknown(_request: Request, err: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, 404)
@@ -92,6 +99,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def bug(_request: Request, err: Exception) -> JSONResponse:
         log.exception("request failed")
         return JSONResponse({"detail": f"internal error: {type(err).__name__}"}, 500)
+
+
+def _problem(error: dict) -> dict:
+    msg, reason = error["msg"], (error.get("ctx") or {}).get("error")
+    if error["type"] == "json_invalid" and reason:
+        msg = f"{msg}: {reason}"
+    return {"loc": list(error["loc"]), "msg": msg, "type": error["type"]}
 
 
 def _add_session_routes(app: FastAPI, service: Service) -> None:

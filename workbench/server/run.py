@@ -10,6 +10,9 @@ import socket
 from bagel.errors import InputError
 
 TOKEN_VARIABLE = "WORKBENCH_TOKEN"
+# on SIGTERM, requests still open this long after their jobs were cancelled are dropped
+# (a job in a phase without a cancel check: its session stays as before it)
+SHUTDOWN_SECONDS = 5
 
 
 def serve(args: argparse.Namespace, load) -> int:
@@ -31,7 +34,24 @@ def serve(args: argparse.Namespace, load) -> int:
     restored = len(app.state.service.registry.all())
     print(f"{restored} session(s) restored from {args.sessions}", flush=True)
     print(f"serving on http://{args.host}:{args.port} (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+    )
+    service = app.state.service
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            """SIGTERM / Ctrl-C: cancel every job (each stops at its next step, its
+            session as before it), so the requests waiting on them are answered and the
+            server can stop."""
+            service.cancel_all()
+            super().handle_exit(sig, frame)
+
+    Server(config).run()
     return 0
 
 

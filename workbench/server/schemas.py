@@ -14,7 +14,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bagel.errors import InputError
-from workbench.params import ContextLimit, GenerationParams
+from workbench.params import MAX_TEXT_CHARS, ContextLimit, GenerationParams
+
+# a user text: bounded here, before anything reads it (the same bound Session applies)
+UserText = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+# a name picked from a short list (an action, axis, schedule, format, ...)
+Name = Annotated[str, Field(max_length=64)]
 
 
 class Body(BaseModel):
@@ -32,9 +37,9 @@ class Params(Body):
     cfg_text_scale: float | None = None
     cfg_img_scale: float | None = None
     cfg_interval: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
-    cfg_renorm_type: str | None = None
+    cfg_renorm_type: Name | None = None
     cfg_renorm_min: float | None = None
-    feature_cache: str | None = None
+    feature_cache: Name | None = None
     feature_cache_interval: int | None = None
     height: int | None = None
     width: int | None = None
@@ -65,7 +70,7 @@ class NewSession(Body):
 
 
 class Text(Body):
-    text: str
+    text: UserText
 
 
 class Generate(Body):
@@ -73,17 +78,17 @@ class Generate(Body):
 
 
 class Ask(Body):
-    question: str
+    question: UserText
     params: Params | None = None
 
 
 class Choose(Body):
-    question: str
-    options: list[str]
+    question: UserText
+    options: list[UserText]
 
 
 class Think(Body):
-    prompt: str
+    prompt: UserText
     params: Params | None = None
 
 
@@ -91,7 +96,7 @@ class PredictFrames(Body):
     frames: int
     params: Params | None = None
     window: int = 1
-    schedule: str = "autoregressive"
+    schedule: Name = "autoregressive"
 
 
 class Rewind(Body):
@@ -99,51 +104,51 @@ class Rewind(Body):
 
 
 class Navigate(Body):
-    actions: list[str]
+    actions: list[Name]
     params: Params | None = None
-    templates: dict[str, str] | None = None
+    templates: dict[Name, UserText] | None = None
 
 
 class Rotate(Body):
     degrees: float
     steps: int
-    axis: str = "vertical"
+    axis: Name = "vertical"
     params: Params | None = None
-    template: str | None = None
+    template: UserText | None = None
 
 
 class Predict(Body):
     frames: int
     params: Params | None = None
-    mode: str = "autoregressive"
+    mode: Name = "autoregressive"
     window: int = 1
-    schedule: str = "autoregressive"
-    instruction: str | None = None
+    schedule: Name = "autoregressive"
+    instruction: UserText | None = None
 
 
 class Story(Body):
-    beats: list[str] = Field(description="beat texts (reference images: add them as turns)")
+    beats: list[UserText] = Field(description="beat texts (reference images: add them as turns)")
     params: Params | None = None
     caption: bool = False
 
 
 class Edit(Body):
-    instruction: str
+    instruction: UserText
     params: Params | None = None
     think: bool = False
     max_rounds: int = 1
 
 
 class Agent(Body):
-    goal: str
-    actions: list[str] | None = None
+    goal: UserText
+    actions: list[Name] | None = None
     params: Params | None = None
     max_steps: int = 8
-    templates: dict[str, str] | None = None
+    templates: dict[Name, UserText] | None = None
 
 
 class Export(Body):
-    formats: list[str] | None = Field(None, description="png, gif, mp4, sheet, story, session")
+    formats: list[Name] | None = Field(None, description="png, gif, mp4, sheet, story, session")
     fps: float = 4.0
     include: Literal["generated", "all"] = "generated"
 

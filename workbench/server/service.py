@@ -31,6 +31,14 @@ KEEP_TASKS = 1024  # finished tasks kept for GET /jobs/{id}, oldest dropped firs
 Verb = Callable[[Session, ProgressFn], "Done"]
 
 
+class Crashed(RuntimeError):
+    """A job's work raised a BaseException that is no Exception (a native library's
+    panic, a stray SystemExit or KeyboardInterrupt in its thread). It becomes an ordinary
+    failure, so the job ends "failed", its request is answered and the session, already
+    rewound by its verb, keeps its last finished state; a worker thread has no process
+    to exit or interrupt."""
+
+
 @dataclass
 class Done:
     """A verb's answer besides its turns (see schemas.TurnResult)."""
@@ -117,6 +125,12 @@ class Service:
         with self._lock:
             return [t for t in self._tasks.values() if not t.job.finished]
 
+    def cancel_all(self) -> None:
+        """Cancel every queued and running task (the server is stopping): each ends at its
+        next step or leaves the line, its session as before it."""
+        for task in self.unfinished():
+            task.job.cancel()
+
     def task(self, task_id: str) -> Task | None:
         with self._lock:
             return self._tasks.get(task_id)
@@ -134,6 +148,10 @@ class Service:
                 return Refused(str(err), 404)
             except BagelError as err:  # bad input: the verb changed nothing
                 return Refused(str(err))
+            except Exception:
+                raise  # a bug: the job fails with it (and logs its traceback)
+            except BaseException as err:  # e.g. a panic in the tokenizer's native code
+                raise Crashed(f"{type(err).__name__}: {err}") from err
             finally:
                 task.finished = time.monotonic()
 

@@ -1,0 +1,111 @@
+"""The HTTP API against a hostile client (in-process, FastAPI's TestClient): a job whose
+thread dies of a BaseException, texts past the bound, non-finite numbers, malformed
+bodies, foreign Host and Origin headers, costs refused before any work, per-client
+limits. The real-process cases (SIGTERM, kill -9 mid-chain) are in
+test_serve_process.py."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from workbench.params import MAX_TEXT_CHARS
+from workbench.server import create_app
+from workbench.store import session_format
+
+FAST = {"num_timesteps": 3, "height": 64, "width": 64, "max_think_tokens": 4}
+LOCAL = "http://127.0.0.1:8000"
+
+
+@pytest.fixture
+def client(pipe, tmp_path):
+    return TestClient(create_app(pipe, tmp_path / "sessions"), base_url=LOCAL)
+
+
+def _new(client) -> str:
+    response = client.post("/sessions")
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def _ok(response) -> dict:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _turns(client, sid) -> list[dict]:
+    return _ok(client.get(f"/sessions/{sid}"))["turns"]
+
+
+class Panic(BaseException):
+    """What pyo3 raises when a native library panics: a BaseException, no Exception."""
+
+
+def test_a_job_whose_thread_dies_of_a_base_exception_is_answered_and_ends(
+    client, pipe, monkeypatch, tmp_path
+):
+    sid = _new(client)
+    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
+    manifest = (tmp_path / "sessions" / sid / session_format.MANIFEST).read_bytes()
+    frame = pipe.tokenizer.frame
+
+    def panicking(text, *args, **kwargs):
+        if "panic" in text:
+            raise Panic("called `Result::unwrap()` on an `Err` value")
+        return frame(text, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.tokenizer, "frame", panicking)
+    out = []
+    thread = threading.Thread(
+        target=lambda: out.append(client.post(f"/sessions/{sid}/text", json={"text": "panic now"}))
+    )
+    thread.start()
+    thread.join(60)
+    assert out, "the request was never answered"
+    response = out[0]
+    assert response.status_code == 500, response.text
+    body = response.json()
+    assert "Panic" in body["detail"] and "Traceback" not in response.text
+    assert _ok(client.get("/jobs")) == []  # nothing left running
+    assert _ok(client.get(f"/jobs/{body['job']}"))["state"] == "failed"
+    # the session and its folder are as before; the next job runs
+    assert len(_turns(client, sid)) == 1
+    assert (tmp_path / "sessions" / sid / session_format.MANIFEST).read_bytes() == manifest
+    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a second fox"}))
+    assert len(_turns(client, sid)) == 2
+
+
+def test_texts_past_the_bound_are_refused_before_the_tokenizer(client, pipe, monkeypatch):
+    sid = _new(client)
+    seen = []
+    frame = pipe.tokenizer.frame
+    monkeypatch.setattr(pipe.tokenizer, "frame", lambda text, *a: seen.append(text) or frame(text))
+    long = "a" + " " * MAX_TEXT_CHARS + "b"
+    for path, body in [
+        ("text", {"text": long}),
+        ("ask", {"question": long}),
+        ("choose", {"question": "which?", "options": ["yes", long]}),
+        ("chains/rotate", {"degrees": 5, "steps": 1, "template": long + "{degrees}"}),
+        ("chains/story", {"beats": [long]}),
+    ]:
+        response = client.post(f"/sessions/{sid}/{path}", json=body)
+        assert response.status_code == 422, (path, response.text[:300])
+        assert f"at most {MAX_TEXT_CHARS} characters" in response.text, response.text[:300]
+        assert len(response.content) < 2000  # the text is not echoed back
+    assert seen == [] and _turns(client, sid) == []
+
+
+def test_a_session_refuses_a_text_past_the_bound(pipe):
+    from bagel.errors import InputError
+    from workbench.session import Session
+
+    session = Session(pipe)
+    with pytest.raises(InputError, match=f"at most {MAX_TEXT_CHARS} are allowed"):
+        session.add_text("x" * (MAX_TEXT_CHARS + 1))
+    with pytest.raises(InputError, match="option 2 is"):
+        session.choose("which?", ["yes", "y" * (MAX_TEXT_CHARS + 1)])
+    assert session.turns == []
+    session.add_text("x" * 50)  # well inside
+    assert len(session.turns) == 1
