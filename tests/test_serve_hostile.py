@@ -7,6 +7,7 @@ test_serve_process.py."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -109,3 +110,28 @@ def test_a_session_refuses_a_text_past_the_bound(pipe):
     assert session.turns == []
     session.add_text("x" * 50)  # well inside
     assert len(session.turns) == 1
+
+
+def test_a_chain_cancelled_after_saving_a_frame_leaves_its_folder_as_before(client, pipe, tmp_path):
+    from workbench import store
+
+    sid = _new(client)
+    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a street"}))
+    slow = {**FAST, "num_timesteps": 400}
+    body = {"actions": ["forward", "turn_left"], "params": slow}
+    out = []
+    thread = threading.Thread(
+        target=lambda: out.append(client.post(f"/sessions/{sid}/chains/navigate", json=body))
+    )
+    thread.start()
+    deadline = time.monotonic() + 120
+    while len(_turns(client, sid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the chain's first frame is finished and saved
+    saved = store.load(tmp_path / "sessions" / sid, pipe, use_snapshot=False)  # being written
+    assert len(saved.turns) >= 3
+    job = _ok(client.get("/jobs"))[0]
+    client.post(f"/jobs/{job['id']}/cancel")
+    thread.join(120)
+    assert out[0].status_code == 409
+    assert len(_turns(client, sid)) == 1
+    assert [t.text for t in store.load(tmp_path / "sessions" / sid, pipe).turns] == ["a street"]

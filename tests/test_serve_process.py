@@ -4,6 +4,7 @@ the middle of a generation and a restart that brings back every finished turn.""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -155,6 +156,38 @@ def test_sigterm_with_a_job_running_cancels_it_and_stops_the_server(server, pipe
     # the session is as it was before the job, and loads
     saved = store.load(tmp_path / "sessions" / remote.id, pipe)
     assert [(t.role, t.kind) for t in saved.turns] == [("user", "image"), ("user", "text")]
+
+
+def test_a_kill_mid_chain_keeps_the_chains_finished_turns(server, pipe, tmp_path):
+    first = server()
+    remote = RemoteSession(first.url, token=TOKEN)
+    remote.add_image(Image.new("RGB", (40, 32), (30, 120, 200)), seed=1)
+    params = GenerationParams(num_timesteps=100, height=64, width=64)
+    actions = ["forward", "turn_left", "forward"]
+    chain = threading.Thread(
+        target=lambda: _swallow(lambda: remote.chain("navigate", actions=actions, params=params))
+    )
+    chain.start()
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    deadline = time.monotonic() + 120
+    shown = []
+    while len(shown) < 3 and time.monotonic() < deadline:  # the first frame is finished
+        shown = httpx.get(f"{first.url}/sessions/{remote.id}", headers=headers).json()["turns"]
+        time.sleep(0.02)
+    jobs = httpx.get(f"{first.url}/jobs", headers=headers).json()
+    frame = httpx.get(f"{first.url}{shown[2]['image']}", headers=headers).content
+    first.kill()
+    chain.join(30)
+    assert [j["title"] for j in jobs] == ["navigate"]  # killed mid-chain ...
+    assert len(shown) < 2 + 2 * len(actions)  # ... with its first turns saved, not all
+    saved = store.load(tmp_path / "sessions" / remote.id, pipe)
+    kinds = [(t.role, t.kind) for t in saved.turns]
+    assert len(kinds) >= 3 and kinds[:3] == [
+        ("user", "image"),
+        ("user", "text"),
+        ("model", "image"),
+    ]
+    assert _same(saved.turns[2].image, Image.open(io.BytesIO(frame)))
 
 
 def _outcome(call, *args) -> str:

@@ -5,13 +5,15 @@ Every piece of work that reads or changes a session or runs the model is a `Task
 queue positions; cancelled through the progress callback). Fast verbs (rewind, fork,
 delete) queue too, so nothing ever runs beside a generation on the same session.
 
-A task that changes a session saves it before it counts as done. A verb that fails or is
+A task that changes a session saves it before it counts as done; a chain saves it after
+every step as well, so a process killed mid-chain keeps the finished turns. A verb that fails or is
 cancelled has already undone itself (Session and the chains are transactional); a save
 that fails is undone here, so the session and its folder keep their last finished state.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -25,6 +27,8 @@ from bagel.pipeline import BagelPipeline, ProgressFn
 from workbench.app.jobs import Gate, Job
 from workbench.server.sessions import Entry, NotFound, Registry
 from workbench.session import Session
+
+log = logging.getLogger(__name__)
 
 KEEP_TASKS = 1024  # finished tasks kept for GET /jobs/{id}, oldest dropped first
 
@@ -104,8 +108,13 @@ class Service:
         def work(session: Session, progress: ProgressFn) -> Outcome:
             if entry.deleted:  # deleted while this job waited: nothing to save it into
                 raise NotFound(f"no session {entry.id!r} (deleted)")
-            first = len(session.turns)
-            done = verb(session, progress)
+            first, shown = len(session.turns), entry.turns
+            try:
+                done = verb(session, progress)
+            except BaseException:
+                if entry.turns is not shown:  # saved turn by turn (a chain), then undone
+                    self._save_undone(entry)
+                raise
             if saves:
                 try:
                     self.registry.commit(entry)
@@ -115,6 +124,14 @@ class Service:
             return Outcome(entry, first, done)
 
         return self._submit(title, entry, work)
+
+    def _save_undone(self, entry: Entry) -> None:
+        """Save a session again after a verb that saved some of its turns failed and
+        rewound them, so that its folder holds its last finished state again."""
+        try:
+            self.registry.commit(entry)
+        except Exception:
+            log.exception("session %s: saving it after an undone chain failed", entry.id)
 
     def on_model(self, title: str, work: Callable[[ProgressFn], Done]) -> Task:
         """Queue work that makes or reads no live session (e.g. a new one, a replay)."""

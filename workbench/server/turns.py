@@ -158,34 +158,44 @@ async def think_then_generate(
 # -- chains -------------------------------------------------------------------------------
 
 
-def _chain(run) -> Verb:
-    return lambda ses, progress: Done(stopped=run(ses, progress).stopped)
+async def _chain(service: Service, session_id: str, title: str, run, stream: bool) -> Response:
+    """Queue `run(session, progress, on_turn)`, a chain that saves the session after
+    every step (a kill mid-chain keeps the finished turns)."""
+    entry = service.registry.get(session_id)
+
+    def verb(ses, progress) -> Done:
+        return Done(stopped=run(ses, progress, lambda: service.registry.commit(entry)).stopped)
+
+    return await answer(service.on_session(entry, title, verb), stream)
 
 
 @router.post("/chains/navigate")
 async def navigate(session_id: SessionId, body: s.Navigate, service: Svc, stream: Stream = False):
     params = _params(body.params)
-    run = lambda ses, p: chains.navigate(ses, body.actions, params, body.templates, p)  # noqa: E731
-    return await _queue(service, session_id, "navigate", _chain(run), stream)
+
+    def run(ses, progress, saved):
+        return chains.navigate(ses, body.actions, params, body.templates, progress, saved)
+
+    return await _chain(service, session_id, "navigate", run, stream)
 
 
 @router.post("/chains/rotate")
 async def rotate(session_id: SessionId, body: s.Rotate, service: Svc, stream: Stream = False):
     params = _params(body.params)
 
-    def run(ses, progress):
+    def run(ses, progress, saved):
         return chains.rotate(
-            ses, body.degrees, body.steps, body.axis, params, body.template, progress
+            ses, body.degrees, body.steps, body.axis, params, body.template, progress, saved
         )
 
-    return await _queue(service, session_id, "rotate", _chain(run), stream)
+    return await _chain(service, session_id, "rotate", run, stream)
 
 
 @router.post("/chains/predict")
 async def predict(session_id: SessionId, body: s.Predict, service: Svc, stream: Stream = False):
     params = _params(body.params)
 
-    def run(ses, progress):
+    def run(ses, progress, saved):
         return chains.predict(
             ses,
             body.frames,
@@ -195,26 +205,32 @@ async def predict(session_id: SessionId, body: s.Predict, service: Svc, stream: 
             body.schedule,
             body.instruction,
             progress,
+            saved,
         )
 
-    return await _queue(service, session_id, "predict", _chain(run), stream)
+    return await _chain(service, session_id, "predict", run, stream)
 
 
 @router.post("/chains/story")
 async def story(session_id: SessionId, body: s.Story, service: Svc, stream: Stream = False):
     params = _params(body.params)
-    run = lambda ses, p: chains.story(ses, body.beats, params, body.caption, p)  # noqa: E731
-    return await _queue(service, session_id, "story", _chain(run), stream)
+
+    def run(ses, progress, saved):
+        return chains.story(ses, body.beats, params, body.caption, progress, saved)
+
+    return await _chain(service, session_id, "story", run, stream)
 
 
 @router.post("/chains/edit")
 async def edit(session_id: SessionId, body: s.Edit, service: Svc, stream: Stream = False):
     params = _params(body.params, GenerationParams.edit())
 
-    def run(ses, progress):
-        return chains.edit(ses, body.instruction, params, body.think, body.max_rounds, progress)
+    def run(ses, progress, saved):
+        return chains.edit(
+            ses, body.instruction, params, body.think, body.max_rounds, progress, saved
+        )
 
-    return await _queue(service, session_id, "edit", _chain(run), stream)
+    return await _chain(service, session_id, "edit", run, stream)
 
 
 @router.post("/chains/agent")
@@ -222,12 +238,12 @@ async def agent(session_id: SessionId, body: s.Agent, service: Svc, stream: Stre
     params = _params(body.params)
     actions = chains.ACTIONS if body.actions is None else body.actions
 
-    def run(ses, progress):
+    def run(ses, progress, saved):
         return chains.agent(
-            ses, body.goal, actions, params, body.max_steps, body.templates, progress
+            ses, body.goal, actions, params, body.max_steps, body.templates, progress, saved
         )
 
-    return await _queue(service, session_id, "agent", _chain(run), stream)
+    return await _chain(service, session_id, "agent", run, stream)
 
 
 # -- branches, files, replay --------------------------------------------------------------
