@@ -576,7 +576,7 @@ def test_serve_loads_the_model_in_the_chosen_profile(monkeypatch, pipe, tmp_path
         return pipe
 
     monkeypatch.setattr(cli, "_load", load)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, *a, **kw: None)
     argv = ["serve", "--model", "M", "--profile", "int8", "--sessions", str(tmp_path / "s")]
     assert cli.main(argv) == 0
     assert cli.main([*argv, "--compile"]) == 0

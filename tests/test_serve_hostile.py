@@ -135,3 +135,30 @@ def test_a_chain_cancelled_after_saving_a_frame_leaves_its_folder_as_before(clie
     assert out[0].status_code == 409
     assert len(_turns(client, sid)) == 1
     assert [t.text for t in store.load(tmp_path / "sessions" / sid, pipe).turns] == ["a street"]
+
+
+def _raw(client, url: str, body: bytes):
+    return client.post(url, content=body, headers={"content-type": "application/json"})
+
+
+def test_malformed_bodies_get_a_json_422_saying_why(client):
+    sid = _new(client)
+    base = f"/sessions/{sid}"
+    cases = [
+        (f"{base}/generate", b'{"params": {"num_timesteps": 1e400}}', "num_timesteps"),
+        (f"{base}/generate", b'{"params": {"height": NaN, "width": 64}}', "height"),
+        (f"{base}/generate", b'{"params": {"cfg_text_scale": Infinity}}', "finite number"),
+        (f"{base}/generate", b'{"params": {"timestep_shift": -1e400}}', "finite number"),
+        (f"{base}/export", b'{"fps": NaN}', "finite number"),
+        (f"{base}/chains/rotate", b'{"degrees": 1e400, "steps": 1}', "finite number"),
+        (f"{base}/text", b'{"text": "caf\xe9"}', "not UTF-8 text (byte 0xe9 at offset 13)"),
+        (f"{base}/text", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (f"{base}/text", b'{"text": "x"', "JSON decode error"),
+        (f"{base}/text", b"[1, 2]", "valid dictionary"),
+    ]
+    for url, body, says in cases:
+        response = _raw(client, url, body)
+        assert response.status_code == 422, (body[:60], response.text[:300])
+        assert says in response.text, (body[:60], response.text[:300])
+        assert response.headers["content-type"] == "application/json"
+    assert _turns(client, sid) == []

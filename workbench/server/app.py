@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import workbench
 from bagel.errors import BagelError
@@ -77,6 +79,17 @@ def _add_error_handlers(app: FastAPI) -> None:
         text, or a number JSON cannot write, such as an infinity)."""
         return JSONResponse({"detail": [_problem(e) for e in err.errors()]}, 422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def unparsable(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        """A JSON body the parser gave up on (FastAPI's 400 "error parsing the body") is a
+        422 saying why, like any other malformed body; other HTTP errors keep theirs."""
+        why = _unparsable(err.__cause__)
+        if err.status_code == 400 and why is not None:
+            return JSONResponse(
+                {"detail": [{"loc": ["body"], "msg": why, "type": "json_invalid"}]}, 422
+            )
+        return await http_exception_handler(request, err)
+
     @app.exception_handler(NotFound)
     async def unknown(_request: Request, err: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, 404)
@@ -99,6 +112,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def bug(_request: Request, err: Exception) -> JSONResponse:
         log.exception("request failed")
         return JSONResponse({"detail": f"internal error: {type(err).__name__}"}, 500)
+
+
+def _unparsable(cause: BaseException | None) -> str | None:
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not UTF-8 text (byte 0x{cause.object[cause.start]:02x} at offset {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "the JSON is nested too deeply"
+    if isinstance(cause, ValueError):
+        return f"the body is not valid JSON ({cause})"
+    return None
 
 
 def _problem(error: dict) -> dict:

@@ -1,7 +1,8 @@
 """Request and response bodies of the HTTP API (pydantic; the same models give /docs).
 
-Every request model forbids unknown fields and takes JSON types strictly (no "5" for 5),
-so a typo or a wrong type is a 422 naming the field instead of a silent default. The
+Every request model forbids unknown fields and takes JSON types strictly (no "5" for 5)
+and numbers finite (no NaN, Infinity or 1e400), so a typo or a wrong type is a 422
+naming the field instead of a silent default. The
 value checks themselves (ranges, choices) stay where they live for every caller:
 `GenerationParams`, `ContextLimit` and the chain functions.
 """
@@ -23,7 +24,7 @@ Name = Annotated[str, Field(max_length=64)]
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # -- requests -----------------------------------------------------------------------------
