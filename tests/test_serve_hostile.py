@@ -162,3 +162,45 @@ def test_malformed_bodies_get_a_json_422_saying_why(client):
         assert says in response.text, (body[:60], response.text[:300])
         assert response.headers["content-type"] == "application/json"
     assert _turns(client, sid) == []
+
+
+def test_a_tokenless_server_answers_only_loopback_hosts(client, tmp_path):
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "10.0.0.1"):
+        refused = client.get("/sessions", headers={"Host": host})
+        assert refused.status_code == 403, host
+        assert "loopback" in refused.json()["detail"]
+        assert client.post("/sessions", headers={"Host": host}).status_code == 403
+    assert not (tmp_path / "sessions").exists() or not any((tmp_path / "sessions").iterdir())
+    for host in ("127.0.0.1", "127.0.0.1:8000", "localhost:1234", "[::1]:8000", "[::1]"):
+        assert client.get("/sessions", headers={"Host": host}).status_code == 200, host
+
+
+def test_a_tokenless_server_refuses_requests_from_other_sites_pages(client, tmp_path):
+    refused = [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},  # a sandboxed frame or a local file
+        {"Origin": "http://127.0.0.1.evil.example:8000"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ]
+    for headers in refused:
+        response = client.post("/sessions", headers=headers)
+        assert response.status_code == 403, headers
+        assert "another site" in response.json()["detail"]
+    png = b"\x89PNG\r\n\x1a\n"  # a multipart upload, as a form on another site would send
+    sid = _new(client)  # no Origin: curl, httpx, a script
+    upload = client.post(
+        f"/sessions/{sid}/image",
+        files={"file": ("x.png", png, "image/png")},
+        headers={"Origin": "http://evil.example"},
+    )
+    assert upload.status_code == 403
+    assert [s["id"] for s in _ok(client.get("/sessions"))] == [sid]
+    for headers in ({"Origin": "http://localhost:8000"}, {"Sec-Fetch-Site": "same-origin"}):
+        assert client.post("/sessions", headers=headers).status_code == 201, headers
+
+
+def test_with_a_token_any_host_is_answered_but_only_with_the_token(pipe, tmp_path):
+    client = TestClient(create_app(pipe, tmp_path, token="s3cret"), base_url="http://box.lan")
+    assert client.get("/sessions").status_code == 401
+    good = {"Authorization": "Bearer s3cret", "Origin": "http://evil.example"}
+    assert client.get("/sessions", headers=good).status_code == 200
