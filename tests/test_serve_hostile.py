@@ -204,3 +204,73 @@ def test_with_a_token_any_host_is_answered_but_only_with_the_token(pipe, tmp_pat
     assert client.get("/sessions").status_code == 401
     good = {"Authorization": "Bearer s3cret", "Origin": "http://evil.example"}
     assert client.get("/sessions", headers=good).status_code == 200
+
+
+def test_costs_past_the_models_positions_are_refused_before_anything_is_queued(client):
+    sid = _new(client)
+    client.post(f"/sessions/{sid}/text", json={"text": "a street"})
+    png = _png_bytes()
+    _ok(client.post(f"/sessions/{sid}/image", files={"file": ("s.png", png, "image/png")}))
+    long = "walk on " * 1500  # one instruction of some 3000 tokens: two do not fit 4096
+    cases = [
+        ("predict-frames", {"frames": 1_000_000, "params": FAST}, "frames"),
+        ("chains/predict", {"frames": 1_000_000, "params": FAST}, "frames"),
+        ("chains/navigate", {"actions": ["forward"] * 100_000, "params": FAST}, "actions"),
+        ("chains/rotate", {"degrees": 5, "steps": 10**9, "params": FAST}, "steps"),
+        ("chains/story", {"beats": ["a beat"] * 5000, "params": FAST}, "beats"),
+        ("chains/edit", {"instruction": "red", "max_rounds": 10**6, "params": FAST}, "max_rounds"),
+        ("chains/agent", {"goal": "the river", "max_steps": 10**6, "params": FAST}, "max_steps"),
+        (
+            "chains/navigate",
+            {"actions": ["forward", "forward"], "templates": {"forward": long}, "params": FAST},
+            "actions",
+        ),
+    ]
+    limit = client.app.state.service.pipe.config.llm.max_position_embeddings
+    for path, body, field in cases:
+        response = client.post(f"/sessions/{sid}/{path}", json=body)
+        assert response.status_code == 422, (path, response.text[:300])
+        detail = response.json()["detail"][0]
+        assert detail["loc"] == ["body", field], detail
+        assert f"the model's limit is {limit} positions" in detail["msg"], detail
+        assert _ok(client.get("/jobs")) == []  # nothing was queued
+    assert len(_turns(client, sid)) == 2
+
+
+def test_a_rotate_template_cannot_expand_without_bound(client):
+    sid = _new(client)
+    for template, says in [
+        ("{degrees:>99999999999}", "width or precision over 100"),
+        ("{degrees:.100000}", "width or precision over 100"),
+        ("{degrees:>{axis}}", "may not hold a placeholder"),
+        ("{degrees.__class__}", "unknown placeholder"),
+    ]:
+        body = {"degrees": 5, "steps": 1, "template": template}
+        response = client.post(f"/sessions/{sid}/chains/rotate", json=body)
+        assert response.status_code == 422, (template, response.text)
+        assert says in response.text, response.text
+    assert _ok(client.get("/jobs")) == []
+
+
+def test_a_session_refuses_a_frames_run_that_cannot_fit_before_drawing_its_noise(pipe):
+    from bagel.errors import InputError
+    from workbench.params import GenerationParams
+    from workbench.session import Session
+
+    session = Session(pipe)
+    session.add_text("a street")
+    params = GenerationParams(num_timesteps=3, height=64, width=64)
+    # a million frames' noise would take gigabytes; the refusal comes first
+    with pytest.raises(InputError, match="more positions do not fit"):
+        session.predict_frames(1_000_000, params)
+    assert len(session.turns) == 1
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 32), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from bagel.errors import InputError
 from bagel.pipeline import ProgressFn
 from bagel.tokenizer import check_text
-from workbench.actions import ACTIONS, DEFAULT_TEMPLATES
+from workbench.actions import ACTIONS
 from workbench.params import GenerationParams, check_text_length
 from workbench.session import Session
 
@@ -40,21 +40,6 @@ def check_actions(actions: object) -> list[str]:
         if action not in ACTIONS:
             raise InputError(f"unknown action {action!r}; the actions are {', '.join(ACTIONS)}")
     return actions
-
-
-def instructions_for(templates: dict[str, str] | None) -> dict[str, str]:
-    """Each action's instruction: DEFAULT_TEMPLATES overridden by `templates`."""
-    if templates is None:
-        return dict(DEFAULT_TEMPLATES)
-    if not isinstance(templates, dict):
-        raise InputError(f"templates must be a dict action -> text, got {templates!r}")
-    for action, text in templates.items():
-        if action not in ACTIONS:
-            raise InputError(
-                f"templates: unknown action {action!r}; the actions are {', '.join(ACTIONS)}"
-            )
-        check_field_text(f"templates[{action!r}]", text)
-    return {**DEFAULT_TEMPLATES, **templates}
 
 
 def check_field_text(name: str, value: object) -> None:

@@ -29,7 +29,7 @@ from PIL import Image
 from bagel.errors import BagelError, InputError
 from bagel.forcing import check_forcing
 from bagel.pipeline import ProgressFn
-from workbench.actions import ACTIONS
+from workbench.actions import ACTIONS, DEFAULT_TEMPLATES
 from workbench.chain_checks import (
     check_actions,
     check_choice,
@@ -38,7 +38,6 @@ from workbench.chain_checks import (
     check_field_text,
     check_flag,
     check_list,
-    instructions_for,
     require_image,
 )
 from workbench.files import check_regular_file
@@ -423,6 +422,21 @@ class _Run:
 # -- validation ---------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"\d+")
+
+
+def instructions_for(templates: dict[str, str] | None) -> dict[str, str]:
+    """Each action's instruction: DEFAULT_TEMPLATES overridden by `templates`."""
+    if templates is None:
+        return dict(DEFAULT_TEMPLATES)
+    if not isinstance(templates, dict):
+        raise InputError(f"templates must be a dict action -> text, got {templates!r}")
+    for action, text in templates.items():
+        if action not in ACTIONS:
+            raise InputError(
+                f"templates: unknown action {action!r}; the actions are {', '.join(ACTIONS)}"
+            )
+        check_field_text(f"templates[{action!r}]", text)
+    return {**DEFAULT_TEMPLATES, **templates}
 
 
 def check_template(

@@ -190,7 +190,6 @@ class Session:
         check_forcing(schedule, window, frames)
         height, width = self.image_size(params)
         per_frame = sum(self.pipe.image_token_counts(width, height))
-        noise = torch.stack([self._noise(params.seed + k, height, width) for k in range(frames)])
 
         def commit(k: int, frame: ImageOutput) -> tuple[KVContext, KVContext, KVContext]:
             before, seed = self._marks(), params.seed + k
@@ -211,6 +210,10 @@ class Session:
             return self.main, text, self.image_dropped
 
         with self._transaction(frames * per_frame, FRAME_ROPE_STRIDE * frames):
+            # drawn once the run is known to fit (a run too long is refused without it)
+            noise = torch.stack(
+                [self._noise(params.seed + k, height, width) for k in range(frames)]
+            )
             out = self.pipe.predict_frames(
                 self.main,
                 frames,

@@ -171,9 +171,9 @@ def _add_session_routes(app: FastAPI, service: Service) -> None:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-        def work(_progress) -> Done:
-            try:
-                session = store.load(folder, pipe, use_snapshot=False)
+        def work(progress) -> Done:
+            try:  # re-encoding the turns: a cancel stops it after the current turn
+                session = store.load(folder, pipe, use_snapshot=False, progress=progress)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             return Done(new_session=registry.add(session).id)

@@ -12,13 +12,16 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from bagel.errors import InputError
+from bagel.tokenizer import check_text
 from workbench.params import MAX_TEXT_CHARS, ContextLimit, GenerationParams
 
-# a user text: bounded here, before anything reads it (the same bound Session applies)
-UserText = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+# a user text: bounded and valid Unicode (no lone surrogate, which JSON can escape), checked
+# here before anything reads it (the same rules as Session's)
+UserText = Annotated[str, Field(max_length=MAX_TEXT_CHARS), AfterValidator(check_text)]
+MAX_OPTIONS = 256  # the options of one choice (each is scored by the model)
 # a name picked from a short list (an action, axis, schedule, format, ...)
 Name = Annotated[str, Field(max_length=64)]
 
@@ -85,7 +88,7 @@ class Ask(Body):
 
 class Choose(Body):
     question: UserText
-    options: list[UserText]
+    options: Annotated[list[UserText], Field(max_length=MAX_OPTIONS)]
 
 
 class Think(Body):
