@@ -274,3 +274,88 @@ def _png_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (40, 32), (200, 30, 30)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_a_client_over_its_share_of_jobs_is_answered_429(pipe, tmp_path):
+    client = TestClient(create_app(pipe, tmp_path, max_jobs=2), base_url=LOCAL)
+    service = client.app.state.service
+    sid = _new(client)
+    assert service.gate.enter("someone else", threading.Event())  # the model is busy
+    waiting = []
+    for text in ("one", "two"):
+        thread = threading.Thread(
+            target=lambda t=text: waiting.append(
+                client.post(f"/sessions/{sid}/text", json={"text": t})
+            )
+        )
+        thread.start()
+        waiting.append(thread)
+    while len(_ok(client.get("/jobs"))) < 2:
+        time.sleep(0.01)
+    refused = client.post(f"/sessions/{sid}/text", json={"text": "three"})
+    assert refused.status_code == 429, refused.text
+    assert "2 jobs queued or running" in refused.json()["detail"]
+    assert len(_ok(client.get("/jobs"))) == 2  # the refused one was never queued
+    service.gate.leave("someone else")
+    for thread in [w for w in waiting if isinstance(w, threading.Thread)]:
+        thread.join(60)
+    assert [t["text"] for t in _turns(client, sid)] in (["one", "two"], ["two", "one"])
+    _ok(client.post(f"/sessions/{sid}/text", json={"text": "three"}))  # room again
+
+
+def test_a_client_over_its_share_of_sessions_is_answered_429(pipe, tmp_path):
+    client = TestClient(create_app(pipe, tmp_path, max_sessions=2), base_url=LOCAL)
+    first, _second = _new(client), _new(client)
+    for response in (client.post("/sessions"), client.post(f"/sessions/{first}/fork")):
+        assert response.status_code == 429, response.text
+        assert "already has 2 sessions" in response.json()["detail"]
+    assert len(_ok(client.get("/sessions"))) == 2
+    assert client.delete(f"/sessions/{first}").status_code == 204
+    _new(client)  # room again
+
+
+def test_a_queued_request_whose_client_went_away_is_cancelled(pipe, tmp_path):
+    import socket
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(pipe, tmp_path)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    service = app.state.service
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        sid = httpx.post(f"{url}/sessions").json()["id"]
+        assert service.gate.enter("someone else", threading.Event())  # the model is busy
+        body = {"text": "nobody waits for this"}
+        with pytest.raises(httpx.ReadTimeout):  # a plain request, given up
+            httpx.post(f"{url}/sessions/{sid}/text", json=body, timeout=1.0)
+        _left_the_line(service)
+        with pytest.raises(httpx.ReadTimeout):  # a stream, given up while queued
+            with httpx.stream(
+                "POST", f"{url}/sessions/{sid}/text", params={"stream": "true"}, json=body
+            ) as response:
+                for line in response.iter_lines():
+                    if '"queued"' in line:
+                        raise httpx.ReadTimeout("given up")  # closes the connection
+        _left_the_line(service)
+        service.gate.leave("someone else")
+        assert httpx.get(f"{url}/sessions/{sid}").json()["turns"] == []
+    finally:
+        service.gate.leave("someone else")
+        server.should_exit = True
+        thread.join(30)
+
+
+def _left_the_line(service) -> None:
+    deadline = time.monotonic() + 30
+    while service.unfinished() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert service.unfinished() == []

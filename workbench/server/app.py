@@ -40,8 +40,8 @@ from workbench.server.schemas import (
     TurnResult,
     check,
 )
-from workbench.server.service import Done, Service
-from workbench.server.sessions import NotFound, Registry
+from workbench.server.service import MAX_JOBS, MAX_SESSIONS, Done, Service, caller
+from workbench.server.sessions import NotFound, Registry, TooMany
 from workbench.server.turns import SessionId, TooLarge, read_upload
 from workbench.store import session_format
 
@@ -50,15 +50,23 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = MAX_ARCHIVE_MB * MB + MB  # the largest upload (a session archive) + form
 
 
-def create_app(pipe: BagelPipeline, sessions_dir: str | Path, token: str | None = None) -> FastAPI:
+def create_app(
+    pipe: BagelPipeline,
+    sessions_dir: str | Path,
+    token: str | None = None,
+    max_jobs: int | None = MAX_JOBS,
+    max_sessions: int | None = MAX_SESSIONS,
+) -> FastAPI:
     """The API over `pipe`, keeping sessions in `sessions_dir` (restored from it now).
 
     token: when given, every request must carry `Authorization: Bearer <token>`.
+    max_jobs, max_sessions: per client (an address), the most queued and running jobs
+    and the most sessions it made; past them a request is a 429 (None: no limit).
     """
-    registry = Registry(Path(sessions_dir), pipe)
+    registry = Registry(Path(sessions_dir), pipe, max_sessions)
     for problem in registry.restore():
         log.warning(problem)
-    service = Service(pipe, registry)
+    service = Service(pipe, registry, max_jobs)
     app = FastAPI(
         title="BAGEL Workbench",
         version=workbench.__version__,
@@ -99,6 +107,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         where = ["body", *err.field.split(".")]
         detail = [{"loc": where, "msg": err.problem, "type": "value_error"}]
         return JSONResponse({"detail": detail}, 422)
+
+    @app.exception_handler(TooMany)
+    async def too_many(_request: Request, err: TooMany) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, 429)
 
     @app.exception_handler(TooLarge)
     async def too_large(_request: Request, err: TooLarge) -> JSONResponse:
@@ -155,13 +167,15 @@ def _add_session_routes(app: FastAPI, service: Service) -> None:
     @app.post("/sessions", status_code=201)
     def create_session(body: NewSession | None = None) -> SessionOut:
         limit = check(body.limit.build, "limit") if body and body.limit else None
-        entry = registry.create(limit)
+        entry = registry.create(limit, owner=caller())
         return SessionOut(id=entry.id, turns=0)
 
     @app.post("/sessions/import", response_model=TurnResult)
     async def import_session(file: Annotated[UploadFile, File()]):
         """A saved session (a zip of its folder, as GET /sessions/{id}/archive or the app
         gives) becomes a new session here; its turns are re-encoded in the queue."""
+        owner = caller()
+        registry.check_room(owner)  # at once; checked again when the session is added
         data = await read_upload(file, MAX_ARCHIVE_MB)
         staging = Path(tempfile.mkdtemp(prefix="import-"))
         try:
@@ -176,7 +190,7 @@ def _add_session_routes(app: FastAPI, service: Service) -> None:
                 session = store.load(folder, pipe, use_snapshot=False, progress=progress)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-            return Done(new_session=registry.add(session).id)
+            return Done(new_session=registry.add(session, owner).id)
 
         return await answer(service.on_model("import", work), stream=False)
 

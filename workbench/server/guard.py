@@ -17,7 +17,10 @@ import ipaddress
 import json
 from urllib.parse import urlsplit
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from workbench.server.service import CALLER
 
 
 class Guard:
@@ -50,6 +53,7 @@ class Guard:
         if int(length) > self.max_body:  # the server reads no more than Content-Length says
             await _reply(send, 413, f"the request body is over the {self.max_body} bytes allowed")
             return
+        CALLER.set(Request(scope, receive))  # who asks, for the per-client limits
         await self.app(scope, receive, send)
 
 

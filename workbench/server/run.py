@@ -25,12 +25,15 @@ def serve(args: argparse.Namespace, load) -> int:
         )
     if not 0 < args.port < 65536:
         raise InputError(f"--port must be in 1..65535, got {args.port}")
+    for option, value in (("--max-jobs", args.max_jobs), ("--max-sessions", args.max_sessions)):
+        if value < 1:
+            raise InputError(f"{option} must be at least 1, got {value}")
     import uvicorn
 
     from workbench.server.app import create_app
 
     pipe = load(args.model, args.device or "cpu", args.dtype, args.profile, args.compile)
-    app = create_app(pipe, args.sessions, token=token)
+    app = create_app(pipe, args.sessions, token, args.max_jobs, args.max_sessions)
     restored = len(app.state.service.registry.all())
     print(f"{restored} session(s) restored from {args.sessions}", flush=True)
     print(f"serving on http://{args.host}:{args.port} (API docs at /docs)", flush=True)

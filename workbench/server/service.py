@@ -19,18 +19,33 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
+
+from starlette.requests import Request
 
 from bagel.errors import BagelError
 from bagel.pipeline import BagelPipeline, ProgressFn
 from workbench.app.jobs import Gate, Job
-from workbench.server.sessions import Entry, NotFound, Registry
+from workbench.server.sessions import Entry, NotFound, Registry, TooMany
 from workbench.session import Session
 
 log = logging.getLogger(__name__)
 
 KEEP_TASKS = 1024  # finished tasks kept for GET /jobs/{id}, oldest dropped first
+MAX_JOBS = 32  # default: queued and running jobs per client
+MAX_SESSIONS = 64  # default: sessions per client
+# the request being answered (set by the Guard middleware): who asks, and whether they
+# are still there
+CALLER: ContextVar[Request | None] = ContextVar("caller", default=None)
+
+
+def caller() -> str | None:
+    """The address of the client whose request is being answered (None outside one)."""
+    request = CALLER.get()
+    return None if request is None or request.client is None else request.client.host
+
 
 Verb = Callable[[Session, ProgressFn], "Done"]
 
@@ -77,6 +92,7 @@ class Task:
     title: str
     session: str | None
     job: Job
+    client: str | None = None
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
@@ -97,8 +113,11 @@ class Task:
 
 
 class Service:
-    def __init__(self, pipe: BagelPipeline, registry: Registry):
+    """max_jobs: the most queued and running jobs one client (an address) may have."""
+
+    def __init__(self, pipe: BagelPipeline, registry: Registry, max_jobs: int | None = None):
         self.pipe, self.registry, self.gate = pipe, registry, Gate()
+        self.max_jobs = max_jobs
         self._tasks: OrderedDict[str, Task] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -163,6 +182,8 @@ class Service:
                 return work(entry.session if entry else None, progress)
             except NotFound as err:
                 return Refused(str(err), 404)
+            except TooMany as err:
+                return Refused(str(err), 429)
             except BagelError as err:  # bad input: the verb changed nothing
                 return Refused(str(err))
             except Exception:
@@ -172,9 +193,17 @@ class Service:
             finally:
                 task.finished = time.monotonic()
 
+        client = caller()
         task_id = secrets.token_hex(8)
-        task = Task(task_id, title, entry.id if entry else None, Job(title, run, self.gate))
+        job = Job(title, run, self.gate)
+        task = Task(task_id, title, entry.id if entry else None, job, client)
         with self._lock:
+            held = sum(t.client == client for t in self._tasks.values() if not t.job.finished)
+            if client is not None and self.max_jobs is not None and held >= self.max_jobs:
+                raise TooMany(
+                    f"this client already has {held} jobs queued or running, the most "
+                    f"allowed ({self.max_jobs}): wait for one to finish"
+                )
             self._tasks[task_id] = task
             while len(self._tasks) > KEEP_TASKS:
                 oldest = next(iter(self._tasks))

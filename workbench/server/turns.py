@@ -28,7 +28,7 @@ from workbench.params import GenerationParams
 from workbench.server import costs
 from workbench.server import schemas as s
 from workbench.server.replies import answer
-from workbench.server.service import Done, Service, Verb
+from workbench.server.service import Done, Service, Verb, caller
 from workbench.server.sessions import ID
 
 SessionId = Annotated[str, PathParam(pattern=f"^{ID.pattern}$", description="a server-made id")]
@@ -246,7 +246,9 @@ async def rewind(session_id: SessionId, body: s.Rewind, service: Svc):
 @router.post("/fork")
 async def fork(session_id: SessionId, service: Svc):
     """A new session sharing this one's past (its id is `new_session`)."""
-    verb = lambda ses, _p: Done(new_session=service.registry.add(ses.fork()).id)  # noqa: E731
+    owner = caller()
+    service.registry.check_room(owner)  # at once; checked again when the fork is added
+    verb = lambda ses, _p: Done(new_session=service.registry.add(ses.fork(), owner).id)  # noqa: E731
     return await _queue(service, session_id, "fork", verb, saves=False)
 
 
