@@ -359,3 +359,38 @@ def _left_the_line(service) -> None:
     while service.unfinished() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert service.unfinished() == []
+
+
+def test_an_import_refusal_names_the_upload_not_the_servers_folders(client):
+    import io
+    import json
+    import zipfile
+
+    sid = _new(client)
+    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
+    saved = zipfile.ZipFile(io.BytesIO(client.get(f"/sessions/{sid}/archive").content))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in saved.namelist():
+            data = saved.read(name)
+            if name.endswith("session.json"):  # made by another model
+                data = json.dumps({**json.loads(data), "checkpoint": "another"}).encode()
+            archive.writestr(name, data)
+    files = {"file": ("walk.zip", buffer.getvalue(), "application/zip")}
+    response = client.post("/sessions/import", files=files)
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("walk.zip/") and "checkpoint another" in detail, detail
+    assert "import-" not in detail and "/tmp" not in detail
+
+
+def test_a_remote_progress_callback_sees_every_step(client):
+    from workbench.client import RemoteSession
+    from workbench.params import GenerationParams
+
+    remote = RemoteSession(client=client)
+    remote.add_text("a fox")
+    seen = []
+    params = GenerationParams(num_timesteps=12, height=64, width=64)
+    remote.generate_image(params, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(k, 11) for k in range(1, 12)]

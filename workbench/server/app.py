@@ -177,17 +177,22 @@ def _add_session_routes(app: FastAPI, service: Service) -> None:
         owner = caller()
         registry.check_room(owner)  # at once; checked again when the session is added
         data = await read_upload(file, MAX_ARCHIVE_MB)
+        name = file.filename or "upload"
         staging = Path(tempfile.mkdtemp(prefix="import-"))
         try:
-            folder = unpack_session(file.filename or "upload", data, staging / "session")
+            folder = unpack_session(name, data, staging / "session")
             session_format.read_manifest(folder, pipe, allow_other_checkpoint=False)
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(err, BagelError):
+                raise _in_upload(err, staging, name) from err
             raise
 
         def work(progress) -> Done:
             try:  # re-encoding the turns: a cancel stops it after the current turn
                 session = store.load(folder, pipe, use_snapshot=False, progress=progress)
+            except BagelError as err:
+                raise _in_upload(err, staging, name) from err
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             return Done(new_session=registry.add(session, owner).id)
@@ -256,6 +261,12 @@ def _add_session_routes(app: FastAPI, service: Service) -> None:
         task = _task(service, job_id)
         task.job.cancel()
         return job_out(task)
+
+
+def _in_upload(err: BagelError, staging: Path, name: str) -> BagelError:
+    """The error, its paths in the server's staging folder named inside the upload
+    (`up.zip/session.json: ...`): the server's own folders are no client's business."""
+    return BagelError(str(err).replace(str(staging / "session"), name))
 
 
 def _task(service: Service, job_id: str):
