@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from bagel.embeddings import unpatchify_latent
-from bagel.errors import InputError
+from bagel.errors import ImageError, InputError
 from bagel.forcing import check_forcing
 from bagel.kv import KVContext, allocated_bytes
 from bagel.pipeline import FRAME_ROPE_STRIDE, BagelPipeline, ImageOutput, ProgressFn
@@ -154,7 +154,11 @@ class Session:
         check_seed(seed)
         if isinstance(image, str | Path):
             check_regular_file(Path(image))
-        prepared = self.pipe.prepare_image(image)
+        try:
+            prepared = self.pipe.prepare_image(image)
+        except ImageError as err:  # e.g. its aspect ratio: say which file
+            named = isinstance(image, str | Path) and str(image) not in str(err)
+            raise ImageError(f"{image}: {err}" if named else str(err)) from err
         with self._transaction(sum(self.pipe.image_token_counts(*prepared.size)), 2):
             before = self._marks()
             rows = self._append_image(prepared, seed)
