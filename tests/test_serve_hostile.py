@@ -394,3 +394,11 @@ def test_a_remote_progress_callback_sees_every_step(client):
     params = GenerationParams(num_timesteps=12, height=64, width=64)
     remote.generate_image(params, progress=lambda done, total: seen.append((done, total)))
     assert seen == [(k, 11) for k in range(1, 12)]
+
+
+def test_a_json_body_past_its_own_limit_is_refused_unread(client):
+    sid = _new(client)
+    body = b'{"text": "' + b"x" * (16 * 2**20) + b'"}'
+    response = _raw(client, f"/sessions/{sid}/text", body)
+    assert response.status_code == 413 and "JSON body" in response.json()["detail"]
+    assert _turns(client, sid) == []

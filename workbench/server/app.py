@@ -131,8 +131,6 @@ def _unparsable(cause: BaseException | None) -> str | None:
         return f"the body is not UTF-8 text (byte 0x{cause.object[cause.start]:02x} at offset {cause.start})"
     if isinstance(cause, RecursionError):
         return "the JSON is nested too deeply"
-    if isinstance(cause, ValueError):
-        return f"the body is not valid JSON ({cause})"
     return None
 
 

@@ -7,7 +7,8 @@ streamed responses (server-sent events) pass through untouched.
   127.0.0.1 (DNS rebinding) is refused; and a request a browser sends for another
   site's page (an `Origin` that is not a loopback origin, or `Sec-Fetch-Site:
   cross-site`) is refused: 403.
-- The body size limit, by Content-Length; chunked bodies are refused (411).
+- The body size limit, by Content-Length (16 MB for a JSON body); chunked bodies are
+  refused (411).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from workbench.server.service import CALLER
+
+MAX_JSON_BYTES = 16 * 2**20  # a verb's arguments; uploads (images, archives) are multipart
 
 
 class Guard:
@@ -52,6 +55,10 @@ class Guard:
             return
         if int(length) > self.max_body:  # the server reads no more than Content-Length says
             await _reply(send, 413, f"the request body is over the {self.max_body} bytes allowed")
+            return
+        json_body = headers.get(b"content-type", b"").lower().startswith(b"application/json")
+        if json_body and int(length) > MAX_JSON_BYTES:  # texts, lists: no upload is JSON
+            await _reply(send, 413, f"a JSON body is over the {MAX_JSON_BYTES} bytes allowed")
             return
         CALLER.set(Request(scope, receive))  # who asks, for the per-client limits
         await self.app(scope, receive, send)

@@ -260,10 +260,15 @@ async def export(session_id: SessionId, service: Svc, body: s.Export | None = No
     body = body or s.Export()
     formats = sorted(FORMATS) if body.formats is None else body.formats
 
-    def verb(ses, _progress) -> Done:
+    def verb(ses, progress) -> Done:  # a cancel stops it between its formats
         with tempfile.TemporaryDirectory(prefix="export-") as tmp:
             out = export_session(
-                ses, Path(tmp) / "export", formats, fps=body.fps, include=body.include
+                ses,
+                Path(tmp) / "export",
+                formats,
+                fps=body.fps,
+                include=body.include,
+                progress=progress,
             )
             return Done(download=pack_folder(out), filename=f"{session_id}-export.zip")
 
