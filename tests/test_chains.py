@@ -12,8 +12,7 @@ from PIL import Image
 from bagel.errors import ImageError, InputError
 from bagel.llm import Routing
 from workbench import chains
-from workbench.actions import ACTIONS, DEFAULT_TEMPLATES
-from workbench.chains import Beat
+from workbench.chains import ACTIONS, DEFAULT_TEMPLATES, Beat
 from workbench.params import GenerationParams
 from workbench.session import Session
 from workbench.store import load, replay, save
