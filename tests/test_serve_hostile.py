@@ -402,3 +402,30 @@ def test_a_json_body_past_its_own_limit_is_refused_unread(client):
     response = _raw(client, f"/sessions/{sid}/text", body)
     assert response.status_code == 413 and "JSON body" in response.json()["detail"]
     assert _turns(client, sid) == []
+
+
+def test_an_import_cancelled_while_queued_leaves_no_staging_folder(client, monkeypatch, tmp_path):
+    import tempfile
+
+    sid = _new(client)
+    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
+    archive = client.get(f"/sessions/{sid}/archive").content
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
+    service = client.app.state.service
+    assert service.gate.enter("someone else", threading.Event())  # the model is busy
+    out = []
+    files = {"file": ("walk.zip", archive, "application/zip")}
+    thread = threading.Thread(
+        target=lambda: out.append(client.post("/sessions/import", files=files))
+    )
+    thread.start()
+    while not _ok(client.get("/jobs")):
+        time.sleep(0.01)
+    assert any(staging.iterdir())  # unpacked, waiting
+    client.post(f"/jobs/{_ok(client.get('/jobs'))[0]['id']}/cancel")
+    thread.join(60)
+    service.gate.leave("someone else")
+    assert out[0].status_code == 409
+    assert not any(staging.iterdir())

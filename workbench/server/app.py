@@ -195,7 +195,10 @@ def _add_session_routes(app: FastAPI, service: Service) -> None:
                 shutil.rmtree(staging, ignore_errors=True)
             return Done(new_session=registry.add(session, owner).id)
 
-        return await answer(service.on_model("import", work), stream=False)
+        try:
+            return await answer(service.on_model("import", work), stream=False)
+        finally:  # also when the job never ran (cancelled while it waited)
+            shutil.rmtree(staging, ignore_errors=True)
 
     @app.get("/sessions/{session_id}")
     def transcript(session_id: SessionId) -> Transcript:
