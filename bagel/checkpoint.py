@@ -185,6 +185,12 @@ def resolve_folder(path: str | Path, df11: bool = False) -> Path:
     if not folder.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint folder")
     required = (LLM_CONFIG, VIT_CONFIG, AE_WEIGHTS, DF11_CONFIG) if df11 else REQUIRED_FILES
+    folders = [name for name in required if (folder / name).is_dir()]
+    if folders:
+        raise CheckpointError(
+            f"{folder}: {', '.join(folders)} {'is a folder' if len(folders) == 1 else 'are folders'}"
+            ", not a file"
+        )
     missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         raise CheckpointError(f"{folder}: missing checkpoint file(s): {', '.join(missing)}")

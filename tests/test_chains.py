@@ -4,6 +4,8 @@ changes nothing."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from PIL import Image
 from bagel.contexts import prefill
 from bagel.errors import ImageError, InputError
 from bagel.llm import Routing
-from workbench import chains
+from workbench import chain_checks, chains
 from workbench.chains import ACTIONS, DEFAULT_TEMPLATES, Beat
 from workbench.params import GenerationParams
 from workbench.session import Session
@@ -403,3 +405,17 @@ def test_chains_that_start_from_an_image_refuse_an_empty_session(pipe, chain):
 
 def test_actions_and_templates_agree():
     assert set(DEFAULT_TEMPLATES) == set(ACTIONS) and len(ACTIONS) == 8
+
+
+def test_check_template_bounds_what_a_template_can_expand_to():
+    assert chain_checks.check_template("Turn {degrees:>8} degrees about {axis}") is not None
+    for template, says in [
+        ("{degrees:>10000000}", "width or precision over 100"),
+        ("{degrees:.101}", "width or precision over 100"),
+        ("{degrees:>{axis}}", "may not hold a placeholder"),
+        ("{degrees[0]}", "unknown placeholder"),
+        ("turn {axis}", "must contain {degrees}"),
+        ("{degrees", "not a valid template"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(says)):
+            chain_checks.check_template(template)

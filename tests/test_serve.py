@@ -32,6 +32,7 @@ from workbench.store import session_format
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"num_timesteps": 3, "height": 64, "width": 64, "max_think_tokens": 4}
 SLOW = {**FAST, "num_timesteps": 400}  # long enough to cancel half-way
+LOCAL = "http://127.0.0.1:8000"  # a tokenless server answers only loopback Host names
 
 
 def _png(size=(40, 32), color=(200, 30, 30)) -> bytes:
@@ -42,7 +43,7 @@ def _png(size=(40, 32), color=(200, 30, 30)) -> bytes:
 
 @pytest.fixture
 def client(pipe, tmp_path):
-    return TestClient(create_app(pipe, tmp_path / "sessions"))
+    return TestClient(create_app(pipe, tmp_path / "sessions"), base_url=LOCAL)
 
 
 def _new(client) -> str:
@@ -164,7 +165,9 @@ def test_every_finished_turn_is_saved_and_a_new_server_restores_it(pipe, client,
     saved = store.load(tmp_path / "sessions" / sid, pipe)
     assert [(t.role, t.kind) for t in saved.turns] == [("user", "text"), ("model", "image")]
 
-    again = TestClient(create_app(pipe, tmp_path / "sessions"))  # a restart, same folder
+    again = TestClient(
+        create_app(pipe, tmp_path / "sessions"), base_url=LOCAL
+    )  # a restart, same folder
     assert _turns(again, sid) == _turns(client, sid)
     assert np.array_equal(_image(again, first["image"]), _image(client, first["image"]))
     nxt = {"params": {**FAST, "seed": 5}}
@@ -182,7 +185,7 @@ def test_a_snapshot_that_does_not_match_is_rebuilt_from_the_turns(pipe, client, 
     folder = tmp_path / "sessions" / sid
     (folder / session_format.SNAPSHOT).write_bytes(b"torn")  # as if killed between the two renames
     (folder.parent / "not-a-session").mkdir()
-    again = TestClient(create_app(pipe, tmp_path / "sessions"))
+    again = TestClient(create_app(pipe, tmp_path / "sessions"), base_url=LOCAL)
     assert _turns(again, sid) == _turns(client, sid)
 
 
@@ -340,7 +343,7 @@ def test_a_failed_save_is_undone(client, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(registry, "commit", broken)
-    response = TestClient(client.app, raise_server_exceptions=False).post(
+    response = TestClient(client.app, base_url=LOCAL, raise_server_exceptions=False).post(
         f"/sessions/{sid}/text", json={"text": "lost"}
     )
     assert response.status_code == 500 and "disk full" in response.json()["detail"]
@@ -447,7 +450,7 @@ def test_bad_requests_get_their_4xx_and_change_nothing(client, tmp_path):
 
 def test_bodies_past_the_limit_or_chunked_are_refused(pipe, tmp_path, monkeypatch):
     monkeypatch.setattr(server_app, "MAX_BODY_BYTES", 1000)
-    client = TestClient(create_app(pipe, tmp_path))
+    client = TestClient(create_app(pipe, tmp_path), base_url=LOCAL)
     sid = _new(client)
     big = client.post(f"/sessions/{sid}/text", json={"text": "x" * 2000})
     assert big.status_code == 413 and "1000 bytes" in big.json()["detail"]
@@ -527,6 +530,7 @@ def test_serve_refuses_an_open_address_without_a_token(capsys, monkeypatch, tmp_
 
     monkeypatch.setattr(bagel.checkpoint, "load", started)
     monkeypatch.setattr(uvicorn, "run", started)
+    monkeypatch.setattr(uvicorn.Server, "run", started)
     monkeypatch.delenv("WORKBENCH_TOKEN", raising=False)
     model = str(tmp_path / "model")  # never made: the refusal comes first
     assert main(["serve", "--host", "0.0.0.0", "--model", model]) == 2
@@ -588,7 +592,7 @@ def test_serve_loads_the_model_in_the_chosen_profile(monkeypatch, pipe, tmp_path
         return pipe
 
     monkeypatch.setattr(serving, "load_model", load)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, *a, **kw: None)
     argv = ["serve", "--model", "M", "--profile", "int8", "--sessions", str(tmp_path / "s")]
     assert main(argv) == 0
     assert main([*argv, "--compile"]) == 0

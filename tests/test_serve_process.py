@@ -4,6 +4,7 @@ the middle of a generation and a restart that brings back every finished turn.""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from workbench import store
 from workbench.client import RemoteError, RemoteSession
 from workbench.params import GenerationParams
 from workbench.session import Session
@@ -134,6 +136,66 @@ def test_a_remote_session_survives_kill_9_with_every_finished_turn(server, pipe)
     again.add_text("turn left")
     assert _same(again.generate_image(nxt), local.generate_image(nxt))
     second.kill()
+
+
+def test_sigterm_with_a_job_running_cancels_it_and_stops_the_server(server, pipe, tmp_path):
+    first = server()
+    remote = RemoteSession(first.url, token=TOKEN)
+    remote.add_image(Image.new("RGB", (40, 32), (30, 120, 200)), seed=1)
+    remote.add_text("walk forward")
+    answered = []
+    running = threading.Thread(
+        target=lambda: answered.append(_outcome(remote.generate_image, SLOW))
+    )
+    running.start()
+    _wait_running(first.url)
+    first.process.send_signal(signal.SIGTERM)
+    first.process.wait(10)  # the promise of docs/serve.md; raises TimeoutExpired past it
+    running.join(30)
+    assert answered and "409" in answered[0]  # the request was answered: cancelled
+    # the session is as it was before the job, and loads
+    saved = store.load(tmp_path / "sessions" / remote.id, pipe)
+    assert [(t.role, t.kind) for t in saved.turns] == [("user", "image"), ("user", "text")]
+
+
+def test_a_kill_mid_chain_keeps_the_chains_finished_turns(server, pipe, tmp_path):
+    first = server()
+    remote = RemoteSession(first.url, token=TOKEN)
+    remote.add_image(Image.new("RGB", (40, 32), (30, 120, 200)), seed=1)
+    params = GenerationParams(num_timesteps=100, height=64, width=64)
+    actions = ["forward", "turn_left", "forward"]
+    chain = threading.Thread(
+        target=lambda: _swallow(lambda: remote.chain("navigate", actions=actions, params=params))
+    )
+    chain.start()
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    deadline = time.monotonic() + 120
+    shown = []
+    while len(shown) < 3 and time.monotonic() < deadline:  # the first frame is finished
+        shown = httpx.get(f"{first.url}/sessions/{remote.id}", headers=headers).json()["turns"]
+        time.sleep(0.02)
+    jobs = httpx.get(f"{first.url}/jobs", headers=headers).json()
+    frame = httpx.get(f"{first.url}{shown[2]['image']}", headers=headers).content
+    first.kill()
+    chain.join(30)
+    assert [j["title"] for j in jobs] == ["navigate"]  # killed mid-chain ...
+    assert len(shown) < 2 + 2 * len(actions)  # ... with its first turns saved, not all
+    saved = store.load(tmp_path / "sessions" / remote.id, pipe)
+    kinds = [(t.role, t.kind) for t in saved.turns]
+    assert len(kinds) >= 3 and kinds[:3] == [
+        ("user", "image"),
+        ("user", "text"),
+        ("model", "image"),
+    ]
+    assert _same(saved.turns[2].image, Image.open(io.BytesIO(frame)))
+
+
+def _outcome(call, *args) -> str:
+    try:
+        call(*args)
+    except (httpx.HTTPError, RemoteError) as err:
+        return str(err)
+    return "done"
 
 
 def _swallow(call, *args) -> None:

@@ -5,7 +5,10 @@ append turns to the session step by step, every step seeing every earlier frame,
 return the frames they generated plus a trace of every turn they appended.
 
 A chain is one transaction: if any of its turns fails, or `progress` raises to cancel,
-the session is rewound to where the chain started and the error propagates.
+the session is rewound to where the chain started and the error propagates. `on_turn`,
+if given, is called after every step's turns are in the session (the server saves the
+session there, so a process killed mid-chain keeps the finished turns; a chain that
+fails or is cancelled is saved again once rewound).
 
 Choices (the edit judge, the agent's action) are constrained: each allowed answer is
 scored by the model's log-likelihood (`Session.choose`) and the best one is taken; no
@@ -15,8 +18,7 @@ free text is parsed.
 from __future__ import annotations
 
 import math
-import re
-import string
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,13 +27,22 @@ from PIL import Image
 from bagel.errors import BagelError, InputError
 from bagel.forcing import check_forcing
 from bagel.inputs import ProgressFn
-from bagel.tokenizer import check_text
 from workbench.actions import ACTIONS, DEFAULT_TEMPLATES
+from workbench.chain_checks import (
+    check_actions,
+    check_choice,
+    check_common,
+    check_count,
+    check_field_text,
+    check_flag,
+    check_list,
+    fill_template,
+    require_image,
+)
 from workbench.files import check_regular_file
-from workbench.params import GenerationParams, check_text_length
+from workbench.params import GenerationParams
 from workbench.session import Session
 
-MAX_TEMPLATE_WIDTH = 100  # the widest field (or precision) a template's format spec may ask
 AXES = ("vertical", "horizontal", "depth")  # turntable (yaw), tilt (pitch), in-plane (roll)
 ROTATE_TEMPLATE = "Rotate the object {degrees} degrees about its {axis} axis."
 PREDICT_MODES = ("autoregressive", "forcing")
@@ -95,6 +106,7 @@ def navigate(
     params: GenerationParams | None = None,
     templates: dict[str, str] | None = None,
     progress: ProgressFn | None = None,
+    on_turn: Callable[[], None] | None = None,
 ) -> ChainResult:
     """Per action: its instruction (user text), then the next frame.
 
@@ -103,10 +115,10 @@ def navigate(
         templates: instruction text per action, overriding DEFAULT_TEMPLATES.
         progress: (denoising steps done, total) over the whole chain.
     """
-    params = _check_common(session, params, progress)
-    actions = _check_actions(actions)
-    instructions = _templates(templates)
-    with _Run(session, "navigate", params, len(actions), progress) as run:
+    params = check_common(session, params, progress)
+    actions = check_actions(actions)
+    instructions = instructions_for(templates)
+    with _Run(session, "navigate", params, len(actions), progress, on_turn) as run:
         for action in actions:
             run.text(instructions[action])
             run.image(action)
@@ -121,6 +133,7 @@ def rotate(
     params: GenerationParams | None = None,
     template: str | None = None,
     progress: ProgressFn | None = None,
+    on_turn: Callable[[], None] | None = None,
 ) -> ChainResult:
     """Turntable / multiview: `steps` times, the rotation instruction then a frame.
 
@@ -130,17 +143,19 @@ def rotate(
         template: the instruction, with `{degrees}` and optionally `{axis}`
             (default ROTATE_TEMPLATE).
     """
-    params = _check_common(session, params, progress)
+    params = check_common(session, params, progress)
     if isinstance(degrees, bool) or not isinstance(degrees, int | float):
         raise InputError(f"degrees must be a number, got {degrees!r}")
     if not math.isfinite(degrees):
         raise InputError(f"degrees must be finite, got {degrees!r}")
-    _check_count("steps", steps)
-    _check_choice("axis", axis, AXES)
+    check_count("steps", steps)
+    check_choice("axis", axis, AXES)
     template = ROTATE_TEMPLATE if template is None else template
-    instruction = _fill("template", template, ("degrees",), degrees=f"{degrees:g}", axis=axis)
-    _require_image(session, "rotate")
-    with _Run(session, "rotate", params, steps, progress) as run:
+    instruction = fill_template(
+        "template", template, ("degrees",), degrees=f"{degrees:g}", axis=axis
+    )
+    require_image(session, "rotate")
+    with _Run(session, "rotate", params, steps, progress, on_turn) as run:
         for k in range(1, steps + 1):
             run.text(instruction)
             run.image(f"{degrees * k:g}deg")
@@ -156,6 +171,7 @@ def predict(
     schedule: str = "autoregressive",
     instruction: str | None = None,
     progress: ProgressFn | None = None,
+    on_turn: Callable[[], None] | None = None,
 ) -> ChainResult:
     """The next `frames` frames of the sequence in the session.
 
@@ -166,14 +182,14 @@ def predict(
     levels staggered by `schedule`; with window 1 it makes the same frames as
     autoregressive mode without an instruction.
     """
-    params = _check_common(session, params, progress)
-    _check_count("frames", frames)
-    _check_choice("mode", mode, PREDICT_MODES)
-    _check_count("window", window)
-    _check_choice("schedule", schedule, SCHEDULES)
+    params = check_common(session, params, progress)
+    check_count("frames", frames)
+    check_choice("mode", mode, PREDICT_MODES)
+    check_count("window", window)
+    check_choice("schedule", schedule, SCHEDULES)
     if instruction is not None:
-        _check_text("instruction", instruction)
-    _require_image(session, "predict")
+        check_field_text("instruction", instruction)
+    require_image(session, "predict")
     if mode == "autoregressive" and (window != 1 or schedule != "autoregressive"):
         raise InputError(
             f"window {window} / schedule {schedule!r} apply to mode='forcing'; "
@@ -181,7 +197,7 @@ def predict(
         )
     if mode == "forcing":
         check_forcing(schedule, window, frames)
-    with _Run(session, "predict", params, frames, progress) as run:
+    with _Run(session, "predict", params, frames, progress, on_turn) as run:
         if mode == "forcing":
             if instruction is not None:
                 run.text(instruction)
@@ -200,13 +216,14 @@ def story(
     params: GenerationParams | None = None,
     caption: bool = False,
     progress: ProgressFn | None = None,
+    on_turn: Callable[[], None] | None = None,
 ) -> ChainResult:
     """Per beat: its reference image (if any), its text, the frame, and with `caption`
     the model's one-sentence caption of it. Earlier beats stay in context."""
-    params = _check_common(session, params, progress)
-    _check_flag("caption", caption)
-    beats = [_beat(session, i, beat) for i, beat in enumerate(_check_list("beats", beats))]
-    with _Run(session, "story", params, len(beats), progress) as run:
+    params = check_common(session, params, progress)
+    check_flag("caption", caption)
+    beats = [_beat(session, i, beat) for i, beat in enumerate(check_list("beats", beats))]
+    with _Run(session, "story", params, len(beats), progress, on_turn) as run:
         for i, beat in enumerate(beats, 1):
             if beat.image is not None:
                 run.reference(beat.image)
@@ -224,6 +241,7 @@ def edit(
     think: bool = False,
     max_rounds: int = 1,
     progress: ProgressFn | None = None,
+    on_turn: Callable[[], None] | None = None,
 ) -> ChainResult:
     """Closed-loop editing of the last image.
 
@@ -232,13 +250,13 @@ def edit(
     constrained yes/no. "yes" stops with "judged_ok"; "no" starts another round with the
     same instruction, up to `max_rounds` ("max_rounds"). Default params: the edit ones.
     """
-    params = _check_common(session, params, progress, GenerationParams.edit())
-    _check_text("instruction", instruction)
-    _check_flag("think", think)
-    _check_count("max_rounds", max_rounds)
-    _require_image(session, "edit")
+    params = check_common(session, params, progress, GenerationParams.edit())
+    check_field_text("instruction", instruction)
+    check_flag("think", think)
+    check_count("max_rounds", max_rounds)
+    require_image(session, "edit")
     judge = JUDGE_QUESTION.format(instruction=instruction)
-    with _Run(session, "edit", params, max_rounds, progress) as run:
+    with _Run(session, "edit", params, max_rounds, progress, on_turn) as run:
         for r in range(1, max_rounds + 1):
             if think:
                 run.think_image(instruction, f"round-{r}")
@@ -258,21 +276,22 @@ def agent(
     max_steps: int = 8,
     templates: dict[str, str] | None = None,
     progress: ProgressFn | None = None,
+    on_turn: Callable[[], None] | None = None,
 ) -> ChainResult:
     """Goal-seeking loop: per step, the goal question and the model's constrained choice
     among `actions` + "done"; "done" stops with "goal", an action is rendered as in
     `navigate` (its instruction, then the frame); after `max_steps` frames: "max_steps"."""
-    params = _check_common(session, params, progress)
-    _check_text("goal", goal)
-    actions = _check_actions(actions)
+    params = check_common(session, params, progress)
+    check_field_text("goal", goal)
+    actions = check_actions(actions)
     if len(set(actions)) != len(actions):
         raise InputError(f"actions must be distinct, got {actions}")
-    _check_count("max_steps", max_steps)
-    instructions = _templates(templates)
-    _require_image(session, "agent")
+    check_count("max_steps", max_steps)
+    instructions = instructions_for(templates)
+    require_image(session, "agent")
     options = [*actions, DONE]
     question = AGENT_QUESTION.format(goal=goal, options=", ".join(options))
-    with _Run(session, "agent", params, max_steps, progress) as run:
+    with _Run(session, "agent", params, max_steps, progress, on_turn) as run:
         for _ in range(max_steps):
             action = run.choose(question, options, "action")
             if action == DONE:
@@ -295,12 +314,13 @@ class _Run:
         params: GenerationParams,
         planned_frames: int,
         progress: ProgressFn | None,
+        on_turn: Callable[[], None] | None,
     ):
         self.session, self.kind, self.params = session, kind, params
         self.frames: list[Frame] = []
         self.trace: list[TraceStep] = []
         self._start = len(session.turns)
-        self._progress = progress
+        self._progress, self._on_turn = progress, on_turn
         self._steps = params.num_timesteps - 1  # denoising steps per frame
         self._total = planned_frames * self._steps  # an upper bound for edit and agent
 
@@ -314,15 +334,18 @@ class _Run:
     def text(self, text: str, kind: str = "instruction") -> None:
         self.session.add_text(text)
         self._log(kind)
+        self._finished()
 
     def reference(self, image: Image.Image) -> None:
         self.session.add_image(image, seed=self.params.seed)
         self._log("reference")
+        self._finished()
 
     def image(self, label: str) -> None:
         self.session.generate_image(self._frame_params(), self._denoise_progress())
         self._log("image")
         self._frame(label)
+        self._finished()
 
     def forced_frames(self, frames: int, window: int, schedule: str) -> None:
         first = len(self.session.turns)
@@ -333,24 +356,33 @@ class _Run:
             self._log_turn(index, "image" if turn.kind == "image" else turn.kind)
             if turn.forcing is not None:
                 self._frame(f"t+{turn.forcing.index + 1}", index)
+        self._finished()
 
     def think_image(self, prompt: str, label: str) -> None:
         self.session.think_then_generate(prompt, self._frame_params(), self._denoise_progress())
         self._log("system", "instruction", "thinking", "image")
         self._frame(label)
+        self._finished()
 
     def caption(self, question: str) -> None:
         reply = self.session.ask(question, self.params, self._hold_progress())
         self._log("question", "caption")
         self.frames[-1] = replace(self.frames[-1], caption=reply)
+        self._finished()
 
     def choose(self, question: str, options: list[str], kind: str) -> str:
         answer, _ = self.session.choose(question, options)
         self._log("question", kind)
+        self._finished()
         return answer
 
     def result(self, stopped: str) -> ChainResult:
         return ChainResult(self.kind, self.frames, self.trace, stopped)
+
+    def _finished(self) -> None:
+        """A step's turns are in the session: tell `on_turn` (e.g. to save it)."""
+        if self._on_turn is not None:
+            self._on_turn()
 
     def _frame_params(self) -> GenerationParams:
         """Frame k (from 0) of a chain samples with seed params.seed + k."""
@@ -388,36 +420,8 @@ class _Run:
 # -- validation ---------------------------------------------------------------------------
 
 
-def _check_common(
-    session: Session,
-    params: GenerationParams | None,
-    progress: ProgressFn | None,
-    default: GenerationParams | None = None,
-) -> GenerationParams:
-    params = params if params is not None else (default or GenerationParams())
-    if not isinstance(params, GenerationParams):
-        raise InputError(f"params must be a GenerationParams, got {type(params).__name__}")
-    if progress is not None and not callable(progress):
-        raise InputError(f"progress must be callable, got {progress!r}")
-    session.image_size(params)  # a bad height/width fails here, before any turn
-    return params
-
-
-def _check_list(name: str, value: object) -> list:
-    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
-        raise InputError(f"{name} must be a non-empty list, got {value!r}")
-    return list(value)
-
-
-def _check_actions(actions: object) -> list[str]:
-    actions = _check_list("actions", actions)
-    for action in actions:
-        if action not in ACTIONS:
-            raise InputError(f"unknown action {action!r}; the actions are {', '.join(ACTIONS)}")
-    return actions
-
-
-def _templates(templates: dict[str, str] | None) -> dict[str, str]:
+def instructions_for(templates: dict[str, str] | None) -> dict[str, str]:
+    """Each action's instruction: DEFAULT_TEMPLATES overridden by `templates`."""
     if templates is None:
         return dict(DEFAULT_TEMPLATES)
     if not isinstance(templates, dict):
@@ -427,62 +431,8 @@ def _templates(templates: dict[str, str] | None) -> dict[str, str]:
             raise InputError(
                 f"templates: unknown action {action!r}; the actions are {', '.join(ACTIONS)}"
             )
-        _check_text(f"templates[{action!r}]", text)
+        check_field_text(f"templates[{action!r}]", text)
     return {**DEFAULT_TEMPLATES, **templates}
-
-
-def _fill(what: str, template: object, needed: tuple[str, ...], **values: str) -> str:
-    """`check_template`, then the template filled with `values` (bounded like any text)."""
-    template = check_template(template, what, tuple(values), needed)
-    try:
-        filled = template.format(**values)
-    except (ValueError, IndexError) as err:
-        raise InputError(f"{what} is not a valid template: {err}") from err
-    return check_text_length(filled, f"{what}, filled in,")
-
-
-_NUMBER = re.compile(r"\d+")
-
-
-def _over(digits: str) -> bool:
-    """Whether a number in a format spec is over MAX_TEMPLATE_WIDTH (read without int()
-    on thousands of digits, which Python refuses)."""
-    digits = digits.lstrip("0")
-    return len(digits) > len(str(MAX_TEMPLATE_WIDTH)) or int(digits or "0") > MAX_TEMPLATE_WIDTH
-
-
-def check_template(
-    template: object,
-    what: str = "template",
-    allowed: tuple[str, ...] = ("degrees", "axis"),
-    needed: tuple[str, ...] = ("degrees",),
-) -> str:
-    """A format template (rotate's by default): a text whose placeholders are among
-    `allowed` and include `needed`, with no format spec wider or more precise than
-    MAX_TEMPLATE_WIDTH and no nested placeholder. Returns it; raises InputError.
-
-    The one rule for templates: the chains and the scenario file's schema use it."""
-    check_text_length(check_text(template, what, blank_ok=False), what)
-    names = ", ".join("{" + key + "}" for key in allowed)
-    try:
-        parts = [(f, spec) for _, f, spec, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as err:
-        raise InputError(f"{what} is not a valid template: {err}") from err
-    unknown = {f for f, _ in parts} - set(allowed)
-    if unknown:
-        raise InputError(f"{what} uses unknown placeholder(s) {sorted(unknown)}; use {names}")
-    missing = [key for key in needed if key not in {f for f, _ in parts}]
-    if missing:
-        raise InputError(f"{what} must contain {{{missing[0]}}}")
-    for field, spec in parts:
-        if "{" in spec:
-            raise InputError(f"{what}: the format of {{{field}}} may not hold a placeholder")
-        if any(_over(n) for n in _NUMBER.findall(spec)):
-            raise InputError(
-                f"{what}: the format of {{{field}}} asks for a width or precision over "
-                f"{MAX_TEMPLATE_WIDTH}"
-            )
-    return template
 
 
 def _beat(session: Session, index: int, beat: object) -> Beat:
@@ -491,7 +441,7 @@ def _beat(session: Session, index: int, beat: object) -> Beat:
         beat = Beat(beat)
     if not isinstance(beat, Beat):
         raise InputError(f"beats[{index}] must be a str or a Beat, got {type(beat).__name__}")
-    _check_text(f"beats[{index}].text", beat.text)
+    check_field_text(f"beats[{index}].text", beat.text)
     if beat.image is None:
         return beat
     try:
@@ -500,29 +450,3 @@ def _beat(session: Session, index: int, beat: object) -> Beat:
         return Beat(beat.text, session.pipe.prepare_image(beat.image))
     except BagelError as err:
         raise type(err)(f"beats[{index}].image: {err}") from err
-
-
-def _check_text(name: str, value: object) -> None:
-    check_text(value, name, blank_ok=False)
-
-
-def _check_count(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise InputError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _check_flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise InputError(f"{name} must be True or False, got {value!r}")
-
-
-def _require_image(session: Session, chain: str) -> None:
-    if not any(turn.image is not None for turn in session.turns):
-        raise InputError(
-            f"{chain} starts from an image: the session has none yet (add one with add_image)"
-        )

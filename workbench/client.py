@@ -7,7 +7,7 @@
 
 A script written against `Session` runs unchanged on a `RemoteSession`: the same verbs
 take the same arguments and return the same values (images come back as lossless PNG, so
-the same seeds give the same pixels). A `progress` callback gets the denoising steps as
+the same seeds give the same pixels). A `progress` callback gets every denoising step as
 the server streams them; if it raises, the job is cancelled (the session stays as it was)
 and the exception propagates, as with a local session. The chains of workbench.chains
 run server-side through `chain(kind, ...)`.
@@ -173,12 +173,13 @@ class RemoteSession:
                 if name == "status":
                     steps = (data["steps_done"], data["steps_total"])
                     if error is None and steps[1] and steps != shown:
-                        shown = steps
                         try:
-                            progress(*steps)
+                            for done in _steps_between(shown, steps):
+                                progress(done, steps[1])
                         except BaseException as err:  # cancel, then see it through
                             error = err
                             self._call("POST", f"/jobs/{data['job']}/cancel")
+                        shown = steps
                     continue
                 if error is not None:
                     raise error
@@ -216,6 +217,15 @@ class RemoteSession:
             scores=tuple(t["scores"]) if t["scores"] is not None else None,
             forcing=Forcing(**t["forcing"]) if t["forcing"] else None,
         )
+
+
+def _steps_between(shown: tuple[int, int], now: tuple[int, int]) -> range:
+    """The steps done since `shown`, one by one: the server's status events are polled,
+    so one event may report several steps (the callback still sees each)."""
+    if now[0] == 0:  # a phase before its first step (thinking): reported as it is
+        return range(0, 1)
+    same_count = now[1] == shown[1] and now[0] > shown[0]
+    return range(shown[0] + 1 if same_count else 1, now[0] + 1)
 
 
 def _params(params: GenerationParams | None) -> dict | None:

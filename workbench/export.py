@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bagel.errors import InputError
+from bagel.errors import BagelError, InputError
 from bagel.inputs import ProgressFn
 from bagel.pipeline import BagelPipeline
 from bagel.tokenizer import GEN_THINK_PROMPT
@@ -42,6 +43,8 @@ from workbench.media import (
 from workbench.metrics import FrameMetrics, frame_metrics
 from workbench.session import Session
 from workbench.store import session_format
+
+log = logging.getLogger(__name__)
 
 FORMATS = frozenset({"png", "gif", "mp4", "sheet", "story", "session"})
 
@@ -109,8 +112,8 @@ def export_session(
     out = outputs.check_output_folder(out, "export", inputs, overwrite)  # before any read
     if isinstance(source, Session):
         pipe = pipe or source.pipe
-    elif pipe is not None:
-        session_format.read_manifest(Path(source), pipe, allow_other_checkpoint=False)
+    elif pipe is not None:  # the drift metric runs this model: the session's own
+        session_format.read_transcript(Path(source), pipe)
     picked = session_frames(source, include)
     if not picked:
         raise InputError(f"no frames to export: the session has no {include} images")
@@ -215,10 +218,14 @@ def copy_saved_session(folder: Path, target: Path) -> list[Path]:
     K/V snapshot) into the new folder `target`, nothing else: each must be a regular file
     inside `folder` (no link followed, no FIFO or device opened), and their sizes are
     checked against the free space before anything is read."""
-    manifest = session_format.read_manifest(folder, None, allow_other_checkpoint=True)
+    manifest = session_format.read_transcript(folder)
     names = [session_format.MANIFEST, *(t["image"] for t in manifest["turns"] if "image" in t)]
     if isinstance(manifest.get("snapshot"), dict):
-        names.append(session_format.SNAPSHOT)
+        try:  # a cache: copied as it is when it is a file of the folder, else left out
+            check_regular_file(folder / session_format.SNAPSHOT, folder)
+            names.append(session_format.SNAPSHOT)
+        except BagelError as err:
+            log.warning("%s; the K/V snapshot, a cache, is left out of the copy", err)
     names = list(dict.fromkeys(names))
     sizes = {name: check_regular_file(folder / name, folder) for name in names}
     make_folder(target)
@@ -261,7 +268,7 @@ def _turns(source: Session | str | Path) -> list[tuple[str, str, str | None, Cal
     if isinstance(source, Session):
         return [(t.role, t.kind, t.text, lambda im=t.image: im) for t in source.turns]
     folder = Path(source)
-    manifest = session_format.read_manifest(folder, None, allow_other_checkpoint=True)
+    manifest = session_format.read_transcript(folder)
     return [
         (
             e["role"],

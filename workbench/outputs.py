@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from bagel import safejson
 from bagel.errors import InputError
 from workbench.files import write_atomic
 from workbench.store.session_format import MANIFEST as SESSION_MANIFEST
@@ -131,7 +132,7 @@ def _is_report(path: Path) -> bool:
     try:
         if path.stat().st_size > 1 << 26:
             return False
-        return json.loads(path.read_text(encoding="utf-8")).get("format") == REPORT_FORMAT
+        return safejson.loads(path.read_text(encoding="utf-8")).get("format") == REPORT_FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -148,7 +149,7 @@ def made_by(folder: Path) -> str | None:
     if path.is_symlink() or not path.is_file() or path.stat().st_size > 4096:
         return None
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = safejson.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if isinstance(content, dict) and content.get("format") == MARKER_FORMAT:

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from bagel.embeddings import unpatchify_latent
-from bagel.errors import InputError
+from bagel.errors import ImageError, InputError
 from bagel.forcing import FRAME_ROPE_STRIDE, check_forcing
 from bagel.inputs import ProgressFn
 from bagel.kv import KVContext
@@ -40,7 +40,7 @@ from bagel.sampling import ImageOutput
 from bagel.tokenizer import GEN_THINK_PROMPT, check_text
 from workbench.files import check_regular_file
 from workbench.memory import Memory, memory_report
-from workbench.params import ContextLimit, GenerationParams, check_seed
+from workbench.params import ContextLimit, GenerationParams, check_seed, check_text_length
 from workbench.transcript import Forcing, ImagePart, Mark, Turn, image_rows
 
 
@@ -73,7 +73,11 @@ class Session:
         check_seed(seed)
         if isinstance(image, str | Path):
             check_regular_file(Path(image))
-        prepared = self.pipe.prepare_image(image)
+        try:
+            prepared = self.pipe.prepare_image(image)
+        except ImageError as err:  # e.g. its aspect ratio: say which file
+            named = isinstance(image, str | Path) and str(image) not in str(err)
+            raise ImageError(f"{image}: {err}" if named else str(err)) from err
         with self._transaction(sum(self.pipe.image_token_counts(*prepared.size)), 2):
             before = self._marks()
             rows = self._append_image(prepared, seed)
@@ -109,7 +113,6 @@ class Session:
         check_forcing(schedule, window, frames)
         height, width = self.image_size(params)
         per_frame = sum(self.pipe.image_token_counts(width, height))
-        noise = torch.stack([self._noise(params.seed + k, height, width) for k in range(frames)])
 
         def commit(k: int, frame: ImageOutput) -> tuple[KVContext, KVContext, KVContext]:
             before, seed = self._marks(), params.seed + k
@@ -130,6 +133,10 @@ class Session:
             return self.main, text, self.image_dropped
 
         with self._transaction(frames * per_frame, FRAME_ROPE_STRIDE * frames):
+            # drawn once the run is known to fit (a run too long is refused without it)
+            noise = torch.stack(
+                [self._noise(params.seed + k, height, width) for k in range(frames)]
+            )
             out = self.pipe.predict_frames(
                 self.main,
                 frames,
@@ -170,7 +177,7 @@ class Session:
         Scores are total log-probabilities (`BagelPipeline.score_continuations`); no text
         is sampled, so the answer is always one of the options and replays exactly.
         """
-        option_ids = self.pipe.check_options(options)
+        option_ids = self._option_ids(options)
         n = self._text_tokens(question) + max(len(ids) + 1 for ids in option_ids)
         with self._transaction(n, n):
             self._user_text(question)
@@ -240,7 +247,7 @@ class Session:
     def answer(self, options: list[str]) -> tuple[str, list[float]]:
         """The model's pick among `options` as its reply to the question already in the
         context (`choose` asks it first); recorded as a "choice" turn."""
-        option_ids = self.pipe.check_options(options)
+        option_ids = self._option_ids(options)
         n = max(len(ids) + 1 for ids in option_ids)
         with self._transaction(n, n):
             return self._answer(list(options))
@@ -463,8 +470,18 @@ class Session:
 
     def _text_tokens(self, text: str) -> int:
         """Tokens of a user text, which must hold a non-space character (bagel.tokenizer
-        check_text: the one rule for prompts, questions, instructions and scenario texts)."""
-        return len(self.pipe.tokenizer.frame(check_text(text, blank_ok=False)))
+        check_text: the one rule for prompts, questions, instructions and scenario texts)
+        and at most MAX_TEXT_CHARS long, checked before the tokenizer sees it."""
+        check_text_length(check_text(text, blank_ok=False))
+        return len(self.pipe.tokenizer.frame(text))
+
+    def _option_ids(self, options: list[str]) -> list[list[int]]:
+        """The options' token ids (`pipe.check_options`), each bounded in length first."""
+        if isinstance(options, list | tuple):
+            for i, option in enumerate(options):
+                if isinstance(option, str):
+                    check_text_length(option, f"option {i + 1}")
+        return self.pipe.check_options(options)
 
     @staticmethod
     def _reply_bound(params: GenerationParams) -> int:

@@ -169,6 +169,8 @@ def add_serving_verbs(add_verb: AddVerb) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--sessions", type=Path, default=Path("out/served-sessions"))
     p.add_argument("--token", default=None, help="bearer token (default: $WORKBENCH_TOKEN)")
+    p.add_argument("--max-jobs", type=int, default=32, help="queued and running jobs per client")
+    p.add_argument("--max-sessions", type=int, default=64, help="sessions per client")
     model_options(p, f"checkpoint folder or hub id (default: the tiny one in {DEFAULT_TINY})")
     p.set_defaults(func=serving.cmd_serve)
 

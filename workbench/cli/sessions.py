@@ -36,9 +36,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_on_ray(folders: list[Path], args: argparse.Namespace) -> int:
     """`replay --ray`: the sessions spread over Ray replicas (workbench.fanout)."""
     from workbench.fanout import replay_sessions
-    from workbench.store.session_format import read_manifest
+    from workbench.store.session_format import read_transcript
 
-    manifest = read_manifest(folders[0], None, allow_other_checkpoint=True)
+    manifest = read_transcript(folders[0])  # device and dtype; each replay checks it all
     device = args.device or manifest.get("device") or "cpu"
     replicas = cluster(args, device)
     dtype = args.dtype or manifest.get("dtype")
@@ -99,10 +99,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _load_for_session(folder: Path, args: argparse.Namespace) -> BagelPipeline:
     """--model (default: the tiny checkpoint) on the session's own device kind, dtype and
     quantisation unless --device / --dtype / --profile say otherwise."""
-    from workbench.store.session_format import read_manifest
+    from workbench.store.session_format import read_transcript
 
-    # device and dtype only: the command's own reader checks the snapshot, once
-    manifest = read_manifest(folder, None, allow_other_checkpoint=True, check_snapshot=False)
+    # device and dtype only: the command's own reader checks what it needs, once
+    manifest = read_transcript(folder)
     device = args.device or manifest.get("device") or "cpu"
     profile = args.profile or _quantised_kind(manifest.get("profile"))
     dtype = args.dtype or (None if args.profile else manifest.get("dtype"))

@@ -28,7 +28,7 @@ from workbench.params import GenerationParams
 
 if TYPE_CHECKING:
     from bagel.pipeline import BagelPipeline
-    from workbench.scenario.read import Scenario, Step
+    from workbench.scenario.read import Scenario
 
 IMAGE = FRAME_ROPE_STRIDE
 # each chain's keyword defaults, read once from workbench.chains (a scenario passes only
@@ -55,16 +55,26 @@ def scenario_positions(scenario: Scenario, pipe: BagelPipeline) -> list[tuple[st
         total = (count.text(prompt) if prompt.strip() else 0) + IMAGE
         out.append(("start.prompt", total))
     for i, step in enumerate(scenario.steps):
-        total += getattr(count, step.chain)(_Args(step))
+        total += getattr(count, step.chain)(_Args(step.chain, step.args, step.params))
         out.append((f"steps[{i}].{step.chain}", total))
     return out
 
 
-class _Args:
-    """A step's arguments, with the chain's own defaults for those the file left out."""
+def chain_positions(
+    pipe: BagelPipeline, chain: str, args: dict[str, Any], params: GenerationParams
+) -> int:
+    """The most positions `workbench.chains.<chain>(session, **args, params=params)` can
+    take (args left out take the chain's defaults; story beats are `chains.Beat`s). Its
+    texts must be valid Unicode and a rotate template pass `chain_checks.check_template`
+    first, as the chain itself checks them."""
+    return getattr(_Counter(pipe), chain)(_Args(chain, args, params))
 
-    def __init__(self, step: Step):
-        self.args, self.params = {**DEFAULTS[step.chain], **step.args}, step.params
+
+class _Args:
+    """A chain's arguments, with the chain's own defaults for those left out."""
+
+    def __init__(self, chain: str, args: dict[str, Any], params: GenerationParams):
+        self.args, self.params = {**DEFAULTS[chain], **args}, params
 
     def __getitem__(self, key: str) -> Any:
         return self.args[key]

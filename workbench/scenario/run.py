@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from bagel import safejson
 from bagel.errors import BagelError, InputError
 from workbench import outputs
 from workbench.files import write_atomic
@@ -220,7 +221,7 @@ def _claim(out_dir: Path) -> None:
 
 def _owner(run_manifest: Path) -> str | None:
     try:
-        content = json.loads(run_manifest.read_text())
+        content = safejson.loads(run_manifest.read_text())
     except (OSError, ValueError):
         return None
     if isinstance(content, dict) and content.get("format") == RUN_FORMAT:

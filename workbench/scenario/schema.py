@@ -37,7 +37,7 @@ from bagel.flow import MAX_TIMESTEPS, RENORM_TYPES
 from bagel.forcing import check_forcing
 from bagel.profiles import PROFILES
 from bagel.taylorseer import FEATURE_CACHES
-from workbench import chains
+from workbench import chain_checks, chains
 from workbench.export import FORMATS
 from workbench.media import FPS_RANGE, GIF_MAX_FPS
 from workbench.params import MAX_SEED, MAX_SIDE, MAX_THINK_TOKENS, GenerationParams
@@ -67,7 +67,7 @@ def _template(value: str) -> str:
     """rotate's instruction, checked as the chain checks it, then filled as it fills it
     (a format such as {degrees:d} fails on the text the chain puts in)."""
     try:
-        chains.check_template(value, "the template")
+        chain_checks.check_template(value, "the template")
     except InputError as err:
         raise problem(str(err)) from None
     try:

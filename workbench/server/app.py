@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import workbench
 from bagel.errors import BagelError
@@ -37,8 +40,8 @@ from workbench.server.schemas import (
     TurnResult,
     check,
 )
-from workbench.server.service import Done, Service
-from workbench.server.sessions import NotFound, Registry
+from workbench.server.service import MAX_JOBS, MAX_SESSIONS, Done, Service, caller
+from workbench.server.sessions import NotFound, Registry, TooMany
 from workbench.server.turns import SessionId, TooLarge, read_upload
 from workbench.store import session_format
 
@@ -47,15 +50,23 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = MAX_ARCHIVE_MB * MB + MB  # the largest upload (a session archive) + form
 
 
-def create_app(pipe: BagelPipeline, sessions_dir: str | Path, token: str | None = None) -> FastAPI:
+def create_app(
+    pipe: BagelPipeline,
+    sessions_dir: str | Path,
+    token: str | None = None,
+    max_jobs: int | None = MAX_JOBS,
+    max_sessions: int | None = MAX_SESSIONS,
+) -> FastAPI:
     """The API over `pipe`, keeping sessions in `sessions_dir` (restored from it now).
 
     token: when given, every request must carry `Authorization: Bearer <token>`.
+    max_jobs, max_sessions: per client (an address), the most queued and running jobs
+    and the most sessions it made; past them a request is a 429 (None: no limit).
     """
-    registry = Registry(Path(sessions_dir), pipe)
+    registry = Registry(Path(sessions_dir), pipe, max_sessions)
     for problem in registry.restore():
         log.warning(problem)
-    service = Service(pipe, registry)
+    service = Service(pipe, registry, max_jobs)
     app = FastAPI(
         title="BAGEL Workbench",
         version=workbench.__version__,
@@ -70,6 +81,23 @@ def create_app(pipe: BagelPipeline, sessions_dir: str | Path, token: str | None 
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_request: Request, err: RequestValidationError) -> JSONResponse:
+        """Each problem's location, message and type; never the input itself (a 10 MB
+        text, or a number JSON cannot write, such as an infinity)."""
+        return JSONResponse({"detail": [_problem(e) for e in err.errors()]}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def unparsable(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        """A JSON body the parser gave up on (FastAPI's 400 "error parsing the body") is a
+        422 saying why, like any other malformed body; other HTTP errors keep theirs."""
+        why = _unparsable(err.__cause__)
+        if err.status_code == 400 and why is not None:
+            return JSONResponse(
+                {"detail": [{"loc": ["body"], "msg": why, "type": "json_invalid"}]}, 422
+            )
+        return await http_exception_handler(request, err)
+
     @app.exception_handler(NotFound)
     async def unknown(_request: Request, err: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, 404)
@@ -79,6 +107,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         where = ["body", *err.field.split(".")]
         detail = [{"loc": where, "msg": err.problem, "type": "value_error"}]
         return JSONResponse({"detail": detail}, 422)
+
+    @app.exception_handler(TooMany)
+    async def too_many(_request: Request, err: TooMany) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, 429)
 
     @app.exception_handler(TooLarge)
     async def too_large(_request: Request, err: TooLarge) -> JSONResponse:
@@ -92,6 +124,21 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def bug(_request: Request, err: Exception) -> JSONResponse:
         log.exception("request failed")
         return JSONResponse({"detail": f"internal error: {type(err).__name__}"}, 500)
+
+
+def _unparsable(cause: BaseException | None) -> str | None:
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not UTF-8 text (byte 0x{cause.object[cause.start]:02x} at offset {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "the JSON is nested too deeply"
+    return None
+
+
+def _problem(error: dict) -> dict:
+    msg, reason = error["msg"], (error.get("ctx") or {}).get("error")
+    if error["type"] == "json_invalid" and reason:
+        msg = f"{msg}: {reason}"
+    return {"loc": list(error["loc"]), "msg": msg, "type": error["type"]}
 
 
 def _add_session_routes(app: FastAPI, service: Service) -> None:
@@ -118,30 +165,40 @@ def _add_session_routes(app: FastAPI, service: Service) -> None:
     @app.post("/sessions", status_code=201)
     def create_session(body: NewSession | None = None) -> SessionOut:
         limit = check(body.limit.build, "limit") if body and body.limit else None
-        entry = registry.create(limit)
+        entry = registry.create(limit, owner=caller())
         return SessionOut(id=entry.id, turns=0)
 
     @app.post("/sessions/import", response_model=TurnResult)
     async def import_session(file: Annotated[UploadFile, File()]):
         """A saved session (a zip of its folder, as GET /sessions/{id}/archive or the app
         gives) becomes a new session here; its turns are re-encoded in the queue."""
+        owner = caller()
+        registry.check_room(owner)  # at once; checked again when the session is added
         data = await read_upload(file, MAX_ARCHIVE_MB)
+        name = file.filename or "upload"
         staging = Path(tempfile.mkdtemp(prefix="import-"))
         try:
-            folder = unpack_session(file.filename or "upload", data, staging / "session")
+            folder = unpack_session(name, data, staging / "session")
             session_format.read_manifest(folder, pipe, allow_other_checkpoint=False)
-        except BaseException:
+        except BaseException as err:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(err, BagelError):
+                raise _in_upload(err, staging, name) from err
             raise
 
-        def work(_progress) -> Done:
-            try:
-                session = store.load(folder, pipe, use_snapshot=False)
+        def work(progress) -> Done:
+            try:  # re-encoding the turns: a cancel stops it after the current turn
+                session = store.load(folder, pipe, use_snapshot=False, progress=progress)
+            except BagelError as err:
+                raise _in_upload(err, staging, name) from err
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-            return Done(new_session=registry.add(session).id)
+            return Done(new_session=registry.add(session, owner).id)
 
-        return await answer(service.on_model("import", work), stream=False)
+        try:
+            return await answer(service.on_model("import", work), stream=False)
+        finally:  # also when the job never ran (cancelled while it waited)
+            shutil.rmtree(staging, ignore_errors=True)
 
     @app.get("/sessions/{session_id}")
     def transcript(session_id: SessionId) -> Transcript:
@@ -205,6 +262,12 @@ def _add_session_routes(app: FastAPI, service: Service) -> None:
         task = _task(service, job_id)
         task.job.cancel()
         return job_out(task)
+
+
+def _in_upload(err: BagelError, staging: Path, name: str) -> BagelError:
+    """The error, its paths in the server's staging folder named inside the upload
+    (`up.zip/session.json: ...`): the server's own folders are no client's business."""
+    return BagelError(str(err).replace(str(staging / "session"), name))
 
 
 def _task(service: Service, job_id: str):

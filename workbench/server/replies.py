@@ -11,11 +11,12 @@ from dataclasses import asdict
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from workbench.server.schemas import JobOut, TurnOut, TurnResult
-from workbench.server.service import Outcome, Refused, Task
+from workbench.server.service import CALLER, Outcome, Refused, Task
 from workbench.transcript import Turn
 
 POLL_SECONDS = 0.02  # how often a waiting request looks at its task
 KEEPALIVE_SECONDS = 10.0  # an SSE comment line, so proxies keep a quiet stream open
+DISCONNECT_SECONDS = 0.5  # how often a request whose job is queued checks its client is there
 
 
 def turn_out(session_id: str, index: int, turn: Turn) -> TurnOut:
@@ -80,8 +81,15 @@ def outcome(task: Task) -> tuple[int, dict]:
 
 
 async def finished(task: Task) -> Task:
+    """Wait for the task; cancel it if its client goes away before it has started."""
+    request, waited = CALLER.get(), 0.0
     while not task.job.finished:
         await asyncio.sleep(POLL_SECONDS)
+        waited += POLL_SECONDS
+        if waited >= DISCONNECT_SECONDS and task.job.state == "queued" and request is not None:
+            waited = 0.0
+            if await request.is_disconnected():
+                task.job.cancel()  # nobody waits for it: it leaves the line
     return task
 
 
@@ -102,6 +110,15 @@ async def _events(task: Task) -> AsyncIterator[str]:
     """`status` events (state, queue position, denoising steps) whenever one changes,
     then one closing event: `result` (the TurnResult), `refused`, `cancelled` or `failed`,
     whose data is the body a plain request would get, with its `status`."""
+    try:
+        async for event in _progress_events(task):
+            yield event
+    finally:  # the stream ends; if its client went away before the job started, cancel it
+        if task.job.state == "queued":
+            task.job.cancel()
+
+
+async def _progress_events(task: Task) -> AsyncIterator[str]:
     last, quiet = None, 0.0
     while True:
         job = task.job

@@ -1,25 +1,33 @@
 """Request and response bodies of the HTTP API (pydantic; the same models give /docs).
 
-Every request model forbids unknown fields and takes JSON types strictly (no "5" for 5),
-so a typo or a wrong type is a 422 naming the field instead of a silent default. The
-generation settings are the scenario file's model (ranges declared there); the other
-value checks stay where they live for every caller: `GenerationParams`, `ContextLimit`
-and the chain functions.
+Every request model forbids unknown fields and takes JSON types strictly (no "5" for 5)
+and numbers finite (no NaN, Infinity or 1e400), so a typo or a wrong type is a 422
+naming the field instead of a silent default. The generation settings are the scenario
+file's model (ranges declared there); the other value checks stay where they live for
+every caller: `GenerationParams`, `ContextLimit` and the chain functions.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from bagel.errors import InputError
-from workbench.params import ContextLimit, GenerationParams
+from bagel.tokenizer import check_text
+from workbench.params import MAX_TEXT_CHARS, ContextLimit, GenerationParams
 from workbench.scenario import schema as scenario_schema
+
+# a user text: bounded and valid Unicode (no lone surrogate, which JSON can escape), checked
+# here before anything reads it (the same rules as Session's)
+UserText = Annotated[str, Field(max_length=MAX_TEXT_CHARS), AfterValidator(check_text)]
+MAX_OPTIONS = 256  # the options of one choice (each is scored by the model)
+# a name picked from a short list (an action, axis, schedule, format, ...)
+Name = Annotated[str, Field(max_length=64)]
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # -- requests -----------------------------------------------------------------------------
@@ -51,7 +59,7 @@ class NewSession(Body):
 
 
 class Text(Body):
-    text: str
+    text: UserText
 
 
 class Generate(Body):
@@ -59,17 +67,17 @@ class Generate(Body):
 
 
 class Ask(Body):
-    question: str
+    question: UserText
     params: Params | None = None
 
 
 class Choose(Body):
-    question: str
-    options: list[str]
+    question: UserText
+    options: Annotated[list[UserText], Field(max_length=MAX_OPTIONS)]
 
 
 class Think(Body):
-    prompt: str
+    prompt: UserText
     params: Params | None = None
 
 
@@ -77,7 +85,7 @@ class PredictFrames(Body):
     frames: int
     params: Params | None = None
     window: int = 1
-    schedule: str = "autoregressive"
+    schedule: Name = "autoregressive"
 
 
 class Rewind(Body):
@@ -85,51 +93,51 @@ class Rewind(Body):
 
 
 class Navigate(Body):
-    actions: list[str]
+    actions: list[Name]
     params: Params | None = None
-    templates: dict[str, str] | None = None
+    templates: dict[Name, UserText] | None = None
 
 
 class Rotate(Body):
     degrees: float
     steps: int
-    axis: str = "vertical"
+    axis: Name = "vertical"
     params: Params | None = None
-    template: str | None = None
+    template: UserText | None = None
 
 
 class Predict(Body):
     frames: int
     params: Params | None = None
-    mode: str = "autoregressive"
+    mode: Name = "autoregressive"
     window: int = 1
-    schedule: str = "autoregressive"
-    instruction: str | None = None
+    schedule: Name = "autoregressive"
+    instruction: UserText | None = None
 
 
 class Story(Body):
-    beats: list[str] = Field(description="beat texts (reference images: add them as turns)")
+    beats: list[UserText] = Field(description="beat texts (reference images: add them as turns)")
     params: Params | None = None
     caption: bool = False
 
 
 class Edit(Body):
-    instruction: str
+    instruction: UserText
     params: Params | None = None
     think: bool = False
     max_rounds: int = 1
 
 
 class Agent(Body):
-    goal: str
-    actions: list[str] | None = None
+    goal: UserText
+    actions: list[Name] | None = None
     params: Params | None = None
     max_steps: int = 8
-    templates: dict[str, str] | None = None
+    templates: dict[Name, UserText] | None = None
 
 
 class Export(Body):
-    formats: list[str] | None = Field(None, description="png, gif, mp4, sheet, story, session")
+    formats: list[Name] | None = Field(None, description="png, gif, mp4, sheet, story, session")
     fps: float = 4.0
     include: Literal["generated", "all"] = "generated"
 

@@ -39,6 +39,10 @@ class NotFound(BagelError):
     """No session (or job) with this id: a 404."""
 
 
+class TooMany(BagelError):
+    """A client over its share (sessions, or jobs in the queue): a 429."""
+
+
 @dataclass
 class Entry:
     id: str
@@ -46,11 +50,15 @@ class Entry:
     folder: Path
     turns: tuple[Turn, ...]  # the finished turns, as readers see them
     deleted: bool = False  # jobs still queued for it are then refused
+    owner: str | None = None  # the client that made it (None: restored from disk)
 
 
 class Registry:
-    def __init__(self, root: Path, pipe: BagelPipeline):
-        self.root, self.pipe = Path(root), pipe
+    """max_sessions: the most sessions one client (an address) may have made and not
+    deleted; sessions restored from disk count for no one."""
+
+    def __init__(self, root: Path, pipe: BagelPipeline, max_sessions: int | None = None):
+        self.root, self.pipe, self.max_sessions = Path(root), pipe, max_sessions
         self.root.mkdir(parents=True, exist_ok=True)
         self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
@@ -70,15 +78,27 @@ class Registry:
                 self._put(Entry(folder.name, session, folder, tuple(session.turns)))
         return problems
 
-    def create(self, limit: ContextLimit | None = None) -> Entry:
-        return self.add(Session(self.pipe, limit=limit or ContextLimit()))
+    def create(self, limit: ContextLimit | None = None, owner: str | None = None) -> Entry:
+        return self.add(Session(self.pipe, limit=limit or ContextLimit()), owner)
 
-    def add(self, session: Session) -> Entry:
-        """Register a session under a new id and save it."""
-        entry = Entry(secrets.token_hex(16), session, Path(), ())
+    def add(self, session: Session, owner: str | None = None) -> Entry:
+        """Register a session under a new id and save it (TooMany past the owner's share)."""
+        self.check_room(owner)
+        entry = Entry(secrets.token_hex(16), session, Path(), (), owner=owner)
         entry.folder = self.root / entry.id
         self.commit(entry)
         return self._put(entry)
+
+    def check_room(self, owner: str | None) -> None:
+        """Raise TooMany if `owner` already has max_sessions sessions."""
+        if owner is None or self.max_sessions is None:
+            return
+        held = sum(entry.owner == owner for entry in self.all())
+        if held >= self.max_sessions:
+            raise TooMany(
+                f"this client already has {held} sessions, the most allowed "
+                f"({self.max_sessions}): delete one first"
+            )
 
     def get(self, session_id: str) -> Entry:
         with self._lock:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
@@ -21,13 +21,14 @@ from fastapi.responses import Response
 from PIL import Image
 
 from bagel.errors import BagelError
-from workbench import chains, store
+from workbench import chain_checks, chains, store
 from workbench.app.files import MAX_IMAGE_MB, MB, pack_folder, read_image
 from workbench.export import FORMATS, export_session
 from workbench.params import GenerationParams
+from workbench.server import costs
 from workbench.server import schemas as s
 from workbench.server.replies import answer
-from workbench.server.service import Done, Service, Verb
+from workbench.server.service import Done, Service, Verb, caller
 from workbench.server.sessions import ID
 
 SessionId = Annotated[str, PathParam(pattern=f"^{ID.pattern}$", description="a server-made id")]
@@ -118,6 +119,7 @@ async def predict_frames(
     session_id: SessionId, body: s.PredictFrames, service: Svc, stream: Stream = False
 ):
     params = _params(body.params)
+    costs.check_frames(service.registry.get(session_id).session, "frames", body.frames)
 
     def verb(ses, progress) -> Done:
         ses.predict_frames(body.frames, params, body.window, body.schedule, progress)
@@ -158,76 +160,78 @@ async def think_then_generate(
 # -- chains -------------------------------------------------------------------------------
 
 
-def _chain(run) -> Verb:
-    return lambda ses, progress: Done(stopped=run(ses, progress).stopped)
+async def _chain(
+    service: Service,
+    session_id: str,
+    kind: str,
+    args: dict[str, Any],
+    params: GenerationParams | None,
+    frames: tuple[str, int],
+    stream: bool,
+) -> Response:
+    """Queue `workbench.chains.<kind>(session, **args, params=params)`, saving the
+    session after every step (a kill mid-chain keeps the finished turns). First refused
+    at once if its turns cannot fit the positions left (`frames`: the field that counts
+    its frames, and their most)."""
+    entry = service.registry.get(session_id)
+    chain = getattr(chains, kind)
+    counted = params or (GenerationParams.edit() if kind == "edit" else GenerationParams())
+    await run_in_threadpool(costs.check_chain, entry.session, *frames, kind, args, counted)
+
+    def verb(ses, progress) -> Done:
+        saved = lambda: service.registry.commit(entry)  # noqa: E731
+        result = chain(ses, **args, params=params, progress=progress, on_turn=saved)
+        return Done(stopped=result.stopped)
+
+    return await answer(service.on_session(entry, kind, verb), stream)
 
 
 @router.post("/chains/navigate")
 async def navigate(session_id: SessionId, body: s.Navigate, service: Svc, stream: Stream = False):
-    params = _params(body.params)
-    run = lambda ses, p: chains.navigate(ses, body.actions, params, body.templates, p)  # noqa: E731
-    return await _queue(service, session_id, "navigate", _chain(run), stream)
+    args = {"actions": body.actions, "templates": body.templates}
+    frames = ("actions", len(body.actions))
+    return await _chain(service, session_id, "navigate", args, _params(body.params), frames, stream)
 
 
 @router.post("/chains/rotate")
 async def rotate(session_id: SessionId, body: s.Rotate, service: Svc, stream: Stream = False):
-    params = _params(body.params)
-
-    def run(ses, progress):
-        return chains.rotate(
-            ses, body.degrees, body.steps, body.axis, params, body.template, progress
-        )
-
-    return await _queue(service, session_id, "rotate", _chain(run), stream)
+    if body.template is not None:  # before anything formats it
+        s.check(lambda: chain_checks.check_template(body.template), "template")
+    args = {"degrees": body.degrees, "steps": body.steps, "axis": body.axis}
+    args["template"] = body.template
+    frames = ("steps", body.steps)
+    return await _chain(service, session_id, "rotate", args, _params(body.params), frames, stream)
 
 
 @router.post("/chains/predict")
 async def predict(session_id: SessionId, body: s.Predict, service: Svc, stream: Stream = False):
-    params = _params(body.params)
-
-    def run(ses, progress):
-        return chains.predict(
-            ses,
-            body.frames,
-            params,
-            body.mode,
-            body.window,
-            body.schedule,
-            body.instruction,
-            progress,
-        )
-
-    return await _queue(service, session_id, "predict", _chain(run), stream)
+    args = body.model_dump(include={"frames", "mode", "window", "schedule", "instruction"})
+    frames = ("frames", body.frames)
+    return await _chain(service, session_id, "predict", args, _params(body.params), frames, stream)
 
 
 @router.post("/chains/story")
 async def story(session_id: SessionId, body: s.Story, service: Svc, stream: Stream = False):
-    params = _params(body.params)
-    run = lambda ses, p: chains.story(ses, body.beats, params, body.caption, p)  # noqa: E731
-    return await _queue(service, session_id, "story", _chain(run), stream)
+    args = {"beats": body.beats, "caption": body.caption}
+    frames = ("beats", len(body.beats))
+    return await _chain(service, session_id, "story", args, _params(body.params), frames, stream)
 
 
 @router.post("/chains/edit")
 async def edit(session_id: SessionId, body: s.Edit, service: Svc, stream: Stream = False):
     params = _params(body.params, GenerationParams.edit())
-
-    def run(ses, progress):
-        return chains.edit(ses, body.instruction, params, body.think, body.max_rounds, progress)
-
-    return await _queue(service, session_id, "edit", _chain(run), stream)
+    args = body.model_dump(include={"instruction", "think", "max_rounds"})
+    frames = ("max_rounds", body.max_rounds)
+    return await _chain(service, session_id, "edit", args, params, frames, stream)
 
 
 @router.post("/chains/agent")
 async def agent(session_id: SessionId, body: s.Agent, service: Svc, stream: Stream = False):
-    params = _params(body.params)
     actions = chains.ACTIONS if body.actions is None else body.actions
-
-    def run(ses, progress):
-        return chains.agent(
-            ses, body.goal, actions, params, body.max_steps, body.templates, progress
-        )
-
-    return await _queue(service, session_id, "agent", _chain(run), stream)
+    args = {"goal": body.goal, "actions": actions, "max_steps": body.max_steps}
+    args["templates"] = body.templates
+    frames = ("max_steps", body.max_steps)
+    return await _chain(service, session_id, "agent", args, _params(body.params), frames, stream)
 
 
 # -- branches, files, replay --------------------------------------------------------------
@@ -242,7 +246,9 @@ async def rewind(session_id: SessionId, body: s.Rewind, service: Svc):
 @router.post("/fork")
 async def fork(session_id: SessionId, service: Svc):
     """A new session sharing this one's past (its id is `new_session`)."""
-    verb = lambda ses, _p: Done(new_session=service.registry.add(ses.fork()).id)  # noqa: E731
+    owner = caller()
+    service.registry.check_room(owner)  # at once; checked again when the fork is added
+    verb = lambda ses, _p: Done(new_session=service.registry.add(ses.fork(), owner).id)  # noqa: E731
     return await _queue(service, session_id, "fork", verb, saves=False)
 
 
@@ -254,10 +260,15 @@ async def export(session_id: SessionId, service: Svc, body: s.Export | None = No
     body = body or s.Export()
     formats = sorted(FORMATS) if body.formats is None else body.formats
 
-    def verb(ses, _progress) -> Done:
+    def verb(ses, progress) -> Done:  # a cancel stops it between its formats
         with tempfile.TemporaryDirectory(prefix="export-") as tmp:
             out = export_session(
-                ses, Path(tmp) / "export", formats, fps=body.fps, include=body.include
+                ses,
+                Path(tmp) / "export",
+                formats,
+                fps=body.fps,
+                include=body.include,
+                progress=progress,
             )
             return Done(download=pack_folder(out), filename=f"{session_id}-export.zip")
 

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from bagel import safejson
 from bagel.kv import KVContext
 from bagel.pipeline import BagelPipeline
 from workbench.files import write_atomic
@@ -96,10 +97,10 @@ def _snapshot_marks(
 ) -> tuple[dict[str, Mark], list[tuple[Mark, Mark, Mark]]]:
     """The contexts' final marks and, per turn, where they stood before it."""
     try:
-        contexts = json.loads(meta["contexts"])
+        contexts = safejson.loads(meta["contexts"])
         ends = {n: _mark(contexts[n]) for n in (*STORED_CONTEXTS, "text_dropped")}
         befores = []
-        for row in json.loads(meta["marks"]):
+        for row in safejson.loads(meta["marks"]):
             if not isinstance(row, list) or len(row) != 6:
                 raise ValueError(f"a turn's marks must be 6 integers, got {row!r}")
             befores.append((_mark(row[0:2]), _mark(row[2:4]), _mark(row[4:6])))

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -53,8 +54,10 @@ from workbench.store.session_format import (
     FORMAT,
     MANIFEST,
     SNAPSHOT,
+    USE_TURNS,
     VERSION,
     SessionFileError,
+    check_snapshot_file,
     context_limit,
     dtype_name,
     open_turn_image,
@@ -62,6 +65,8 @@ from workbench.store.session_format import (
     snapshot_header,
 )
 from workbench.transcript import Forcing, Mark, Turn
+
+log = logging.getLogger(__name__)
 
 
 def save(session: Session, folder: str | Path, snapshot: bool = False) -> Path:
@@ -189,7 +194,8 @@ def replay(
     every decoded token (same counts), so an exception it raises stops the replay
     within one step; then no report is written."""
     folder = Path(folder)
-    manifest = read_manifest(folder, pipe, allow_other_checkpoint)
+    manifest = read_manifest(folder, pipe, allow_other_checkpoint, check_snapshot=False)
+    _warn_if_stale(folder, manifest)
     report_file = outputs.replay_report_path(folder, report)
     session, frames, texts, started = Session(pipe), [], [], time.perf_counter()
     total = len(manifest["turns"])
@@ -203,6 +209,20 @@ def replay(
     text = result.to_json(format=outputs.REPORT_FORMAT, session=str(folder))
     write_atomic(report_file, lambda t: t.write_text(text, encoding="utf-8"))
     return result
+
+
+def _warn_if_stale(folder: Path, manifest: dict) -> None:
+    """A replay regenerates every turn and never reads the K/V snapshot, a cache: one
+    that is stale, cut short, unreadable, non-finite or a link is only reported."""
+    if "snapshot" not in manifest:
+        return
+    try:
+        check_snapshot_file(folder, manifest)
+    except SessionFileError as err:
+        log.warning(
+            "%s; the K/V snapshot is a cache, which a replay does not use: it rebuilds every turn",
+            str(err).removesuffix(USE_TURNS),
+        )
 
 
 @contextlib.contextmanager

@@ -72,9 +72,50 @@ def read_manifest(
     snapshot is never read). Errors name the file and the field.
 
     The checkpoint must be `pipe`'s unless allow_other_checkpoint (or pipe is None:
-    reading only, as an export does).
+    reading only). An export reads less: `read_transcript`.
     """
     folder = Path(folder)
+    path, manifest = _parse(folder)
+    other = pipe is not None and manifest.get("checkpoint") != pipe.identity
+    if other and not allow_other_checkpoint:
+        raise SessionFileError(
+            f"{path}: saved with checkpoint {manifest.get('checkpoint')}, "
+            f"but the loaded model is {pipe.identity}; pass "
+            "allow_other_checkpoint to rebuild it on this model anyway"
+        )
+    for index, entry in enumerate(_turns(path, manifest)):
+        _check_turn(path, index, entry)
+        if entry["kind"] == "image":
+            _image_path(folder, entry["image"], index)
+    context_limit(folder, manifest)
+    if check_snapshot and not other and "snapshot" in manifest:  # another model's: ignored
+        check_snapshot_file(folder, manifest)
+    return manifest
+
+
+def read_transcript(folder: Path, pipe: BagelPipeline | None = None) -> dict:
+    """What an export reads of a saved session folder, checked as `read_manifest` checks
+    it: the manifest, and each turn's role, kind, text, options and image file. The
+    fields an export does not use (seeds, timings, thread counts, parameters, the K/V
+    snapshot, a cache) are not judged, so an export is not refused over them. With
+    `pipe`, the session must have been saved with its checkpoint."""
+    folder = Path(folder)
+    path, manifest = _parse(folder)
+    if pipe is not None and manifest.get("checkpoint") != pipe.identity:
+        raise SessionFileError(
+            f"{path}: saved with checkpoint {manifest.get('checkpoint')}, but the loaded "
+            f"model is {pipe.identity}"
+        )
+    for index, entry in enumerate(_turns(path, manifest)):
+        _check_content(path, index, entry)
+        if entry["kind"] == "image":
+            _image_path(folder, entry["image"], index)
+    return manifest
+
+
+def _parse(folder: Path) -> tuple[Path, dict]:
+    """session.json's path and content: a regular file, bounded JSON, this format in a
+    version this package reads."""
     path = folder / MANIFEST
     if not path.exists() and not path.is_symlink():
         raise SessionFileError(f"{path}: no saved session here")
@@ -94,24 +135,14 @@ def read_manifest(
             f"{path}: format version {version!r} is newer than this "
             f"package reads ({VERSION}); upgrade bagel-workbench"
         )
-    other = pipe is not None and manifest.get("checkpoint") != pipe.identity
-    if other and not allow_other_checkpoint:
-        raise SessionFileError(
-            f"{path}: saved with checkpoint {manifest.get('checkpoint')}, "
-            f"but the loaded model is {pipe.identity}; pass "
-            "allow_other_checkpoint to rebuild it on this model anyway"
-        )
+    return path, manifest
+
+
+def _turns(path: Path, manifest: dict) -> list:
     turns = manifest.get("turns")
     if not isinstance(turns, list):
         raise SessionFileError(f"{path}: field 'turns' must be a list")
-    for index, entry in enumerate(turns):
-        _check_turn(path, index, entry)
-        if entry["kind"] == "image":
-            _image_path(folder, entry["image"], index)
-    context_limit(folder, manifest)
-    if check_snapshot and not other and "snapshot" in manifest:  # another model's: ignored
-        check_snapshot_file(folder, manifest)
-    return manifest
+    return turns
 
 
 def context_limit(folder: Path, manifest: dict) -> ContextLimit:
@@ -122,7 +153,8 @@ def context_limit(folder: Path, manifest: dict) -> ContextLimit:
         raise SessionFileError(f"{folder / MANIFEST}: context_limit: {err}") from err
 
 
-def _check_turn(path: Path, index: int, entry: object) -> None:
+def _check_content(path: Path, index: int, entry: object) -> None:
+    """A turn's role, kind, text, image name and options: what every reader uses."""
     where = f"{path}: turns[{index}]"
     if not isinstance(entry, dict):
         raise SessionFileError(f"{where} must be an object")
@@ -132,24 +164,7 @@ def _check_turn(path: Path, index: int, entry: object) -> None:
             f"{where}: role/kind {entry.get('role')!r}/{entry.get('kind')!r} "
             f"is not one of {sorted(ROLES_KINDS)}"
         )
-    try:
-        check_seed(entry.get("seed", 0))
-    except BagelError as err:
-        raise SessionFileError(f"{where}.{err}") from err
-    seconds = entry.get("seconds", 0.0)
-    if not _finite(seconds) or seconds < 0:
-        raise SessionFileError(f"{where}.seconds must be a finite number >= 0, got {seconds!r}")
-    threads = entry.get("threads", 1)
-    if type(threads) is not int or not 1 <= threads <= MAX_THREADS:
-        raise SessionFileError(
-            f"{where}.threads must be a whole number from 1 to {MAX_THREADS}, got {threads!r}"
-        )
     if entry["kind"] == "drop":
-        dropped = entry.get("dropped")
-        if not isinstance(dropped, list) or not all(_is_part(p) for p in dropped):
-            raise SessionFileError(
-                f"{where}.dropped must be a list of [image turn index, 'vae' or 'vit']"
-            )
         return
     if entry["kind"] == "image" and not isinstance(entry.get("image"), str):
         raise SessionFileError(f"{where}.image must be a file name")
@@ -171,10 +186,36 @@ def _check_turn(path: Path, index: int, entry: object) -> None:
                 check_text(option, f"options[{i}]")
             except BagelError as err:
                 raise SessionFileError(f"{where}.{err}") from err
+
+
+def _check_turn(path: Path, index: int, entry: object) -> None:
+    """Every field of a turn (`_check_content`, then its numbers and parameters)."""
+    _check_content(path, index, entry)
+    where = f"{path}: turns[{index}]"
+    try:
+        check_seed(entry.get("seed", 0))
+    except BagelError as err:
+        raise SessionFileError(f"{where}.{err}") from err
+    seconds = entry.get("seconds", 0.0)
+    if not _finite(seconds) or seconds < 0:
+        raise SessionFileError(f"{where}.seconds must be a finite number >= 0, got {seconds!r}")
+    threads = entry.get("threads", 1)
+    if type(threads) is not int or not 1 <= threads <= MAX_THREADS:
+        raise SessionFileError(
+            f"{where}.threads must be a whole number from 1 to {MAX_THREADS}, got {threads!r}"
+        )
+    if entry["kind"] == "drop":
+        dropped = entry.get("dropped")
+        if not isinstance(dropped, list) or not all(_is_part(p) for p in dropped):
+            raise SessionFileError(
+                f"{where}.dropped must be a list of [image turn index, 'vae' or 'vit']"
+            )
+        return
+    if entry["kind"] == "choice":
         scores = entry.get("scores")
         if (
             not isinstance(scores, list)
-            or len(scores) != len(options)
+            or len(scores) != len(entry["options"])
             or not all(_finite(score) for score in scores)
         ):
             raise SessionFileError(f"{where}.scores must be a list, one finite number per option")
@@ -289,8 +330,8 @@ def open_turn_image(folder: Path, name: str, index: int, verify: bool = True) ->
     named = IMAGE_NAME.fullmatch(name)
     if verify and named and hashlib.sha256(image.tobytes()).hexdigest()[:16] != named.group(2):
         raise SessionFileError(
-            f"{folder / MANIFEST}: turns[{index}].image {name!r}: its pixels do not match "
-            "the digest in its name (the file was replaced or edited)"
+            f"{folder / MANIFEST}: turns[{index}].image {name!r} was changed since it was "
+            "saved (replaced or edited): its pixels do not match the digest in its name"
         )
     return image
 
