@@ -88,7 +88,7 @@ def test_the_schema_follows_generation_params_and_the_chains():
     assert set(Defaults.model_fields) == fields - {"seed"}  # the top-level seed sets it
     for chain, keys in CHAIN_ARGS.items():
         taken = set(inspect.signature(getattr(chains, chain)).parameters)
-        assert set(keys) == taken - {"session", "params", "progress"}, chain
+        assert set(keys) == taken - {"session", "params", "progress", "on_turn"}, chain
 
 
 # -- messages -------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def test_blank_texts_that_mean_nothing_are_refused(tmp_path, step):
 
 
 def test_the_server_takes_settings_and_templates_as_a_scenario_does(pipe, tmp_path):
-    client = TestClient(create_app(pipe, tmp_path / "sessions"))
+    client = TestClient(create_app(pipe, tmp_path / "sessions"), base_url="http://127.0.0.1:8000")
     sid = client.post("/sessions").json()["id"]
     for params, loc, words in (
         ({"num_timestep": 3}, "num_timestep", "unknown key; did you mean 'num_timesteps'?"),
@@ -241,5 +241,5 @@ def test_the_server_takes_settings_and_templates_as_a_scenario_does(pipe, tmp_pa
         assert error["loc"][:3] == ["body", "params", loc] and words in error["msg"], error
     huge = {"degrees": 5, "steps": 1, "template": "{degrees:>10000000}"}  # no MemoryError
     response = client.post(f"/sessions/{sid}/chains/rotate", json=huge)
-    assert response.status_code == 400 and "width or precision over 100" in response.text
+    assert response.status_code == 422 and "width or precision over 100" in response.text
     assert client.get(f"/sessions/{sid}").json()["turns"] == []
