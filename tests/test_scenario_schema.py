@@ -197,7 +197,8 @@ def test_a_bounded_template_is_taken(tmp_path):
 # -- blank texts ----------------------------------------------------------------------
 
 
-def test_a_blank_prompt_makes_an_image_from_no_text(tmp_path, pipe):
+def test_a_blank_prompt_makes_an_image_from_an_empty_text(tmp_path, pipe):
+    """As the official recipe asks for an unconditional image: one framed empty text."""
     text = (
         "defaults: {num_timesteps: 2, height: 32, width: 32}\n"
         'start: {prompt: ""}\n'
@@ -205,7 +206,9 @@ def test_a_blank_prompt_makes_an_image_from_no_text(tmp_path, pipe):
         "export: {formats: []}\n"
     )
     result = run_scenario(load_scenario(write(tmp_path, text)), pipe, tmp_path / "out")
-    assert [(t.role, t.kind) for t in result.session.turns] == [("model", "image")] * 2
+    turns = [(t.role, t.kind, t.text) for t in result.session.turns]
+    assert turns == [("user", "text", ""), ("model", "image", None), ("model", "image", None)]
+    assert result.session.main.length > 2 * sum(pipe.image_token_counts(32, 32))  # framed
 
 
 @pytest.mark.parametrize(

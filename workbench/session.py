@@ -61,8 +61,9 @@ class Session:
 
     def add_text(self, text: str) -> None:
         """A user text: main and the image-dropped context; the text-dropped mark stays
-        before it."""
-        n = self._text_tokens(text)
+        before it. It may be blank: a framed empty text is how the official recipe asks for
+        an image from no prompt (a question, an instruction or an option may not)."""
+        n = self._text_tokens(text, blank_ok=True)
         with self._transaction(n, n):
             self._user_text(text)
 
@@ -468,11 +469,12 @@ class Session:
         x = torch.randn(h * w, cfg.patch_latent_dim, generator=generator, dtype=torch.float32)
         return unpatchify_latent(x, h, w, cfg.latent_channels, p)
 
-    def _text_tokens(self, text: str) -> int:
-        """Tokens of a user text, which must hold a non-space character (bagel.tokenizer
-        check_text: the one rule for prompts, questions, instructions and scenario texts)
-        and at most MAX_TEXT_CHARS long, checked before the tokenizer sees it."""
-        check_text_length(check_text(text, blank_ok=False))
+    def _text_tokens(self, text: str, blank_ok: bool = False) -> int:
+        """Tokens of a user text, which must hold a non-space character unless `blank_ok`
+        (bagel.tokenizer check_text: the one rule for prompts, questions, instructions and
+        scenario texts) and be at most MAX_TEXT_CHARS long, checked before the tokenizer
+        sees it."""
+        check_text_length(check_text(text, blank_ok=blank_ok))
         return len(self.pipe.tokenizer.frame(text))
 
     def _option_ids(self, options: list[str]) -> list[list[int]]:

@@ -50,9 +50,8 @@ def scenario_positions(scenario: Scenario, pipe: BagelPipeline) -> list[tuple[st
     if scenario.start.image is not None:
         total = IMAGE
         out.append(("start.image", total))
-    elif scenario.start.prompt is not None:  # a blank prompt adds no text turn
-        prompt = scenario.start.prompt
-        total = (count.text(prompt) if prompt.strip() else 0) + IMAGE
+    elif scenario.start.prompt is not None:  # a blank prompt is a framed empty text
+        total = count.text(scenario.start.prompt) + IMAGE
         out.append(("start.prompt", total))
     for i, step in enumerate(scenario.steps):
         total += getattr(count, step.chain)(_Args(step.chain, step.args, step.params))

@@ -146,8 +146,7 @@ def _begin(session: Session, scenario: Scenario, progress: ProgressFn | None) ->
     if scenario.start.image is not None:
         session.add_image(scenario.start.image, seed=scenario.seed)
     else:
-        if scenario.start.prompt.strip():  # blank: an image from no text at all
-            session.add_text(scenario.start.prompt)
+        session.add_text(scenario.start.prompt)  # blank: the official empty prompt
         session.generate_image(scenario.defaults, progress)
 
 

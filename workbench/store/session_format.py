@@ -170,7 +170,7 @@ def _check_content(path: Path, index: int, entry: object) -> None:
         raise SessionFileError(f"{where}.image must be a file name")
     if entry["kind"] != "image":
         try:
-            check_text(entry.get("text"), blank_ok=entry["role"] != "user")
+            check_text(entry.get("text"))  # a user's text may be blank (Session.add_text)
         except BagelError as err:
             raise SessionFileError(f"{where}.{err}") from err
     if entry["kind"] == "choice":
