@@ -337,6 +337,26 @@ def test_archive_limits(tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())
 
 
+def test_encrypted_and_damaged_archives_are_refused_in_words(tmp_path):
+    """Python's zipfile reads neither (a password prompt, a broken deflate stream): each is
+    an UploadError saying what is wrong, and nothing is left behind."""
+    encrypted = bytearray(_zip({"session.json": b"{}"}))
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):  # local and central: flag bit 0
+        at = encrypted.index(header) + (6 if header == b"PK\x03\x04" else 8)
+        encrypted[at] |= 0x1
+    with pytest.raises(UploadError, match="is encrypted; save the session again"):
+        unpack_session("locked.zip", bytes(encrypted), tmp_path / "a")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("session.json", b"{" + b"x" * 4000 + b"}")
+    damaged = bytearray(buffer.getvalue())
+    start = damaged.index(b"session.json") + len("session.json")  # the compressed data
+    damaged[start : start + 8] = b"\xff" * 8
+    with pytest.raises(UploadError, match="cannot be read, the archive is damaged"):
+        unpack_session("damaged.zip", bytes(damaged), tmp_path / "b")
+    assert not any(tmp_path.iterdir())
+
+
 def test_save_session_names_and_overwrite(pipe, tmp_path):
     one, two = Session(pipe), Session(pipe)
     one.add_text("one")

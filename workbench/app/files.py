@@ -15,6 +15,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
@@ -127,6 +128,11 @@ def _check_members(name: str, archive: zipfile.ZipFile) -> dict[str, zipfile.Zip
             raise UploadError(f"{name}: unsafe path {info.filename!r} in the archive")
         if stat.S_ISLNK(mode):
             raise UploadError(f"{name}: {info.filename!r} is a link; links are not accepted")
+        if info.flag_bits & 0x1:  # needs a password to read
+            raise UploadError(
+                f"{name}: {info.filename!r} is encrypted; save the session again without a "
+                "password"
+            )
     files = [i for i in infos if not i.is_dir()]
     manifests = [
         i.filename for i in files if PurePosixPath(i.filename).name == session_format.MANIFEST
@@ -170,8 +176,10 @@ def _extract(
                             f"{name}: unpacks to more than {MAX_UNPACKED_BYTES // MB} MB"
                         )
                     out.write(chunk)
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as err:
-            raise UploadError(f"{name}: cannot read {info.filename!r} ({err})") from err
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError) as err:
+            raise UploadError(
+                f"{name}: {info.filename!r} cannot be read, the archive is damaged ({err})"
+            ) from err
 
 
 # -- saved sessions on the server -----------------------------------------------------
