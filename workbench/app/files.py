@@ -130,8 +130,7 @@ def _check_members(name: str, archive: zipfile.ZipFile) -> dict[str, zipfile.Zip
             raise UploadError(f"{name}: {info.filename!r} is a link; links are not accepted")
         if info.flag_bits & 0x1:  # needs a password to read
             raise UploadError(
-                f"{name}: {info.filename!r} is encrypted; save the session again without a "
-                "password"
+                f"{name}: {info.filename!r} is encrypted; save the session again without a password"
             )
     files = [i for i in infos if not i.is_dir()]
     manifests = [

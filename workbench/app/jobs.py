@@ -143,7 +143,9 @@ class Job:
             self.state = "cancelled"
         except BagelError as err:  # bad input: the message says what to fix
             self._fail(str(err), err)
-        except Exception as err:  # a bug: a short message here, the traceback in the log
+        except BaseException as err:  # a bug, or a native library's panic (no Exception):
+            # a short message here, the traceback in the log; a worker thread has no
+            # process to exit or interrupt, so even SystemExit only fails its job
             log.exception("job %r failed", self.title)
             self._fail(f"{type(err).__name__}: {err}", err)
         finally:

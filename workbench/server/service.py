@@ -51,14 +51,6 @@ def caller() -> str | None:
 Verb = Callable[[Session, ProgressFn], "Done"]
 
 
-class Crashed(RuntimeError):
-    """A job's work raised a BaseException that is no Exception (a native library's
-    panic, a stray SystemExit or KeyboardInterrupt in its thread). It becomes an ordinary
-    failure, so the job ends "failed", its request is answered and the session, already
-    rewound by its verb, keeps its last finished state; a worker thread has no process
-    to exit or interrupt."""
-
-
 @dataclass
 class Done:
     """A verb's answer besides its turns (see schemas.TurnResult)."""
@@ -187,10 +179,6 @@ class Service:
                 return Refused(str(err), 429)
             except BagelError as err:  # bad input: the verb changed nothing
                 return Refused(str(err))
-            except Exception:
-                raise  # a bug: the job fails with it (and logs its traceback)
-            except BaseException as err:  # e.g. a panic in the tokenizer's native code
-                raise Crashed(f"{type(err).__name__}: {err}") from err
             finally:
                 task.finished = time.monotonic()
 
