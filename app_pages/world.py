@@ -13,12 +13,12 @@ import streamlit as st
 from app_pages import common, tab
 from bagel.errors import BagelError, InputError
 from workbench import chains
-from workbench.actions import parse_path
 from workbench.app import actions
 from workbench.app.branches import Branch
 from workbench.app.files import IMAGE_TYPES, MAX_IMAGE_MB, read_image
 from workbench.app.model import LoadedModel
 from workbench.app.world_truth import start_view, truth_scores
+from workbench.chains.actions import parse_path
 from workbench.params import GenerationParams
 from workbench.world.eval import PSNR_CAP, world_params
 

@@ -14,8 +14,9 @@ from PIL import Image
 from bagel.contexts import prefill
 from bagel.errors import ImageError, InputError
 from bagel.llm import Routing
-from workbench import chain_checks, chains
+from workbench import chains
 from workbench.chains import ACTIONS, DEFAULT_TEMPLATES, Beat
+from workbench.chains import checks as chain_checks
 from workbench.params import GenerationParams
 from workbench.session import Session
 from workbench.store import load, replay, save

@@ -5,7 +5,7 @@ import pytest
 
 from bagel.errors import InputError
 from workbench import chains
-from workbench.actions import (
+from workbench.chains.actions import (
     ACTION_TABLE,
     MAX_PATH,
     MOVE_STEP,

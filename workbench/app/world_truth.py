@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from workbench.actions import ACTIONS
+from workbench.chains.actions import ACTIONS
 from workbench.world.data import TRAIN_LEVELS
 from workbench.world.eval import frame_scores
 from workbench.world.render import World, make_level, random_world

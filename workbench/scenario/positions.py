@@ -4,7 +4,7 @@ A run that passes the model's position limit is refused by the session at the tu
 that would pass it, after the steps before it were saved. Counting the turns of every
 chain up front (their texts through the model's tokenizer) lets the scenario be refused
 before anything is written instead. The count follows the turns each chain appends
-(workbench/chains.py) and the positions each session verb reserves: a text takes its
+(workbench/chains/__init__.py) and the positions each session verb reserves: a text takes its
 framed tokens, an image FRAME_ROPE_STRIDE positions (its VAE and its ViT block), a reply
 up to max_think_tokens + 2, a constrained choice its longest option + 1.
 

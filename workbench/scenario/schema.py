@@ -37,7 +37,8 @@ from bagel.flow import MAX_TIMESTEPS, RENORM_TYPES
 from bagel.forcing import check_forcing
 from bagel.profiles import PROFILES
 from bagel.taylorseer import FEATURE_CACHES
-from workbench import chain_checks, chains
+from workbench import chains
+from workbench.chains import checks as chain_checks
 from workbench.export import FORMATS
 from workbench.media import FPS_RANGE, GIF_MAX_FPS
 from workbench.params import MAX_SEED, MAX_SIDE, MAX_THINK_TOKENS, GenerationParams

@@ -21,8 +21,9 @@ from fastapi.responses import Response
 from PIL import Image
 
 from bagel.errors import BagelError
-from workbench import chain_checks, chains, store
+from workbench import chains, store
 from workbench.app.files import MAX_IMAGE_MB, MB, pack_folder, read_image
+from workbench.chains import checks as chain_checks
 from workbench.export import FORMATS, export_session
 from workbench.params import GenerationParams
 from workbench.server import costs

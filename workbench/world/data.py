@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from workbench.actions import ACTION_TABLE, ACTIONS
 from workbench.chains import AGENT_QUESTION, DONE, ROTATE_TEMPLATE
+from workbench.chains.actions import ACTION_TABLE, ACTIONS
 from workbench.world.render import (
     COLOUR_NAMES,
     TURNTABLE_CENTRE,

@@ -5,7 +5,7 @@ wall block of colour k, each face of a block may have its own colour), with a sk
 the horizon, a floor below it and coloured balls on the floor, one of which may roll and
 bounce off the walls. The camera stands at (x, y) with a heading (radians, 0 = +x,
 counter-clockwise) and a pitch (horizon shift in steps); `World.step(action)` applies
-one action of `workbench.actions.ACTION_TABLE` (a move into a wall is refused: the
+one action of `workbench.chains.actions.ACTION_TABLE` (a move into a wall is refused: the
 camera stays) and advances the world one tick (the rolling ball moves).
 
 Views are RESOLUTION × RESOLUTION RGB (64 × 64), ray cast column by column at twice the
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from workbench.actions import ACTION_TABLE, PITCH_LIMIT
+from workbench.chains.actions import ACTION_TABLE, PITCH_LIMIT
 
 RESOLUTION = 64
 SUPERSAMPLE = 2

@@ -27,8 +27,8 @@ from PIL import Image
 from bagel.errors import BagelError, InputError
 from bagel.forcing import check_forcing
 from bagel.inputs import ProgressFn
-from workbench.actions import ACTIONS, DEFAULT_TEMPLATES
-from workbench.chain_checks import (
+from workbench.chains.actions import ACTIONS, DEFAULT_TEMPLATES
+from workbench.chains.checks import (
     check_actions,
     check_choice,
     check_common,

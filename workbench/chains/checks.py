@@ -12,7 +12,7 @@ import string
 from bagel.errors import InputError
 from bagel.inputs import ProgressFn
 from bagel.tokenizer import check_text
-from workbench.actions import ACTIONS
+from workbench.chains.actions import ACTIONS
 from workbench.params import GenerationParams, check_text_length
 from workbench.session import Session
 
