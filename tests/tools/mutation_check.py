@@ -91,7 +91,7 @@ FAULTS = [
     ),
     Fault(
         "model position limit: > turned into >=",
-        "bagel/pipeline.py",
+        "bagel/inputs.py",
         "if ctx.rope + advance > limit:",
         "if ctx.rope + advance >= limit:",
         ("tests/test_limits.py", "-k", "position_limit_of_the_model"),
