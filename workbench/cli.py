@@ -732,6 +732,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="future frames: weigh each token by 1 + this x its change from the last frame",
     )
+    p.add_argument("--hidden", type=int, default=128, help="decoder hidden size (a new run)")
+    p.add_argument(
+        "--latent-patch-size",
+        type=int,
+        default=2,
+        help="latent patch side, a new run: 2 (16 tokens a frame) or 1 (64 tokens)",
+    )
+    p.add_argument(
+        "--context-noise",
+        type=float,
+        default=0.0,
+        help="noise context frames' latents to a random level up to this (0: off)",
+    )
+    p.add_argument(
+        "--autoencoder",
+        default=None,
+        help="a new run starts from this checkpoint's trained autoencoder (decoder phase)",
+    )
     p.set_defaults(func=cmd_train_world)
 
     p = sub.add_parser("eval-world", help="score world-model rollouts against the renderer")
@@ -741,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", type=int, default=10, help="denoising steps per frame")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("world-eval"))
+    p.add_argument("--resolution", type=int, default=64, help="frame side the world is rendered at")
     p.set_defaults(func=cmd_eval_world)
 
     p = sub.add_parser("info", help="describe a checkpoint folder without loading its weights")
