@@ -106,6 +106,8 @@ def test_moved_frames_are_scored_apart_from_still_ones():
 def test_eval_world_command_refuses_bad_counts(tmp_path, capsys):
     code = main(["eval-world", "--episodes", "0", "--out", str(tmp_path / "x")])
     assert code == 2 and "--episodes" in capsys.readouterr().err
+    assert main(["eval-world", "--device", "tpu", "--out", str(tmp_path / "x")]) == 2
+    assert "the device must be cpu or cuda" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

@@ -760,6 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("world-eval"))
     p.add_argument("--resolution", type=int, default=64, help="frame side the world is rendered at")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (bfloat16) for a large model")
     p.set_defaults(func=cmd_eval_world)
 
     p = sub.add_parser("info", help="describe a checkpoint folder without loading its weights")

@@ -332,8 +332,12 @@ def command(args) -> int:
             f"the resolution must be a multiple of 16 from {RESOLUTIONS.start} to "
             f"{RESOLUTIONS[-1]} pixels, got {args.resolution}"
         )
+    cuda = args.device.split(":")[0] == "cuda"
+    if args.device != "cpu" and not (cuda and torch.cuda.is_available()):
+        raise InputError(f"the device must be cpu or cuda (with a GPU present), got {args.device}")
     torch.set_num_threads(1)
-    pipe = load(args.model or WORLD_MODEL, device="cpu", dtype="float32")
+    dtype = "bfloat16" if cuda else "float32"
+    pipe = load(args.model or WORLD_MODEL, device=args.device, dtype=dtype)
     strips: dict[str, list[list[Image.Image]]] = {}
     report = evaluate(
         pipe, args.episodes, args.steps, args.timesteps, args.seed, strips, args.resolution
