@@ -10,13 +10,14 @@ from bagel.checkpoint import load
 from workbench.cli import main
 from workbench.world.accuracy import (
     action_right,
+    evaluate_actions,
     gap_closed,
     one_step_truths,
     path_results,
     path_summary,
     tally,
 )
-from workbench.world.data import future
+from workbench.world.data import draw_world, future
 from workbench.world.eval import (
     EVAL_STREAM,
     MOVING_LEVEL,
@@ -145,6 +146,11 @@ def test_the_shipped_world_model_beats_copying_where_random_weights_do_not(pipe)
     overall = lambda means: sum(m - c for m, c in means.values()) / len(means)  # noqa: E731
     assert overall(trained) >= 2.0  # measured +4.3 dB at decoder step 13604
     assert overall(random) < 0  # noise: the same bound fails
+    # action accuracy on three fixed start views (24 one-step predictions)
+    worlds = [draw_world(np.random.default_rng([EVAL_STREAM, 33, e])) for e in range(3)]
+    actions = lambda p: evaluate_actions(p, worlds, world_params(10), 64)["accuracy"]  # noqa: E731
+    assert actions(shipped) >= 0.6  # measured 19 of 24 (turn left 1 of 3, strafe left 1 of 3)
+    assert actions(pipe) < 0.6  # random weights: 3 of 24 (look down, always)
 
 
 def _frames(*levels: int) -> list[np.ndarray]:
