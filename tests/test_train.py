@@ -6,6 +6,7 @@ from PIL import Image
 
 from bagel.checkpoint import load
 from bagel.embeddings import patchify_latent
+from bagel.errors import InputError
 from bagel.image import to_tensor
 from bagel.train import (
     SequenceBuilder,
@@ -216,3 +217,46 @@ def test_motion_weight_changes_only_the_future_frames_loss(tmp_path):
     plain, weighted = first_model_step(tmp_path / "a", 0.0), first_model_step(tmp_path / "b", 4.0)
     assert weighted["nav"] == plain["nav"] and weighted["caption"] == plain["caption"]
     assert weighted["future"] != plain["future"]
+
+
+def test_a_run_can_start_from_a_trained_autoencoder_with_finer_tokens(tmp_path):
+    """--autoencoder: the decoder phase starts at once on the given autoencoder (weights,
+    latent shift and scale); --latent-patch-size 1 makes a frame 64 tokens; --hidden
+    sizes the decoder."""
+    from workbench.world.eval import WORLD_MODEL
+    from workbench.world.train import TrainOptions, train_world
+
+    out = tmp_path / "fine"
+    options = TrainOptions(
+        steps=1,
+        ae_steps=0,
+        batch=2,
+        ae_decoder_every=0,
+        hidden=64,
+        latent_patch_size=1,
+        autoencoder=str(WORLD_MODEL),
+    )
+    state = train_world(out, options)
+    assert (state["ae_step"], state["step"]) == (0, 1)
+    pipe = load(out, device="cpu", dtype="float32")
+    shipped = load(WORLD_MODEL, device="cpu", dtype="float32")
+    assert pipe.config.ae == shipped.config.ae  # its shift and scale, not new ones
+    for name, value in shipped.ae.state_dict().items():
+        assert torch.equal(pipe.ae.state_dict()[name], value), name
+    assert pipe.config.llm.hidden_size == 64 and pipe.config.latent_patch_size == 1
+    assert pipe.image_token_counts(64, 64)[0] == 64 + 2  # 8 × 8 latent tokens, framed
+    with pytest.raises(InputError, match="holds no trained autoencoder"):
+        TrainOptions(autoencoder=str(tmp_path / "none"))
+
+
+def test_context_noise_changes_the_frames_losses(tmp_path):
+    from workbench.world.train import TrainOptions, train_world
+
+    def first_model_step(out, noise):
+        train_world(out, TrainOptions(steps=1, ae_steps=1, batch=4, context_noise=noise))
+        return json.loads((out / "train" / "log.jsonl").read_text().splitlines()[1])
+
+    plain, noised = first_model_step(tmp_path / "a", 0.0), first_model_step(tmp_path / "b", 0.3)
+    assert noised["nav"] != plain["nav"] and noised["future"] != plain["future"]
+    with pytest.raises(InputError, match="context noise"):
+        TrainOptions(context_noise=1.5)

@@ -242,6 +242,24 @@ def add_world_verbs(add_verb: AddVerb) -> None:
         default=0.0,
         help="future frames: weigh each token by 1 + this x its change from the last frame",
     )
+    p.add_argument("--hidden", type=int, default=128, help="decoder hidden size (a new run)")
+    p.add_argument(
+        "--latent-patch-size",
+        type=int,
+        default=2,
+        help="latent patch side, a new run: 2 (16 tokens a frame) or 1 (64 tokens)",
+    )
+    p.add_argument(
+        "--context-noise",
+        type=float,
+        default=0.0,
+        help="noise context frames' latents to a random level up to this (0: off)",
+    )
+    p.add_argument(
+        "--autoencoder",
+        default=None,
+        help="a new run starts from this checkpoint's trained autoencoder (decoder phase)",
+    )
     p.set_defaults(func=world.cmd_train_world)
 
     p = add_verb("eval-world", help="score world-model rollouts against the renderer")
@@ -251,4 +269,6 @@ def add_world_verbs(add_verb: AddVerb) -> None:
     p.add_argument("--timesteps", type=int, default=10, help="denoising steps per frame")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("world-eval"))
+    p.add_argument("--resolution", type=int, default=64, help="frame side the world is rendered at")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (bfloat16) for a large model")
     p.set_defaults(func=world.cmd_eval_world)

@@ -22,6 +22,7 @@ from workbench.chains import AGENT_QUESTION, DONE, ROTATE_TEMPLATE
 from workbench.chains.actions import ACTION_TABLE, ACTIONS
 from workbench.world.render import (
     COLOUR_NAMES,
+    RESOLUTION,
     TURNTABLE_CENTRE,
     World,
     caption,
@@ -44,14 +45,17 @@ class Episode:
     captions: tuple[str, ...]
 
 
-def _world(rng: np.random.Generator, levels: tuple[int, ...], moving: bool = True) -> World:
+def draw_world(
+    rng: np.random.Generator, levels: tuple[int, ...] = TRAIN_LEVELS, moving: bool = True
+) -> World:
+    """A random start: one of `levels`, a camera pose and balls (one rolling if `moving`)."""
     level = make_level(int(rng.choice(levels)))
     return random_world(int(rng.integers(2**31)), level, moving)
 
 
-def _record(worlds: list[World], texts: list[str | None]) -> Episode:
+def _record(worlds: list[World], texts: list[str | None], resolution: int = RESOLUTION) -> Episode:
     return Episode(
-        np.stack([w.render() for w in worlds]),
+        np.stack([w.render(resolution) for w in worlds]),
         tuple(texts),
         tuple(caption(w) for w in worlds),
     )
@@ -62,16 +66,21 @@ def navigation(
     actions: list[str],
     levels: tuple[int, ...] = TRAIN_LEVELS,
     moving: bool = True,
+    resolution: int = RESOLUTION,
 ) -> Episode:
     """A random start in one of `levels`, then `actions` (frame 0 has no text); with
     `moving` False the balls stay where they are."""
-    world = _world(rng, levels, moving)
+    return walk(draw_world(rng, levels, moving), actions, resolution)
+
+
+def walk(world: World, actions: list[str], resolution: int = RESOLUTION) -> Episode:
+    """`world`'s view, then the view after each of `actions`."""
     worlds, texts = [world], [None]
     for action in actions:
         world = world.step(action)
         worlds.append(world)
         texts.append(ACTION_TABLE[action].template)
-    return _record(worlds, texts)
+    return _record(worlds, texts, resolution)
 
 
 def turntable(rng: np.random.Generator, degrees: float, steps: int) -> Episode:
@@ -87,10 +96,13 @@ def turntable(rng: np.random.Generator, degrees: float, steps: int) -> Episode:
 
 
 def future(
-    rng: np.random.Generator, frames: int, levels: tuple[int, ...] = TRAIN_LEVELS
+    rng: np.random.Generator,
+    frames: int,
+    levels: tuple[int, ...] = TRAIN_LEVELS,
+    resolution: int = RESOLUTION,
 ) -> Episode:
     """A fixed camera turned toward the rolling ball (give or take 20°), `frames` ticks."""
-    world = _world(rng, levels)
+    world = draw_world(rng, levels)
     ball = world.balls[0]
     heading = math.atan2(ball.y - world.pose.y, ball.x - world.pose.x)
     heading += math.radians(rng.uniform(-20, 20))
@@ -99,7 +111,7 @@ def future(
     for _ in range(frames - 1):
         world = world.step(None)
         worlds.append(world)
-    return _record(worlds, [None] * frames)
+    return _record(worlds, [None] * frames, resolution)
 
 
 def random_actions(rng: np.random.Generator, n: int) -> list[str]:
@@ -145,7 +157,7 @@ def agent_views(rng: np.random.Generator, batch: int) -> tuple[list[Episode], st
     episodes, answers = [], []
     colour_index = int(rng.integers(1, len(COLOUR_NAMES)))
     for _ in range(batch):
-        world = _world(rng, TRAIN_LEVELS, moving=False)
+        world = draw_world(rng, TRAIN_LEVELS, moving=False)
         balls = list(world.balls)
         balls[0] = replace(balls[0], colour=colour_index)
         world = replace(world, balls=tuple(balls))

@@ -16,9 +16,15 @@ PSNR is capped at 60 dB (identical frames would make a mean infinite).
   scored over the pixels that moved (where the true frame differs from the last context
   frame: the part copying cannot get);
 - autoencoder: reconstruction PSNR of held-out views;
+- action accuracy, path accuracy (of the navigation rollouts) and the gap closed on the
+  moving future frames: workbench/world/accuracy.py;
 - revisit: three turns left then three right (a static world), so the last view is the
   first; the return frame against the first, with the whole path in context versus with
   only the last frame (a fresh session per step).
+
+`resolution` renders the world at another size than the world model's 64 × 64 (and
+samples at it), so that any checkpoint, the released BAGEL-7B-MoT included, runs the same
+chains against the same truth.
 
 Writes OUT/world-eval.json, OUT/world-eval.md (tables), OUT/world-eval.png (PSNR per
 rollout step) and OUT/world-eval-strip.png (per navigation kind, the true frames above
@@ -27,7 +33,6 @@ the model's).
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -37,12 +42,21 @@ from PIL import Image
 
 from bagel.pipeline import BagelPipeline
 from workbench.chains import navigate, predict
-from workbench.files import write_atomic
 from workbench.metrics import psnr, ssim
 from workbench.params import GenerationParams
 from workbench.session import Session
-from workbench.world.data import TRAIN_LEVELS, Episode, future, navigation, random_actions
-from workbench.world.plot import plot_curves
+from workbench.world import accuracy
+from workbench.world.data import (
+    TRAIN_LEVELS,
+    Episode,
+    draw_world,
+    future,
+    navigation,
+    random_actions,
+    walk,
+)
+from workbench.world.eval_report import markdown, write_report
+from workbench.world.render import RESOLUTION
 
 WORLD_MODEL = Path(__file__).resolve().parents[2] / "models" / "world-64"  # the checkout's
 EVAL_STREAM = 7_000_003  # first key of every evaluation generator (training uses the seed)
@@ -53,21 +67,23 @@ SCRIPTS = {
 }
 REVISIT_OUT = ["turn_left"] * 3
 REVISIT_BACK = ["turn_right"] * 3
-REPORT_STEPS = (1, 2, 4, 8, 16)
 PSNR_CAP = 60.0  # dB
 MOVING_LEVEL = 0.02  # a pixel moved when a channel changed by more than this (of 1)
+RESOLUTIONS = range(32, 1025, 16)  # the frame sides eval-world renders at
 
 
-def world_params(timesteps: int = 10, seed: int = 0) -> GenerationParams:
+def world_params(
+    timesteps: int = 10, seed: int = 0, resolution: int = RESOLUTION
+) -> GenerationParams:
     """How the world model samples: no guidance (it was trained without dropped
-    conditions), 64 × 64, the training time shift."""
+    conditions), 64 × 64 (or `resolution`), the training time shift."""
     return GenerationParams(
         num_timesteps=timesteps,
         timestep_shift=2.0,
         cfg_text_scale=1.0,
         cfg_img_scale=1.0,
-        height=64,
-        width=64,
+        height=resolution,
+        width=resolution,
         seed=seed,
     )
 
@@ -152,12 +168,12 @@ def _navigation_rollout(
     return [f.image for f in navigate(session, actions, params).frames]
 
 
-def evaluate_autoencoder(pipe: BagelPipeline, frames: int) -> dict:
+def evaluate_autoencoder(pipe: BagelPipeline, frames: int, resolution: int = RESOLUTION) -> dict:
     """Reconstruction PSNR of held-out views through the autoencoder, the way a session
     takes an image in (a seeded posterior sample) and a frame out (decode, to uint8)."""
     values = []
     for e in range(frames):
-        view = Image.fromarray(navigation(_rng(55, e), []).frames[0])
+        view = Image.fromarray(navigation(_rng(55, e), [], resolution=resolution).frames[0])
         values.append(_psnr(_through_autoencoder(pipe, view, e), view))
     return {"psnr_mean": round(statistics.fmean(values), 3), "frames": frames}
 
@@ -174,26 +190,35 @@ def evaluate_navigation(
     steps: int,
     params: GenerationParams,
     strips: dict[str, list[list[Image.Image]]] | None = None,
+    resolution: int = RESOLUTION,
 ) -> dict:
-    """Model vs the start frame repeated, per script kind, over `episodes` worlds; the
-    first episode of each kind goes into `strips` as [true frames, model frames]."""
+    """Model vs the start frame repeated, per script kind, over `episodes` worlds, and
+    the rollouts' path accuracy; the first episode of each kind goes into `strips` as
+    [true frames, model frames]."""
     kinds: dict[str, dict] = {}
     scripts = {name: (script * steps)[:steps] for name, script in SCRIPTS.items()}
     for name in [*scripts, "random-walk", "unseen-level"]:
-        model_runs, copy_runs = [], []
+        model_runs, copy_runs, paths = [], [], []
         for e in range(episodes):
             rng = _rng(len(kinds), e)
             actions = scripts.get(name) or random_actions(rng, steps)
             levels = (UNSEEN_LEVEL,) if name == "unseen-level" else TRAIN_LEVELS
-            episode = navigation(rng, actions, levels)
+            world = draw_world(rng, levels)
+            episode = walk(world, actions, resolution)
             truth = _images(episode.frames[1:])
             rollout = _navigation_rollout(pipe, episode, actions, params)
             model_runs.append(_scores(rollout, truth))
+            others = accuracy.path_truths(world, _rng(66, len(kinds), e), steps, resolution)
+            paths.append(accuracy.path_results(rollout, truth, others))
             if strips is not None and e == 0:
                 start = _images(episode.frames[:1])
                 strips[name] = [start + truth, start + rollout]
             copy_runs.append(_scores([_images(episode.frames[:1])[0]] * steps, truth))
-        kinds[name] = {"model": summary(model_runs), "copy": summary(copy_runs)}
+        kinds[name] = {
+            "model": summary(model_runs),
+            "copy": summary(copy_runs),
+            "path_accuracy": accuracy.path_summary(paths),
+        }
     return kinds
 
 
@@ -202,7 +227,11 @@ def _future_scores(pred: list[Image.Image], truth: list[Image.Image], last: Imag
 
 
 def evaluate_future(
-    pipe: BagelPipeline, episodes: int, steps: int, params: GenerationParams
+    pipe: BagelPipeline,
+    episodes: int,
+    steps: int,
+    params: GenerationParams,
+    resolution: int = RESOLUTION,
 ) -> dict:
     """Future frames of the rolling ball: autoregressive, forcing (window 2, 4), copy, and
     "autoencoder": each true frame through the autoencoder, the best a generated frame
@@ -214,7 +243,7 @@ def evaluate_future(
     }
     runs: dict[str, list] = {name: [] for name in [*methods, "copy", "autoencoder"]}
     for e in range(episodes):
-        episode = future(_rng(99, e), 2 + steps)
+        episode = future(_rng(99, e), 2 + steps, resolution=resolution)
         context, truth = _images(episode.frames[:2]), _images(episode.frames[2:])
         for name, options in methods.items():
             session = Session(pipe)
@@ -228,12 +257,14 @@ def evaluate_future(
     return {name: summary(r) for name, r in runs.items()}
 
 
-def evaluate_revisit(pipe: BagelPipeline, episodes: int, params: GenerationParams) -> dict:
+def evaluate_revisit(
+    pipe: BagelPipeline, episodes: int, params: GenerationParams, resolution: int = RESOLUTION
+) -> dict:
     """The return frame vs the first, whole path in context vs only the last frame."""
     actions = REVISIT_OUT + REVISIT_BACK
     full, last_only, copy = [], [], []
     for e in range(episodes):
-        episode = navigation(_rng(77, e), actions, moving=False)
+        episode = navigation(_rng(77, e), actions, moving=False, resolution=resolution)
         first = Image.fromarray(episode.frames[0])
         full.append(_psnr(_navigation_rollout(pipe, episode, actions, params)[-1], first))
         frame = first
@@ -260,89 +291,29 @@ def evaluate(
     timesteps: int = 10,
     seed: int = 0,
     strips: dict[str, list[list[Image.Image]]] | None = None,
+    resolution: int = RESOLUTION,
 ) -> dict:
     """The whole evaluation as a JSON-able report; `strips` (if given) receives the frames
     of the first navigation episode of each kind, truth above model."""
-    params = world_params(timesteps, seed)
+    params = world_params(timesteps, seed, resolution)
+    worlds = [draw_world(_rng(33, e)) for e in range(episodes)]
+    fut = evaluate_future(pipe, episodes, steps, params, resolution)
+    moved = {m: fut[m]["psnr_moved_frames"][0] for m in ("autoregressive", "copy", "autoencoder")}
     return {
         "model": pipe.identity,
         "episodes": episodes,
         "steps": steps,
+        "resolution": resolution,
         "params": {"num_timesteps": timesteps, "timestep_shift": 2.0, "cfg": "off"},
-        "autoencoder": evaluate_autoencoder(pipe, 8 * episodes),
-        "navigation": evaluate_navigation(pipe, episodes, steps, params, strips),
-        "future": evaluate_future(pipe, episodes, steps, params),
-        "revisit": evaluate_revisit(pipe, episodes, params),
+        "autoencoder": evaluate_autoencoder(pipe, 8 * episodes, resolution),
+        "actions": accuracy.evaluate_actions(pipe, worlds, params, resolution),
+        "navigation": evaluate_navigation(pipe, episodes, steps, params, strips, resolution),
+        "future": fut,
+        "gap_closed": accuracy.gap_closed(
+            moved["autoregressive"], moved["copy"], moved["autoencoder"]
+        ),
+        "revisit": evaluate_revisit(pipe, episodes, params, resolution),
     }
-
-
-def markdown(report: dict) -> str:
-    steps = [k for k in REPORT_STEPS if k <= report["steps"]]
-    head = "| rollout | method | " + " | ".join(f"PSNR@{k}" for k in steps)
-    head += " | " + " | ".join(f"SSIM@{k}" for k in steps) + " |\n"
-    head += "|---|---|" + "---|" * (2 * len(steps)) + "\n"
-    rows = []
-    groups = [("navigation " + k, v) for k, v in report["navigation"].items()]
-    groups.append(("future frames", report["future"]))
-    for group, methods in groups:
-        for method, s in methods.items():
-            cells = [f"{s['psnr'][k - 1]:.2f}" for k in steps]
-            cells += [f"{s['ssim'][k - 1]:.3f}" for k in steps]
-            rows.append(f"| {group} | {method} | " + " | ".join(cells) + " |")
-    r = report["revisit"]
-    revisit = (
-        f"\nRevisit ({', '.join(r['actions'])}): return frame vs first frame, PSNR "
-        f"{r['full_context_psnr']:.2f} dB with the whole path in context, "
-        f"{r['last_frame_only_psnr']:.2f} dB with only the last frame; the true frame "
-        f"before the return scores {r['copy_previous_truth_psnr']:.2f} dB.\n"
-    )
-    future = report["future"]
-
-    def first_step(key: str) -> str:
-        return ", ".join(f"{m} {s[key][0]:.2f}" for m, s in future.items() if s[key][0] is not None)
-
-    runs = next(iter(future.values()))["moved_runs"][0]
-    if runs:
-        moving, moved = first_step("moving_psnr"), first_step("psnr_moved_frames")
-        revisit = (
-            "\nFuture frames, PSNR over the pixels that moved (true frame vs last context "
-            f"frame), step 1: {moving} dB. The whole frame at step 1 in the {runs} of "
-            f"{report['episodes']} episodes where something moved: {moved} dB.\n" + revisit
-        )
-    ae = report["autoencoder"]
-    recon = f"\nAutoencoder reconstruction of {ae['frames']} held-out views: {ae['psnr_mean']:.2f} dB.\n"
-    return head + "\n".join(rows) + "\n" + revisit + recon
-
-
-def strip_image(strips: dict[str, list[list[Image.Image]]]) -> Image.Image:
-    """Per kind two rows, the true frames above the model's, start frame first."""
-    rows = [row for pair in strips.values() for row in pair]
-    w, h = rows[0][0].size
-    sheet = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), "white")
-    for i, row in enumerate(rows):
-        for j, frame in enumerate(row):
-            sheet.paste(frame, (j * w, i * h))
-    return sheet
-
-
-def write_report(
-    report: dict, out: Path, strips: dict[str, list[list[Image.Image]]] | None = None
-) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    curves = {f"nav {k}": v["model"]["psnr"] for k, v in report["navigation"].items()}
-    curves["nav copy (random walk)"] = report["navigation"]["random-walk"]["copy"]["psnr"]
-    curves.update({f"future {k}": v["psnr"] for k, v in report["future"].items()})
-    text = json.dumps(report, indent=2) + "\n"
-    table = markdown(report)
-    return [
-        write_atomic(out / "world-eval.json", lambda tmp: tmp.write_text(text)),
-        write_atomic(out / "world-eval.md", lambda tmp: tmp.write_text(table)),
-        write_atomic(out / "world-eval.png", lambda tmp: plot_curves(curves, tmp)),
-    ] + (
-        [write_atomic(out / "world-eval-strip.png", lambda tmp: strip_image(strips).save(tmp))]
-        if strips
-        else []
-    )
 
 
 def command(args) -> int:
@@ -356,10 +327,21 @@ def command(args) -> int:
         value = getattr(args, name)
         if value < 1 or (name == "timesteps" and value < 2):
             raise InputError(f"--{name} must be at least {2 if name == 'timesteps' else 1}")
+    if args.resolution not in RESOLUTIONS:
+        raise InputError(
+            f"the resolution must be a multiple of 16 from {RESOLUTIONS.start} to "
+            f"{RESOLUTIONS[-1]} pixels, got {args.resolution}"
+        )
+    cuda = args.device.split(":")[0] == "cuda"
+    if args.device != "cpu" and not (cuda and torch.cuda.is_available()):
+        raise InputError(f"the device must be cpu or cuda (with a GPU present), got {args.device}")
     torch.set_num_threads(1)
-    pipe = load(args.model or WORLD_MODEL, device="cpu", dtype="float32")
+    dtype = "bfloat16" if cuda else "float32"
+    pipe = load(args.model or WORLD_MODEL, device=args.device, dtype=dtype)
     strips: dict[str, list[list[Image.Image]]] = {}
-    report = evaluate(pipe, args.episodes, args.steps, args.timesteps, args.seed, strips)
+    report = evaluate(
+        pipe, args.episodes, args.steps, args.timesteps, args.seed, strips, args.resolution
+    )
     for path in write_report(report, Path(args.out), strips):
         print(path)
     print(markdown(report))

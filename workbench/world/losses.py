@@ -20,8 +20,15 @@ class SampleLosses:
     """Losses of rendered episodes on the pipeline's decoder; tensors go to `device`
     (random draws stay on the CPU generator they come from)."""
 
-    def __init__(self, pipe: BagelPipeline, device: torch.device, timestep_shift: float):
+    def __init__(
+        self,
+        pipe: BagelPipeline,
+        device: torch.device,
+        timestep_shift: float,
+        context_noise: float = 0.0,
+    ):
         self.pipe, self.device, self.timestep_shift = pipe, device, timestep_shift
+        self.context_noise = context_noise
 
     def _encode(self, episodes: list[Episode], gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """Latents [B, K, C, h, w] (posterior samples, as a session takes them) and ViT
@@ -49,17 +56,14 @@ class SampleLosses:
     ) -> Tensor:
         """Flow-matching loss of the last `window` frames after the earlier ones (with the
         episodes' texts between them, as the chains add them); `motion` > 0 weighs each
-        target token by its change from the last context frame (`motion_weight`)."""
+        target token by its change from the last context frame (`motion_weight`). With
+        `context_noise` > 0 each context frame's latent is noised to its own level drawn
+        in [0, context_noise] (still entered as a clean frame, at t = 0, as inference
+        enters its generated frames), so the model learns to continue from imperfect
+        frames."""
         latents, vit = self._encode(episodes, gen)
         b, k = latents.shape[:2]
-        seq = SequenceBuilder(self.pipe.net, self.pipe.tokenizer, b)
         first_target = k - window
-        for i in range(first_target):
-            if episodes[0].texts[i] is not None:
-                seq.add_text(self._text(episodes[0].texts[i], b))
-            seq.add_image(latents[:, i], vit[:, i])
-        if episodes[0].texts[first_target] is not None:  # one text before a window
-            seq.add_text(self._text(episodes[0].texts[first_target], b))
         p = self.pipe.config.latent_patch_size
         grid = (latents.shape[3] // p, latents.shape[4] // p)
         x0 = torch.stack(
@@ -67,6 +71,18 @@ class SampleLosses:
         )  # [B, W, N, 64]
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
         t = sample_t((b, window), self.timestep_shift, gen).to(self.device)
+        context = latents[:, :first_target]
+        if self.context_noise > 0 and first_target > 0:
+            levels = torch.rand((b, first_target), generator=gen) * self.context_noise
+            drawn = torch.randn(context.shape, generator=gen)
+            context = noisy(context, drawn.to(self.device), levels.to(self.device))
+        seq = SequenceBuilder(self.pipe.net, self.pipe.tokenizer, b)
+        for i in range(first_target):
+            if episodes[0].texts[i] is not None:
+                seq.add_text(self._text(episodes[0].texts[i], b))
+            seq.add_image(context[:, i], vit[:, i])
+        if episodes[0].texts[first_target] is not None:  # one text before a window
+            seq.add_text(self._text(episodes[0].texts[first_target], b))
         weight = None
         if motion > 0 and first_target > 0:
             before = torch.stack([patchify_latent(z, p) for z in latents[:, first_target - 1]])

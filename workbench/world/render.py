@@ -8,8 +8,9 @@ counter-clockwise) and a pitch (horizon shift in steps); `World.step(action)` ap
 one action of `workbench.chains.actions.ACTION_TABLE` (a move into a wall is refused: the
 camera stays) and advances the world one tick (the rolling ball moves).
 
-Views are RESOLUTION × RESOLUTION RGB (64 × 64), ray cast column by column at twice the
-resolution and averaged 2 × 2 (anti-aliased edges).
+Views are RESOLUTION × RESOLUTION RGB (64 × 64, the world model's size; `render` takes
+another resolution for other models), ray cast column by column at twice the resolution
+and averaged 2 × 2 (anti-aliased edges).
 
 The turntable scene (`turntable_world`) is a room with one block in its middle whose four
 faces have different colours; `orbit(degrees)` moves the camera around it, so a view
@@ -109,8 +110,8 @@ class World:
         heading = math.atan2(centre[1] - y, centre[0] - x)
         return replace(self, pose=replace(self.pose, x=x, y=y, heading=heading))
 
-    def render(self) -> np.ndarray:
-        return render(self.level, self.pose, self.balls)
+    def render(self, resolution: int = RESOLUTION) -> np.ndarray:
+        return render(self.level, self.pose, self.balls, resolution)
 
 
 def move(level: Level, pose: Pose, action: str) -> Pose:
@@ -144,9 +145,12 @@ def roll(level: Level, ball: Ball) -> Ball:
 # -- rendering ----------------------------------------------------------------------------
 
 
-def render(level: Level, pose: Pose, balls: tuple[Ball, ...] = ()) -> np.ndarray:
-    """The camera's view: uint8 [RESOLUTION, RESOLUTION, 3]."""
-    n = RESOLUTION * SUPERSAMPLE
+def render(
+    level: Level, pose: Pose, balls: tuple[Ball, ...] = (), resolution: int = RESOLUTION
+) -> np.ndarray:
+    """The camera's view: uint8 [resolution, resolution, 3] (RESOLUTION, the model's
+    size, unless asked for another: the same view, ray cast at that size)."""
+    n = resolution * SUPERSAMPLE
     depth, colour_index, shaded = _cast_columns(level, pose, n)  # [n] each
     colour = np.array([rgb for _, rgb in PALETTE], float)[colour_index]  # [n, 3]
     colour[shaded] *= SIDE_SHADE
@@ -158,7 +162,7 @@ def render(level: Level, pose: Pose, balls: tuple[Ball, ...] = ()) -> np.ndarray
     wall = (rows >= horizon - half) & (rows < horizon + half)  # [n, n]
     image[wall] = np.broadcast_to(colour[None], (n, n, 3))[wall]
     _draw_balls(image, level, pose, balls, depth, horizon)
-    image = image.reshape(RESOLUTION, SUPERSAMPLE, RESOLUTION, SUPERSAMPLE, 3).mean((1, 3))
+    image = image.reshape(resolution, SUPERSAMPLE, resolution, SUPERSAMPLE, 3).mean((1, 3))
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,6 @@ from torch import Tensor
 from tqdm import tqdm
 
 from bagel.checkpoint import AE_WEIGHTS, EMA_WEIGHTS, load
-from bagel.config import BagelConfig
 from bagel.errors import InputError
 from bagel.pipeline import BagelPipeline
 from bagel.tiny import make_tiny
@@ -48,73 +45,11 @@ from workbench.world.data import navigation
 from workbench.world.losses import SampleLosses
 from workbench.world.model import write_marker
 from workbench.world.train_files import load_optimizer, optimizer_tensors, save_tensors, trim_log
+from workbench.world.train_options import TrainOptions, use_autoencoder, world_config
 
 TRAIN_DIR = "train"
 LOG = "log.jsonl"
 DECODER_OPTIMIZER = "ae_decoder_optimizer.safetensors"
-
-
-def world_config() -> BagelConfig:
-    """The world model: a 4-layer MoT decoder (hidden 128), a 2-layer ViT and a small
-    autoencoder; 64 × 64 frames are 16 latent tokens and 25 ViT tokens."""
-    llm = dict(
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=512,
-        max_position_embeddings=4096,
-    )
-    vit = dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        patch_size=14,
-        image_size=14 * 10,
-    )
-    ae = dict(ch=32, ch_mult=[1, 1, 2, 2], num_res_blocks=1)
-    bagel = dict(max_latent_size=8, vae_min_side=32, vit_min_side=28)
-    return BagelConfig.from_dicts(llm, vit, ae, bagel)
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    steps: int = 20000  # decoder steps (phase 2)
-    ae_steps: int = 1500  # autoencoder steps (phase 1)
-    batch: int = 8
-    lr: float = 4e-4
-    ae_lr: float = 1e-3
-    ae_decoder_every: int = 2  # in phase 2, an autoencoder-decoder step every N steps (0: off)
-    ema: float = 0.998
-    timestep_shift: float = 2.0  # of the training t distribution (more high-noise t)
-    seed: int = 0
-    save_minutes: float = 5.0
-    max_minutes: float | None = None  # stop (and save) after this long
-    render_workers: int = 0  # processes rendering the coming steps' batches (0: inline)
-    device: str = "cpu"  # where the model trains ("cuda" on a GPU)
-    motion_weight: float = 0.0  # future frames: extra weight of tokens that change (0: off)
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "ae_steps", "batch", "ae_decoder_every", "render_workers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InputError(f"{name} must be a non-negative integer, got {value!r}")
-        if self.batch < 1:
-            raise InputError(f"batch must be at least 1, got {self.batch}")
-        if self.device != "cpu" and not (
-            self.device.split(":")[0] == "cuda" and torch.cuda.is_available()
-        ):
-            raise InputError(
-                f"device must be cpu or cuda (with a GPU present), got {self.device!r}"
-            )
-        for name in ("lr", "ae_lr"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
-                raise InputError(f"{name} must be a positive learning rate, got {value!r}")
-        if not math.isfinite(self.motion_weight) or self.motion_weight < 0:
-            raise InputError(f"motion_weight must be 0 or more, got {self.motion_weight!r}")
 
 
 class WorldTrainer:
@@ -130,13 +65,17 @@ class WorldTrainer:
         else:
             if (self.out / EMA_WEIGHTS).exists() and not resume:
                 raise InputError(f"{self.out} already holds a checkpoint; use --resume")
-            make_tiny(self.out, options.seed, world_config())
+            config = world_config(options.hidden, options.latent_patch_size)
+            make_tiny(self.out, options.seed, config)
             self.state = {"ae_step": 0, "step": 0, "seconds": 0.0, "seed": options.seed}
+            if options.autoencoder is not None:  # trained before: straight to the decoder
+                use_autoencoder(self.out, options.autoencoder, config)
+                self.state["latent_scale_set"] = True
         self.train_dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(options.device)  # random draws stay on the CPU
         self.pipe: BagelPipeline = load(self.out, device=options.device, dtype="float32")
         self.net, self.ae = self.pipe.net, self.pipe.ae
-        if self.state["ae_step"] == 0:
+        if self.state["ae_step"] == 0 and not self.state.get("latent_scale_set"):
             _narrow_posterior(self.ae)
         raw = self.train_dir / "model.safetensors"
         if resume and raw.exists():
@@ -149,7 +88,9 @@ class WorldTrainer:
         self.optimizer = self._optimizer()
         self.decoder_optimizer = self._decoder_optimizer()
         self.prefetch = Prefetch(options.render_workers)
-        self.losses = SampleLosses(self.pipe, self.device, options.timestep_shift)
+        self.losses = SampleLosses(
+            self.pipe, self.device, options.timestep_shift, options.context_noise
+        )
 
     @property
     def in_ae_phase(self) -> bool:
@@ -384,6 +325,10 @@ def command(args) -> int:
         render_workers=args.render_workers,
         device=args.device,
         motion_weight=args.motion_weight,
+        hidden=args.hidden,
+        latent_patch_size=args.latent_patch_size,
+        context_noise=args.context_noise,
+        autoencoder=args.autoencoder,
     )
     state = train_world(args.out, options, resume=args.resume)
     print(
