@@ -63,15 +63,8 @@ class VelocityModel:
         see_earlier: list[bool],
         caches: list[TaylorCache] | None = None,
     ) -> Tensor:
-        """One packed forward of a window of noisy frames against every branch at once.
-
-        Args:
-            x: [W, N, 64] latents; t: [W] their timesteps.
-            branches: B contexts; see_earlier: per branch, whether frame j sees frames < j
-                (then it sits at the branch's rope + 2j) or none (all frames at its rope).
-        Returns:
-            [B, W, N, 64] velocities.
-        """
+        """[W, N, 64] frames at [W] timesteps → [B, W, N, 64] (BagelPipeline.frames_velocity
+        states the contract)."""
         frames, rows = x.shape[0], x.shape[1] + 2  # each frame: markers + N latent rows
         spans = [(j * rows + 1, (j + 1) * rows - 1) for j in range(frames)]
         routing = Routing.latent_spans(frames * rows, spans, self.net.device)
