@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -204,16 +205,23 @@ def _ws(url: str) -> str:
     return parse_qs(urlparse(url).query).get("ws", [""])[0]
 
 
-@pytest.fixture
-def slow_story(tmp_path):
-    """A saved story slow enough to cancel (3 frames of 120 steps at 128 px: several
-    seconds to replay, where the page shows a job's bar after one)."""
+@pytest.fixture(scope="module")
+def slow_story_saved(tmp_path_factory):
+    """A saved story slow enough to cancel, or to reload the page during, while it
+    replays: 6 frames of 1000 steps at 128 px, about 15 s on two idle cores (3 frames of
+    120 steps replayed in about 1 s there: over before a click or a reload landed)."""
     from workbench.app.model import load_model
 
     session = Session(load_model("").pipe)  # the app's tiny default, made if needed
-    params = GenerationParams(num_timesteps=120, height=128, width=128)
-    chains.story(session, ["one", "two", "three"], params)
-    return store.save(session, tmp_path / "sessions" / "slow")
+    params = GenerationParams(num_timesteps=1000, height=128, width=128)
+    chains.story(session, ["one", "two", "three", "four", "five", "six"], params)
+    return store.save(session, tmp_path_factory.mktemp("stories") / "slow")
+
+
+@pytest.fixture
+def slow_story(slow_story_saved, tmp_path):
+    """The slow story, copied into this test's sessions folder."""
+    return Path(shutil.copytree(slow_story_saved, tmp_path / "sessions" / "slow"))
 
 
 def test_cancel_stops_a_replay(slow_story, app_url, browser):
