@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from api_client import FAST, LOCAL, new_session, ok, session_turns
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -30,9 +31,7 @@ from workbench.session import Session
 from workbench.store import session_format
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = {"num_timesteps": 3, "height": 64, "width": 64, "max_think_tokens": 4}
 SLOW = {**FAST, "num_timesteps": 400}  # long enough to cancel half-way
-LOCAL = "http://127.0.0.1:8000"  # a tokenless server answers only loopback Host names
 
 
 def _png(size=(40, 32), color=(200, 30, 30)) -> bytes:
@@ -44,21 +43,6 @@ def _png(size=(40, 32), color=(200, 30, 30)) -> bytes:
 @pytest.fixture
 def client(pipe, tmp_path):
     return TestClient(create_app(pipe, tmp_path / "sessions"), base_url=LOCAL)
-
-
-def _new(client) -> str:
-    response = client.post("/sessions")
-    assert response.status_code == 201
-    return response.json()["id"]
-
-
-def _ok(response) -> dict:
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def _turns(client, sid) -> list[dict]:
-    return _ok(client.get(f"/sessions/{sid}"))["turns"]
 
 
 def _image(client, url) -> np.ndarray:
@@ -81,7 +65,7 @@ def _job(client, state: str, steps: int = 0, timeout: float = 60) -> dict:
     """The first unfinished job in `state` with more than `steps` denoising steps done."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for job in _ok(client.get("/jobs")):
+        for job in ok(client.get("/jobs")):
             if job["state"] == state and job["steps_done"] >= steps:
                 return job
         time.sleep(0.01)
@@ -92,20 +76,18 @@ def _job(client, state: str, steps: int = 0, timeout: float = 60) -> dict:
 
 
 def test_every_verb_end_to_end(client, tmp_path):
-    sid = _new(client)
+    sid = new_session(client)
     base = f"/sessions/{sid}"
-    assert (
-        _ok(client.post(f"{base}/text", json={"text": "a red fox"}))["turns"][0]["kind"] == "text"
-    )
+    assert ok(client.post(f"{base}/text", json={"text": "a red fox"}))["turns"][0]["kind"] == "text"
     upload = client.post(
         f"{base}/image", files={"file": ("fox.png", _png(), "image/png")}, data={"seed": "2"}
     )
-    added = _ok(upload)["turns"][0]
+    added = ok(upload)["turns"][0]
     assert (added["role"], added["kind"], added["seed"]) == ("user", "image", 2)
-    generated = _ok(client.post(f"{base}/generate", json={"params": FAST}))["turns"]
+    generated = ok(client.post(f"{base}/generate", json={"params": FAST}))["turns"]
     assert [(t["role"], t["kind"]) for t in generated] == [("model", "image")]
     assert _image(client, generated[0]["image"]).shape == (64, 64, 3)
-    frames = _ok(
+    frames = ok(
         client.post(
             f"{base}/predict-frames",
             json={"frames": 2, "params": FAST, "window": 2, "schedule": "pyramid"},
@@ -113,11 +95,11 @@ def test_every_verb_end_to_end(client, tmp_path):
     )
     assert [t["forcing"]["index"] for t in frames["turns"]] == [0, 1]
     assert isinstance(
-        _ok(client.post(f"{base}/ask", json={"question": "What?", "params": FAST}))["text"], str
+        ok(client.post(f"{base}/ask", json={"question": "What?", "params": FAST}))["text"], str
     )
-    chosen = _ok(client.post(f"{base}/choose", json={"question": "Red?", "options": ["yes", "no"]}))
+    chosen = ok(client.post(f"{base}/choose", json={"question": "Red?", "options": ["yes", "no"]}))
     assert chosen["text"] in ("yes", "no") and len(chosen["scores"]) == 2
-    thought = _ok(client.post(f"{base}/think", json={"prompt": "a fox", "params": FAST}))
+    thought = ok(client.post(f"{base}/think", json={"prompt": "a fox", "params": FAST}))
     assert (
         thought["text"] == thought["turns"][2]["text"] and thought["turns"][-1]["kind"] == "image"
     )
@@ -130,18 +112,20 @@ def test_every_verb_end_to_end(client, tmp_path):
         "agent": {"goal": "find the door", "actions": ["forward"], "params": FAST, "max_steps": 1},
     }
     for name, body in chain_bodies.items():
-        result = _ok(client.post(f"{base}/chains/{name}", json=body))
+        result = ok(client.post(f"{base}/chains/{name}", json=body))
         assert result["stopped"] in ("done", "judged_ok", "max_rounds", "goal", "max_steps")
         assert result["turns"], name
-    turns = _turns(client, sid)
+    turns = session_turns(client, sid)
     assert [t["index"] for t in turns] == list(range(len(turns)))
     count = len(turns)
 
-    fork = _ok(client.post(f"{base}/fork"))["new_session"]
-    assert len(_turns(client, fork)) == count
-    _ok(client.post(f"{base}/rewind", json={"n": 2}))
-    assert len(_turns(client, sid)) == count - 2 and len(_turns(client, fork)) == count
-    assert sorted(s["id"] for s in _ok(client.get("/sessions"))) == sorted([sid, fork])
+    fork = ok(client.post(f"{base}/fork"))["new_session"]
+    assert len(session_turns(client, fork)) == count
+    ok(client.post(f"{base}/rewind", json={"n": 2}))
+    assert (
+        len(session_turns(client, sid)) == count - 2 and len(session_turns(client, fork)) == count
+    )
+    assert sorted(s["id"] for s in ok(client.get("/sessions"))) == sorted([sid, fork])
 
     export = client.post(f"{base}/export", json={"formats": ["png", "gif"]})
     assert export.status_code == 200 and export.headers["content-type"] == "application/zip"
@@ -149,44 +133,44 @@ def test_every_verb_end_to_end(client, tmp_path):
     assert "frames.gif" in names and "metrics.json" in names and "frames/frame_0001.png" in names
     archive = zipfile.ZipFile(io.BytesIO(client.get(f"{base}/archive").content))
     assert "session.json" in archive.namelist() and "kv.safetensors" in archive.namelist()
-    report = _ok(client.post(f"{base}/replay"))["report"]
+    report = ok(client.post(f"{base}/replay"))["report"]
     assert report["identical"] and all(f["psnr"] is None for f in report["frames"])
 
     assert client.delete(f"/sessions/{fork}").status_code == 204
     assert client.get(f"/sessions/{fork}").status_code == 404
-    assert [s["id"] for s in _ok(client.get("/sessions"))] == [sid]
+    assert [s["id"] for s in ok(client.get("/sessions"))] == [sid]
     assert not (tmp_path / "sessions" / fork).exists()
 
 
 def test_every_finished_turn_is_saved_and_a_new_server_restores_it(pipe, client, tmp_path):
-    sid = _new(client)
-    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a lighthouse"}))
-    first = _ok(client.post(f"/sessions/{sid}/generate", json={"params": FAST}))["turns"][0]
+    sid = new_session(client)
+    ok(client.post(f"/sessions/{sid}/text", json={"text": "a lighthouse"}))
+    first = ok(client.post(f"/sessions/{sid}/generate", json={"params": FAST}))["turns"][0]
     saved = store.load(tmp_path / "sessions" / sid, pipe)
     assert [(t.role, t.kind) for t in saved.turns] == [("user", "text"), ("model", "image")]
 
     again = TestClient(
         create_app(pipe, tmp_path / "sessions"), base_url=LOCAL
     )  # a restart, same folder
-    assert _turns(again, sid) == _turns(client, sid)
+    assert session_turns(again, sid) == session_turns(client, sid)
     assert np.array_equal(_image(again, first["image"]), _image(client, first["image"]))
     nxt = {"params": {**FAST, "seed": 5}}
-    after_restart = _ok(again.post(f"/sessions/{sid}/generate", json=nxt))["turns"][0]
-    straight_on = _ok(client.post(f"/sessions/{sid}/generate", json=nxt))["turns"][0]
+    after_restart = ok(again.post(f"/sessions/{sid}/generate", json=nxt))["turns"][0]
+    straight_on = ok(client.post(f"/sessions/{sid}/generate", json=nxt))["turns"][0]
     assert np.array_equal(
         _image(again, after_restart["image"]), _image(client, straight_on["image"])
     )
 
 
 def test_a_snapshot_that_does_not_match_is_rebuilt_from_the_turns(pipe, client, tmp_path):
-    sid = _new(client)
-    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a lighthouse"}))
-    _ok(client.post(f"/sessions/{sid}/generate", json={"params": FAST}))
+    sid = new_session(client)
+    ok(client.post(f"/sessions/{sid}/text", json={"text": "a lighthouse"}))
+    ok(client.post(f"/sessions/{sid}/generate", json={"params": FAST}))
     folder = tmp_path / "sessions" / sid
     (folder / session_format.SNAPSHOT).write_bytes(b"torn")  # as if killed between the two renames
     (folder.parent / "not-a-session").mkdir()
     again = TestClient(create_app(pipe, tmp_path / "sessions"), base_url=LOCAL)
-    assert _turns(again, sid) == _turns(client, sid)
+    assert session_turns(again, sid) == session_turns(client, sid)
 
 
 def test_remote_session_makes_the_frames_of_a_local_session(pipe, client):
@@ -234,8 +218,8 @@ def test_remote_chain_equals_the_local_chain(pipe, client):
 
 def test_a_queued_request_streams_its_position_then_its_progress(client):
     service = client.app.state.service
-    sid = _new(client)
-    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
+    sid = new_session(client)
+    ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
     holder = threading.Event()  # someone else's generation holds the model
     assert service.gate.enter("someone else", holder)
     events: list[tuple[str, dict]] = []
@@ -257,7 +241,7 @@ def test_a_queued_request_streams_its_position_then_its_progress(client):
     thread.start()
     assert streaming.wait(60)
     queued = _job(client, "queued")
-    assert queued["position"] == 1 and _ok(client.get("/queue"))["waiting"] == 1
+    assert queued["position"] == 1 and ok(client.get("/queue"))["waiting"] == 1
     service.gate.leave("someone else")
     thread.join(60)
     statuses = [data for name, data in events if name == "status"]
@@ -274,26 +258,26 @@ def test_a_queued_request_streams_its_position_then_its_progress(client):
 
 
 def test_cancelling_a_running_generation_leaves_the_session_and_its_folder(client, tmp_path):
-    sid = _new(client)
-    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
+    sid = new_session(client)
+    ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
     manifest = (tmp_path / "sessions" / sid / session_format.MANIFEST).read_bytes()
     thread, out = _started(client, sid, "generate", {"params": SLOW})
     job = _job(client, "running", steps=2)
-    assert _ok(client.post(f"/jobs/{job['id']}/cancel"))["id"] == job["id"]
+    assert ok(client.post(f"/jobs/{job['id']}/cancel"))["id"] == job["id"]
     thread.join(60)
     assert out[0].status_code == 409 and "cancelled" in out[0].json()["detail"]
-    assert _ok(client.get(f"/jobs/{job['id']}"))["state"] == "cancelled"
-    assert len(_turns(client, sid)) == 1
+    assert ok(client.get(f"/jobs/{job['id']}"))["state"] == "cancelled"
+    assert len(session_turns(client, sid)) == 1
     assert (tmp_path / "sessions" / sid / session_format.MANIFEST).read_bytes() == manifest
     # the session goes on as if the cancelled turn had never been asked for
     service_session = client.app.state.service.registry.get(sid).session
     assert len(service_session.turns) == 1
-    _ok(client.post(f"/sessions/{sid}/generate", json={"params": FAST}))
+    ok(client.post(f"/sessions/{sid}/generate", json={"params": FAST}))
 
 
 def test_cancelling_a_chain_half_way_undoes_all_of_it(client):
-    sid = _new(client)
-    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a street"}))
+    sid = new_session(client)
+    ok(client.post(f"/sessions/{sid}/text", json={"text": "a street"}))
     per_frame = SLOW["num_timesteps"] - 1
     body = {"actions": ["forward", "turn_left"], "params": SLOW}
     thread, out = _started(client, sid, "chains/navigate", body)
@@ -301,42 +285,42 @@ def test_cancelling_a_chain_half_way_undoes_all_of_it(client):
     client.post(f"/jobs/{job['id']}/cancel")
     thread.join(120)
     assert out[0].status_code == 409
-    assert len(_turns(client, sid)) == 1
+    assert len(session_turns(client, sid)) == 1
 
 
 def test_a_queued_job_cancelled_never_runs(client):
     service = client.app.state.service
-    sid = _new(client)
+    sid = new_session(client)
     assert service.gate.enter("someone else", threading.Event())
     thread, out = _started(client, sid, "text", {"text": "never"})
     job = _job(client, "queued")
     client.post(f"/jobs/{job['id']}/cancel")
     thread.join(30)
     service.gate.leave("someone else")
-    assert out[0].status_code == 409 and _turns(client, sid) == []
+    assert out[0].status_code == 409 and session_turns(client, sid) == []
 
 
 def test_a_turn_queued_behind_a_delete_does_not_bring_the_session_back(client, tmp_path):
     service = client.app.state.service
-    sid = _new(client)
+    sid = new_session(client)
     assert service.gate.enter("someone else", threading.Event())
     out = []
     deleting = threading.Thread(target=lambda: out.append(client.delete(f"/sessions/{sid}")))
     deleting.start()
     _job(client, "queued")
     adding, added = _started(client, sid, "text", {"text": "too late"})
-    while len(_ok(client.get("/jobs"))) < 2:
+    while len(ok(client.get("/jobs"))) < 2:
         time.sleep(0.01)
     service.gate.leave("someone else")
     deleting.join(30)
     adding.join(30)
     assert out[0].status_code == 204
     assert added[0].status_code == 404 and "deleted" in added[0].json()["detail"]
-    assert not (tmp_path / "sessions" / sid).exists() and _ok(client.get("/sessions")) == []
+    assert not (tmp_path / "sessions" / sid).exists() and ok(client.get("/sessions")) == []
 
 
 def test_a_failed_save_is_undone(client, monkeypatch):
-    sid = _new(client)
+    sid = new_session(client)
     registry = client.app.state.service.registry
 
     def broken(_entry):
@@ -348,7 +332,7 @@ def test_a_failed_save_is_undone(client, monkeypatch):
     )
     assert response.status_code == 500 and "disk full" in response.json()["detail"]
     assert "Traceback" not in response.text
-    assert registry.get(sid).session.turns == [] and _turns(client, sid) == []
+    assert registry.get(sid).session.turns == [] and session_turns(client, sid) == []
 
 
 # -- bad requests -------------------------------------------------------------------------
@@ -434,29 +418,32 @@ def _bad_requests(sid: str) -> list[tuple[str, str, dict, int, str]]:
 
 
 def test_bad_requests_get_their_4xx_and_change_nothing(client, tmp_path):
-    sid = _new(client)
-    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
-    _ok(client.post(f"/sessions/{sid}/generate", json={"params": FAST}))
+    sid = new_session(client)
+    ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
+    ok(client.post(f"/sessions/{sid}/generate", json={"params": FAST}))
     folder = tmp_path / "sessions" / sid
-    before = (_turns(client, sid), (folder / session_format.MANIFEST).read_bytes())
+    before = (session_turns(client, sid), (folder / session_format.MANIFEST).read_bytes())
     for method, url, kwargs, status, says in _bad_requests(sid):
         response = client.request(method, url, **kwargs)
         assert response.status_code == status, (url, kwargs.get("json"), response.text)
         assert says in response.text, (url, response.text)
         assert "Traceback" not in response.text
-        assert (_turns(client, sid), (folder / session_format.MANIFEST).read_bytes()) == before, url
-    assert [s["id"] for s in _ok(client.get("/sessions"))] == [sid]
+        assert (
+            session_turns(client, sid),
+            (folder / session_format.MANIFEST).read_bytes(),
+        ) == before, url
+    assert [s["id"] for s in ok(client.get("/sessions"))] == [sid]
 
 
 def test_bodies_past_the_limit_or_chunked_are_refused(pipe, tmp_path, monkeypatch):
     monkeypatch.setattr(server_app, "MAX_BODY_BYTES", 1000)
     client = TestClient(create_app(pipe, tmp_path), base_url=LOCAL)
-    sid = _new(client)
+    sid = new_session(client)
     big = client.post(f"/sessions/{sid}/text", json={"text": "x" * 2000})
     assert big.status_code == 413 and "1000 bytes" in big.json()["detail"]
     chunked = client.post(f"/sessions/{sid}/text", content=iter([b'{"text": "x"}']))
     assert chunked.status_code == 411
-    assert _turns(client, sid) == []
+    assert session_turns(client, sid) == []
 
 
 def test_a_token_is_required_on_every_request_when_set(pipe, tmp_path):
@@ -483,7 +470,7 @@ def test_remote_errors_name_the_field(client):
 
 
 def test_the_openapi_schema_has_every_verb_and_the_request_models(client):
-    schema = _ok(client.get("/openapi.json"))
+    schema = ok(client.get("/openapi.json"))
     paths = schema["paths"]
     for verb in (
         "text",

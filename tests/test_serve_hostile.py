@@ -10,34 +10,17 @@ import threading
 import time
 
 import pytest
+from api_client import FAST, LOCAL, new_session, ok, session_turns
 from fastapi.testclient import TestClient
 
 from workbench.params import MAX_TEXT_CHARS
 from workbench.server import create_app
 from workbench.store import session_format
 
-FAST = {"num_timesteps": 3, "height": 64, "width": 64, "max_think_tokens": 4}
-LOCAL = "http://127.0.0.1:8000"
-
 
 @pytest.fixture
 def client(pipe, tmp_path):
     return TestClient(create_app(pipe, tmp_path / "sessions"), base_url=LOCAL)
-
-
-def _new(client) -> str:
-    response = client.post("/sessions")
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-def _ok(response) -> dict:
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def _turns(client, sid) -> list[dict]:
-    return _ok(client.get(f"/sessions/{sid}"))["turns"]
 
 
 class Panic(BaseException):
@@ -47,8 +30,8 @@ class Panic(BaseException):
 def test_a_job_whose_thread_dies_of_a_base_exception_is_answered_and_ends(
     client, pipe, monkeypatch, tmp_path
 ):
-    sid = _new(client)
-    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
+    sid = new_session(client)
+    ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
     manifest = (tmp_path / "sessions" / sid / session_format.MANIFEST).read_bytes()
     frame = pipe.tokenizer.frame
 
@@ -69,17 +52,17 @@ def test_a_job_whose_thread_dies_of_a_base_exception_is_answered_and_ends(
     assert response.status_code == 500, response.text
     body = response.json()
     assert "Panic" in body["detail"] and "Traceback" not in response.text
-    assert _ok(client.get("/jobs")) == []  # nothing left running
-    assert _ok(client.get(f"/jobs/{body['job']}"))["state"] == "failed"
+    assert ok(client.get("/jobs")) == []  # nothing left running
+    assert ok(client.get(f"/jobs/{body['job']}"))["state"] == "failed"
     # the session and its folder are as before; the next job runs
-    assert len(_turns(client, sid)) == 1
+    assert len(session_turns(client, sid)) == 1
     assert (tmp_path / "sessions" / sid / session_format.MANIFEST).read_bytes() == manifest
-    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a second fox"}))
-    assert len(_turns(client, sid)) == 2
+    ok(client.post(f"/sessions/{sid}/text", json={"text": "a second fox"}))
+    assert len(session_turns(client, sid)) == 2
 
 
 def test_texts_past_the_bound_are_refused_before_the_tokenizer(client, pipe, monkeypatch):
-    sid = _new(client)
+    sid = new_session(client)
     seen = []
     frame = pipe.tokenizer.frame
     monkeypatch.setattr(pipe.tokenizer, "frame", lambda text, *a: seen.append(text) or frame(text))
@@ -95,7 +78,7 @@ def test_texts_past_the_bound_are_refused_before_the_tokenizer(client, pipe, mon
         assert response.status_code == 422, (path, response.text[:300])
         assert f"at most {MAX_TEXT_CHARS} characters" in response.text, response.text[:300]
         assert len(response.content) < 2000  # the text is not echoed back
-    assert seen == [] and _turns(client, sid) == []
+    assert seen == [] and session_turns(client, sid) == []
 
 
 def test_a_session_refuses_a_text_past_the_bound(pipe):
@@ -115,8 +98,8 @@ def test_a_session_refuses_a_text_past_the_bound(pipe):
 def test_a_chain_cancelled_after_saving_a_frame_leaves_its_folder_as_before(client, pipe, tmp_path):
     from workbench import store
 
-    sid = _new(client)
-    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a street"}))
+    sid = new_session(client)
+    ok(client.post(f"/sessions/{sid}/text", json={"text": "a street"}))
     slow = {**FAST, "num_timesteps": 400}
     body = {"actions": ["forward", "turn_left"], "params": slow}
     out = []
@@ -125,15 +108,15 @@ def test_a_chain_cancelled_after_saving_a_frame_leaves_its_folder_as_before(clie
     )
     thread.start()
     deadline = time.monotonic() + 120
-    while len(_turns(client, sid)) < 3 and time.monotonic() < deadline:
+    while len(session_turns(client, sid)) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)  # the chain's first frame is finished and saved
     saved = store.load(tmp_path / "sessions" / sid, pipe, use_snapshot=False)  # being written
     assert len(saved.turns) >= 3
-    job = _ok(client.get("/jobs"))[0]
+    job = ok(client.get("/jobs"))[0]
     client.post(f"/jobs/{job['id']}/cancel")
     thread.join(120)
     assert out[0].status_code == 409
-    assert len(_turns(client, sid)) == 1
+    assert len(session_turns(client, sid)) == 1
     assert [t.text for t in store.load(tmp_path / "sessions" / sid, pipe).turns] == ["a street"]
 
 
@@ -142,7 +125,7 @@ def _raw(client, url: str, body: bytes):
 
 
 def test_malformed_bodies_get_a_json_422_saying_why(client):
-    sid = _new(client)
+    sid = new_session(client)
     base = f"/sessions/{sid}"
     cases = [
         (f"{base}/generate", b'{"params": {"num_timesteps": 1e400}}', "num_timesteps"),
@@ -161,7 +144,7 @@ def test_malformed_bodies_get_a_json_422_saying_why(client):
         assert response.status_code == 422, (body[:60], response.text[:300])
         assert says in response.text, (body[:60], response.text[:300])
         assert response.headers["content-type"] == "application/json"
-    assert _turns(client, sid) == []
+    assert session_turns(client, sid) == []
 
 
 def test_a_tokenless_server_answers_only_loopback_hosts(client, tmp_path):
@@ -187,14 +170,14 @@ def test_a_tokenless_server_refuses_requests_from_other_sites_pages(client, tmp_
         assert response.status_code == 403, headers
         assert "another site" in response.json()["detail"]
     png = b"\x89PNG\r\n\x1a\n"  # a multipart upload, as a form on another site would send
-    sid = _new(client)  # no Origin: curl, httpx, a script
+    sid = new_session(client)  # no Origin: curl, httpx, a script
     upload = client.post(
         f"/sessions/{sid}/image",
         files={"file": ("x.png", png, "image/png")},
         headers={"Origin": "http://evil.example"},
     )
     assert upload.status_code == 403
-    assert [s["id"] for s in _ok(client.get("/sessions"))] == [sid]
+    assert [s["id"] for s in ok(client.get("/sessions"))] == [sid]
     for headers in ({"Origin": "http://localhost:8000"}, {"Sec-Fetch-Site": "same-origin"}):
         assert client.post("/sessions", headers=headers).status_code == 201, headers
 
@@ -207,10 +190,10 @@ def test_with_a_token_any_host_is_answered_but_only_with_the_token(pipe, tmp_pat
 
 
 def test_costs_past_the_models_positions_are_refused_before_anything_is_queued(client):
-    sid = _new(client)
+    sid = new_session(client)
     client.post(f"/sessions/{sid}/text", json={"text": "a street"})
     png = _png_bytes()
-    _ok(client.post(f"/sessions/{sid}/image", files={"file": ("s.png", png, "image/png")}))
+    ok(client.post(f"/sessions/{sid}/image", files={"file": ("s.png", png, "image/png")}))
     long = "walk on " * 1500  # one instruction of some 3000 tokens: two do not fit 4096
     cases = [
         ("predict-frames", {"frames": 1_000_000, "params": FAST}, "frames"),
@@ -233,12 +216,12 @@ def test_costs_past_the_models_positions_are_refused_before_anything_is_queued(c
         detail = response.json()["detail"][0]
         assert detail["loc"] == ["body", field], detail
         assert f"the model's limit is {limit} positions" in detail["msg"], detail
-        assert _ok(client.get("/jobs")) == []  # nothing was queued
-    assert len(_turns(client, sid)) == 2
+        assert ok(client.get("/jobs")) == []  # nothing was queued
+    assert len(session_turns(client, sid)) == 2
 
 
 def test_a_rotate_template_cannot_expand_without_bound(client):
-    sid = _new(client)
+    sid = new_session(client)
     for template, says in [
         ("{degrees:>99999999999}", "width or precision over 100"),
         ("{degrees:.100000}", "width or precision over 100"),
@@ -249,7 +232,7 @@ def test_a_rotate_template_cannot_expand_without_bound(client):
         response = client.post(f"/sessions/{sid}/chains/rotate", json=body)
         assert response.status_code == 422, (template, response.text)
         assert says in response.text, response.text
-    assert _ok(client.get("/jobs")) == []
+    assert ok(client.get("/jobs")) == []
 
 
 def test_a_session_refuses_a_frames_run_that_cannot_fit_before_drawing_its_noise(pipe):
@@ -279,7 +262,7 @@ def _png_bytes() -> bytes:
 def test_a_client_over_its_share_of_jobs_is_answered_429(pipe, tmp_path):
     client = TestClient(create_app(pipe, tmp_path, max_jobs=2), base_url=LOCAL)
     service = client.app.state.service
-    sid = _new(client)
+    sid = new_session(client)
     assert service.gate.enter("someone else", threading.Event())  # the model is busy
     waiting = []
     for text in ("one", "two"):
@@ -290,28 +273,28 @@ def test_a_client_over_its_share_of_jobs_is_answered_429(pipe, tmp_path):
         )
         thread.start()
         waiting.append(thread)
-    while len(_ok(client.get("/jobs"))) < 2:
+    while len(ok(client.get("/jobs"))) < 2:
         time.sleep(0.01)
     refused = client.post(f"/sessions/{sid}/text", json={"text": "three"})
     assert refused.status_code == 429, refused.text
     assert "2 jobs queued or running" in refused.json()["detail"]
-    assert len(_ok(client.get("/jobs"))) == 2  # the refused one was never queued
+    assert len(ok(client.get("/jobs"))) == 2  # the refused one was never queued
     service.gate.leave("someone else")
     for thread in [w for w in waiting if isinstance(w, threading.Thread)]:
         thread.join(60)
-    assert [t["text"] for t in _turns(client, sid)] in (["one", "two"], ["two", "one"])
-    _ok(client.post(f"/sessions/{sid}/text", json={"text": "three"}))  # room again
+    assert [t["text"] for t in session_turns(client, sid)] in (["one", "two"], ["two", "one"])
+    ok(client.post(f"/sessions/{sid}/text", json={"text": "three"}))  # room again
 
 
 def test_a_client_over_its_share_of_sessions_is_answered_429(pipe, tmp_path):
     client = TestClient(create_app(pipe, tmp_path, max_sessions=2), base_url=LOCAL)
-    first, _second = _new(client), _new(client)
+    first, _second = new_session(client), new_session(client)
     for response in (client.post("/sessions"), client.post(f"/sessions/{first}/fork")):
         assert response.status_code == 429, response.text
         assert "already has 2 sessions" in response.json()["detail"]
-    assert len(_ok(client.get("/sessions"))) == 2
+    assert len(ok(client.get("/sessions"))) == 2
     assert client.delete(f"/sessions/{first}").status_code == 204
-    _new(client)  # room again
+    new_session(client)  # room again
 
 
 def test_a_queued_request_whose_client_went_away_is_cancelled(pipe, tmp_path):
@@ -366,8 +349,8 @@ def test_an_import_refusal_names_the_upload_not_the_servers_folders(client):
     import json
     import zipfile
 
-    sid = _new(client)
-    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
+    sid = new_session(client)
+    ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
     saved = zipfile.ZipFile(io.BytesIO(client.get(f"/sessions/{sid}/archive").content))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -397,18 +380,18 @@ def test_a_remote_progress_callback_sees_every_step(client):
 
 
 def test_a_json_body_past_its_own_limit_is_refused_unread(client):
-    sid = _new(client)
+    sid = new_session(client)
     body = b'{"text": "' + b"x" * (16 * 2**20) + b'"}'
     response = _raw(client, f"/sessions/{sid}/text", body)
     assert response.status_code == 413 and "JSON body" in response.json()["detail"]
-    assert _turns(client, sid) == []
+    assert session_turns(client, sid) == []
 
 
 def test_an_import_cancelled_while_queued_leaves_no_staging_folder(client, monkeypatch, tmp_path):
     import tempfile
 
-    sid = _new(client)
-    _ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
+    sid = new_session(client)
+    ok(client.post(f"/sessions/{sid}/text", json={"text": "a fox"}))
     archive = client.get(f"/sessions/{sid}/archive").content
     staging = tmp_path / "staging"
     staging.mkdir()
@@ -421,10 +404,10 @@ def test_an_import_cancelled_while_queued_leaves_no_staging_folder(client, monke
         target=lambda: out.append(client.post("/sessions/import", files=files))
     )
     thread.start()
-    while not _ok(client.get("/jobs")):
+    while not ok(client.get("/jobs")):
         time.sleep(0.01)
     assert any(staging.iterdir())  # unpacked, waiting
-    client.post(f"/jobs/{_ok(client.get('/jobs'))[0]['id']}/cancel")
+    client.post(f"/jobs/{ok(client.get('/jobs'))[0]['id']}/cancel")
     thread.join(60)
     service.gate.leave("someone else")
     assert out[0].status_code == 409
